@@ -1,0 +1,215 @@
+"""Table names, columns and DuckDB types for every stage; the one source of truth for both.
+
+A table name is ``<stage>__<name>``; the stage is also the Dagster group and the module under
+``vlit_assets/defs``. Every table that holds data of a source carries a ``source`` column: it is
+the partition key, and re-materializing a source replaces exactly its rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: dict[str, str]  # column -> DuckDB type, in order
+    key: tuple[str, ...]  # columns that identify a row
+    doc: str
+    partitioned: bool = True  # rows carry `source` and are replaced per source
+
+    @property
+    def stage(self) -> str:
+        return self.name.split("__", 1)[0]
+
+    def ddl(self) -> str:
+        cols = ", ".join(f'"{c}" {t}' for c, t in self.columns.items())
+        return f'CREATE TABLE IF NOT EXISTS "{self.name}" ({cols})'
+
+
+TURN = "STRUCT(\"from\" VARCHAR, \"value\" VARCHAR)"
+PRESENT_TAG = "STRUCT(category_id INTEGER, name VARCHAR, count INTEGER)"
+ABSENT_TAG = "STRUCT(category_id INTEGER, name VARCHAR, score DOUBLE)"
+
+RAW_IMAGES = Table(
+    "raw__images",
+    {
+        "image_id": "VARCHAR",  # stable_id("img", source, coco_image_id)
+        "source": "VARCHAR",
+        "coco_image_id": "BIGINT",
+        "file_name": "VARCHAR",  # path relative to the source's image root
+        "width": "INTEGER",  # decoded pixel size, as stored
+        "height": "INTEGER",
+        "oriented_width": "INTEGER",  # size after applying the EXIF orientation
+        "oriented_height": "INTEGER",
+        "format": "VARCHAR",
+        "mode": "VARCHAR",
+        "bytes": "BIGINT",
+        "sha256": "VARCHAR",
+        "run_id": "VARCHAR",
+    },
+    ("image_id",),
+    "One row per valid image of a source.",
+)
+
+RAW_CAPTIONS = Table(
+    "raw__captions",
+    {
+        "caption_id": "VARCHAR",  # stable_id("cap", source, coco_annotation_id)
+        "source": "VARCHAR",
+        "coco_caption_id": "BIGINT",
+        "image_id": "VARCHAR",
+        "coco_image_id": "BIGINT",
+        "caption": "VARCHAR",
+        "run_id": "VARCHAR",
+    },
+    ("caption_id",),
+    "One row per caption of a valid image.",
+)
+
+RAW_OBJECTS = Table(
+    "raw__objects",
+    {
+        "object_id": "VARCHAR",  # stable_id("obj", source, coco_annotation_id)
+        "source": "VARCHAR",
+        "coco_annotation_id": "BIGINT",
+        "image_id": "VARCHAR",
+        "coco_image_id": "BIGINT",
+        "category_id": "INTEGER",
+        "category_name": "VARCHAR",
+        "bbox_x": "DOUBLE",  # COCO box: top-left corner, width, height, in pixels
+        "bbox_y": "DOUBLE",
+        "bbox_w": "DOUBLE",
+        "bbox_h": "DOUBLE",
+        "area": "DOUBLE",
+        "iscrowd": "BOOLEAN",
+        "run_id": "VARCHAR",
+    },
+    ("object_id",),
+    "One row per object annotation (box + category) of a valid image.",
+)
+
+RAW_CATEGORIES = Table(
+    "raw__categories",
+    {
+        "source": "VARCHAR",
+        "category_id": "INTEGER",
+        "name": "VARCHAR",
+        "supercategory": "VARCHAR",
+        "run_id": "VARCHAR",
+    },
+    ("source", "category_id"),
+    "One row per declared category of a source.",
+)
+
+RAW_TAGS = Table(
+    "raw__tags",
+    {
+        "image_id": "VARCHAR",
+        "source": "VARCHAR",
+        "present": f"{PRESENT_TAG}[]",  # annotated categories with object counts
+        "absent": f"{ABSENT_TAG}[]",  # plausible absent categories, best candidate first
+        "absent_strategy": "VARCHAR",  # how `absent` was ranked (co-occurrence, popularity)
+        "run_id": "VARCHAR",
+    },
+    ("image_id",),
+    "One row per valid image: present categories and ranked plausible absent ones.",
+)
+
+RAW_REJECTS = Table(
+    "raw__rejects",
+    {
+        "reject_id": "VARCHAR",  # stable_id("rej", source, file, record_id, field, reason)
+        "source": "VARCHAR",
+        "file": "VARCHAR",  # the annotation or image file the problem is in
+        "record_id": "VARCHAR",  # the record's id in that file (image, annotation, category)
+        "field": "VARCHAR",
+        "reason": "VARCHAR",  # a code from REJECT_REASONS
+        "detail": "VARCHAR",  # a sentence a person can act on
+        "run_id": "VARCHAR",
+    },
+    ("reject_id",),
+    "One row per problem found in a source; good records of the same source still proceed.",
+)
+
+REJECT_REASONS = {
+    # images
+    "image_missing": "the file named by the annotation does not exist",
+    "image_empty": "the file has zero bytes",
+    "image_undecodable": "Pillow cannot identify or decode the file",
+    "image_truncated": "the file ends before the image data does",
+    "image_decompression_bomb": "the pixel count exceeds the configured limit",
+    "image_unsupported_mode": "the pixel mode cannot be converted to RGB for training",
+    "image_duplicate_bytes": "the bytes equal those of an earlier image of the source",
+    "image_path_escapes_root": "the path resolves outside the configured image root",
+    "image_size_mismatch": "the annotated width/height differ from the decoded size",
+    "image_duplicate_id": "the image id appears more than once in the annotation file",
+    "image_without_captions": "no valid caption refers to the image",
+    # annotations
+    "annotation_unknown_image": "the annotation refers to an image id that is not declared",
+    "annotation_unknown_category": "the annotation refers to a category id that is not declared",
+    "annotation_duplicate_id": "the annotation id appears more than once",
+    "annotation_bad_field": "a required field is missing or has the wrong type",
+    "bbox_nonpositive": "the box has zero or negative width or height",
+    "bbox_outside_image": "the box extends past the image bounds",
+    "caption_empty": "the caption is empty or whitespace",
+    "parent_image_rejected": "the annotation belongs to an image that was rejected",
+}
+
+GENERATED_CONVERSATIONS = Table(
+    "generated__conversations",
+    {
+        # stable_id("conv", source, image_id, instruction_type, generator, prompt_version, variant)
+        "conversation_id": "VARCHAR",
+        "source": "VARCHAR",
+        "image_id": "VARCHAR",
+        "instruction_type": "VARCHAR",  # global | negative | region
+        "generator": "VARCHAR",  # template | llm | import
+        "variant": "INTEGER",
+        "turns": f"{TURN}[]",  # from: human | gpt; first turn is human
+        "image_path": "VARCHAR",  # the image the conversation is about (region image for region)
+        "region_object_id": "VARCHAR",  # the boxed object of a region conversation
+        "source_annotation_ids": "VARCHAR[]",  # caption/object ids the conversation was built from
+        "model": "VARCHAR",
+        "prompt_version": "VARCHAR",
+        "prompt_tokens": "INTEGER",
+        "completion_tokens": "INTEGER",
+        "latency_ms": "DOUBLE",
+        "cache_hit": "BOOLEAN",
+        "drop_reason": "VARCHAR",  # set when the generator could not produce a usable sample
+        "run_id": "VARCHAR",
+    },
+    ("conversation_id",),
+    "One row per generated (or imported) conversation, failed generations included.",
+)
+
+INSTRUCTION_TYPES = ("global", "negative", "region")
+GENERATORS = ("template", "llm", "import")
+
+META_SOURCES = Table(
+    "meta__sources",
+    {
+        "source": "VARCHAR",
+        "root": "VARCHAR",  # absolute path of the COCO-layout directory
+        "split": "VARCHAR",
+        "kind": "VARCHAR",  # sample | coco | incoming | import
+        "registered_at": "TIMESTAMP",
+    },
+    ("source",),
+    "One row per registered source (= partition key) and where its files are.",
+    partitioned=False,
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        RAW_IMAGES,
+        RAW_CAPTIONS,
+        RAW_OBJECTS,
+        RAW_CATEGORIES,
+        RAW_TAGS,
+        RAW_REJECTS,
+        GENERATED_CONVERSATIONS,
+        META_SOURCES,
+    )
+}

@@ -1,0 +1,144 @@
+"""DuckDB storage: connect (waiting out another writer's lock), create tables, replace a source."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from vlit_assets.core.schemas import TABLES, Table
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process held the DuckDB write lock for longer than we were willing to wait."""
+
+
+@contextmanager
+def connect(
+    path: str | Path, *, read_only: bool = False, wait_s: float = 120.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the DuckDB file, retrying while another process holds its lock.
+
+    DuckDB allows one writing process per file. Writers are serialised by a Dagster concurrency
+    pool; this wait covers the rest (a reader such as ``vlit`` or a notebook opening the file
+    while a run writes).
+    """
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" in str(exc).lower():
+                    raise WarehouseBusy(f"{path}: still locked after {wait_s:.0f} s: {exc}") from exc
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    con.execute(table.ddl())
+
+
+def _select_cast(table: Table, relation_name: str) -> str:
+    cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in table.columns.items())
+    return f"SELECT {cols} FROM {relation_name}"
+
+
+def _conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
+    missing = [c for c in table.columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table.name}: frame lacks columns {missing}")
+    return df.select(list(table.columns))
+
+
+def replace_source(
+    con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame, source: str
+) -> int:
+    """Replace exactly the rows of ``source`` in ``table`` with ``df``, in one transaction."""
+    table = TABLES[table] if isinstance(table, str) else table
+    if not table.partitioned:
+        raise ValueError(f"{table.name} is not partitioned by source")
+    df = _conform(table, df)
+    if df.height and (df["source"] != source).any():
+        raise ValueError(f"{table.name}: frame holds rows of sources other than {source!r}")
+    ensure_table(con, table)
+    arrow = df.to_arrow()  # noqa: F841  (read by DuckDB's replacement scan below)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f'DELETE FROM "{table.name}" WHERE source = ?', [source])
+        if df.height:
+            con.execute(f'INSERT INTO "{table.name}" {_select_cast(table, "arrow")}')
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return df.height
+
+
+def replace_all(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame) -> int:
+    """Replace the whole of an unpartitioned table (or every source of a partitioned one)."""
+    table = TABLES[table] if isinstance(table, str) else table
+    df = _conform(table, df)
+    ensure_table(con, table)
+    arrow = df.to_arrow()  # noqa: F841
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f'DELETE FROM "{table.name}"')
+        if df.height:
+            con.execute(f'INSERT INTO "{table.name}" {_select_cast(table, "arrow")}')
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return df.height
+
+
+def upsert(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame) -> int:
+    """Insert rows, replacing those with the same key."""
+    table = TABLES[table] if isinstance(table, str) else table
+    df = _conform(table, df)
+    ensure_table(con, table)
+    arrow = df.to_arrow()  # noqa: F841
+    on = " AND ".join(f't."{k}" = a."{k}"' for k in table.key)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f'DELETE FROM "{table.name}" t USING arrow a WHERE {on}')
+        con.execute(f'INSERT INTO "{table.name}" {_select_cast(table, "arrow")}')
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return df.height
+
+
+def read_source(
+    con: duckdb.DuckDBPyConnection, table: Table | str, source: str | None = None
+) -> pl.DataFrame:
+    """Rows of ``source`` (or all rows) as polars; an absent table reads as an empty frame."""
+    table = TABLES[table] if isinstance(table, str) else table
+    ensure_table(con, table)
+    if source is None:
+        return con.execute(f'SELECT * FROM "{table.name}"').pl()
+    return con.execute(f'SELECT * FROM "{table.name}" WHERE source = ?', [source]).pl()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchone()
+    return bool(row and row[0])
