@@ -200,6 +200,29 @@ META_SOURCES = Table(
     partitioned=False,
 )
 
+META_CHECK_RESULTS = Table(
+    "meta__check_results",
+    {
+        "run_id": "VARCHAR",
+        "check_name": "VARCHAR",
+        "asset": "VARCHAR",
+        "source": "VARCHAR",  # partition key, or '*' for checks over all sources
+        "expectation_id": "VARCHAR",  # <frame>.<expectation type>(<column>)
+        "frame": "VARCHAR",
+        "expectation": "VARCHAR",
+        "column_name": "VARCHAR",
+        "success": "BOOLEAN",
+        "observed": "DOUBLE",  # the numeric observed value, when there is one
+        "observed_text": "VARCHAR",
+        "unexpected_count": "BIGINT",
+        "element_count": "BIGINT",
+        "evaluated_at": "TIMESTAMP",
+    },
+    ("run_id", "check_name", "source", "expectation_id"),
+    "One row per run, check, partition and expectation: the pass/fail history of every suite.",
+    partitioned=False,
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
@@ -211,5 +234,6 @@ TABLES: dict[str, Table] = {
         RAW_REJECTS,
         GENERATED_CONVERSATIONS,
         META_SOURCES,
+        META_CHECK_RESULTS,
     )
 }

@@ -1,0 +1,118 @@
+"""Turn a GX suite into a blocking Dagster asset check that also records its history in DuckDB."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from vlit_assets.checks.gx_runner import SuiteOutcome
+from vlit_assets.core import warehouse
+from vlit_assets.core.schemas import META_CHECK_RESULTS
+from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.resources import WarehouseResource
+
+Validate = Callable[[duckdb.DuckDBPyConnection, str], SuiteOutcome]
+ALL_SOURCES = "*"
+
+
+def outcome_metadata(outcome: SuiteOutcome) -> dict[str, dg.MetadataValue]:
+    """One entry per expectation (its observed value), plus a table of all of them."""
+    metadata: dict[str, dg.MetadataValue] = {}
+    for o in outcome.outcomes:
+        if o.observed is not None:
+            metadata[o.expectation_id] = dg.MetadataValue.float(o.observed)
+        else:
+            metadata[o.expectation_id] = dg.MetadataValue.text(o.observed_text or "n/a")
+    metadata["expectations"] = dg.MetadataValue.md(
+        "| expectation | passed | observed |\n|---|---|---|\n"
+        + "\n".join(
+            f"| `{o.expectation_id}` | {'yes' if o.success else '**no**'} | {o.observed_text} |"
+            for o in outcome.outcomes
+        )
+    )
+    metadata["failed_expectations"] = dg.MetadataValue.int(len(outcome.failed))
+    return metadata
+
+
+def record_outcome(
+    con: duckdb.DuckDBPyConnection,
+    outcome: SuiteOutcome,
+    *,
+    run_id: str,
+    check_name: str,
+    asset: str,
+    source: str,
+) -> int:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        {
+            "run_id": run_id,
+            "check_name": check_name,
+            "asset": asset,
+            "source": source,
+            "expectation_id": o.expectation_id,
+            "frame": o.frame,
+            "expectation": o.expectation,
+            "column_name": o.column,
+            "success": o.success,
+            "observed": o.observed,
+            "observed_text": o.observed_text,
+            "unexpected_count": o.unexpected_count,
+            "element_count": o.element_count,
+            "evaluated_at": now,
+        }
+        for o in outcome.outcomes
+    ]
+    if not rows:
+        return 0
+    frame = pl.DataFrame(rows, schema_overrides={"column_name": pl.String, "observed": pl.Float64})
+    return warehouse.upsert(con, META_CHECK_RESULTS, frame)
+
+
+def build_suite_check(
+    *,
+    name: str,
+    asset: str,
+    validate: Validate,
+    description: str,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    additional_deps: Sequence[str] = (),
+) -> dg.AssetChecksDefinition:
+    """A blocking check: when the suite fails, downstream assets of ``asset`` do not run."""
+
+    @dg.asset_check(
+        asset=asset,
+        name=name,
+        description=description,
+        blocking=True,
+        partitions_def=partitions_def,
+        additional_deps=list(additional_deps),
+        pool=WRITER_POOL,
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, warehouse_db: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        source = context.partition_key if partitions_def is not None else ALL_SOURCES
+        with warehouse_db.connect() as con:
+            outcome = validate(con, source)
+            record_outcome(
+                con,
+                outcome,
+                run_id=context.run_id,
+                check_name=name,
+                asset=asset,
+                source=source,
+            )
+        context.log.info(outcome.summary())
+        return dg.AssetCheckResult(
+            passed=outcome.success,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=outcome.summary(),
+            metadata=outcome_metadata(outcome),
+        )
+
+    return _check

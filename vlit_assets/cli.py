@@ -1,0 +1,161 @@
+"""`vlit`: run the pipeline through Dagster from a shell and print what it did."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlit_assets.resources import PROJECT_ROOT
+
+STAGES = ("raw",)  # in pipeline order; `--stage X` runs X and everything before it
+
+
+def _load_env_file(path: Path) -> None:
+    """Apply KEY=VALUE lines of .env without overriding variables already set."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        os.environ.setdefault(key.strip(), value.strip().strip('"').strip("'"))
+
+
+def prepare_environment(db: str | None = None) -> Path:
+    """Set the variables the definitions read, and make sure DAGSTER_HOME has our dagster.yaml."""
+    _load_env_file(PROJECT_ROOT / ".env")
+    defaults = {
+        "VLIT_DB_PATH": "data/warehouse/vlit.duckdb",
+        "VLIT_DATA_DIR": "data",
+        "VLIT_OUTPUT_DIR": "data",
+        "VLIT_LLM_BASE_URL": "",
+        "VLIT_LLM_MODEL": "",
+        "VLIT_LLM_API_KEY": "",
+        "DAGSTER_HOME": str(PROJECT_ROOT / ".dagster_home"),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if db:
+        os.environ["VLIT_DB_PATH"] = str(Path(db).expanduser().resolve())
+    home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    source = PROJECT_ROOT / "dagster.yaml"
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, target)
+    return home
+
+
+def _summary_rows(db_path: Path, source: str) -> tuple[dict[str, int], dict[str, int]]:
+    from vlit_assets.core import warehouse
+    from vlit_assets.core.schemas import TABLES
+
+    counts: dict[str, int] = {}
+    rejects: dict[str, int] = {}
+    if not db_path.exists():
+        return counts, rejects
+    with warehouse.connect(db_path, read_only=True) as con:
+        for name, table in TABLES.items():
+            if not table.partitioned or not warehouse.table_exists(con, name):
+                continue
+            row = con.execute(f'SELECT count(*) FROM "{name}" WHERE source = ?', [source]).fetchone()
+            counts[name] = int(row[0]) if row else 0
+        if warehouse.table_exists(con, "raw__rejects"):
+            for reason, n in con.execute(
+                "SELECT reason, count(*) FROM raw__rejects WHERE source = ? GROUP BY 1 ORDER BY 1",
+                [source],
+            ).fetchall():
+                rejects[reason] = int(n)
+    return counts, rejects
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    prepare_environment(args.db)
+    import dagster as dg
+
+    from vlit_assets.core import sources
+    from vlit_assets.definitions import SOURCE_STAGES
+    from vlit_assets.resources import resolve_path
+    from vlit_assets.runner import run_source
+
+    if args.source:
+        root = Path(args.source).expanduser().resolve()
+        if not root.is_dir():
+            print(f"vlit: --source {args.source}: not a directory", file=sys.stderr)
+            return 2
+        name = sources.check_source_name(args.name) if args.name else sources.source_name(root)
+    else:
+        root = resolve_path(os.environ["VLIT_DATA_DIR"]) / "sample"
+        name = args.name or sources.SAMPLE_SOURCE
+
+    stages = SOURCE_STAGES[: SOURCE_STAGES.index(args.stage) + 1] if args.stage else SOURCE_STAGES
+    print(f"vlit: source {name!r} <- {root}")
+    print(f"vlit: DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    print(f"vlit: db={resolve_path(os.environ['VLIT_DB_PATH'])}")
+    result = run_source(
+        dg.DagsterInstance.get(),
+        name,
+        root,
+        split=args.split,
+        stages=stages,
+        tags={"vlit/entry": "cli"},
+    )
+    return print_summary(result, name)
+
+
+def print_summary(result, source: str) -> int:
+    from vlit_assets.resources import resolve_path
+
+    db_path = resolve_path(os.environ["VLIT_DB_PATH"])
+    counts, rejects = _summary_rows(db_path, source)
+    print(f"\nrun {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+    print("\nrows per table")
+    for name, n in counts.items():
+        print(f"  {name:<28} {n:>9,}")
+    print("\nrejects per reason" + ("" if rejects else ": none"))
+    for reason, n in rejects.items():
+        print(f"  {reason:<28} {n:>9,}")
+    evaluations = result.get_asset_check_evaluations()
+    print("\nchecks")
+    failed_checks = 0
+    for ev in evaluations:
+        status = "passed" if ev.passed else "FAILED"
+        failed_checks += not ev.passed
+        print(f"  {ev.asset_key.to_user_string()}:{ev.check_name:<20} {status}")
+        if not ev.passed and ev.description:
+            print(f"    {ev.description}")
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data:
+                err = event.step_failure_data.error
+                message = err.message.strip() if err else "unknown error"
+                print(f"\nstep {event.step_key} failed: {message}", file=sys.stderr)
+    return 0 if result.success and not failed_checks else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize the pipeline for one source through Dagster")
+    run.add_argument("--source", help="COCO-layout directory (default: the embedded sample)")
+    run.add_argument("--name", help="source name / partition key (default: the directory name)")
+    run.add_argument("--split", help="COCO split name (default: detected)")
+    run.add_argument("--db", help="DuckDB file (default: $VLIT_DB_PATH or data/warehouse/vlit.duckdb)")
+    run.add_argument("--stage", choices=STAGES, help="stop after this stage (default: all)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

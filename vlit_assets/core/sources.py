@@ -1,0 +1,70 @@
+"""Sources (= partition keys): naming them and remembering which directory each one reads."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from vlit_assets.core import warehouse
+from vlit_assets.core.schemas import META_SOURCES
+
+SAMPLE_SOURCE = "sample"
+_SLUG = re.compile(r"[^a-z0-9_-]+")
+
+
+def source_name(path: Path) -> str:
+    """A partition-key-safe name from a directory name: lowercase, [a-z0-9_-], at most 64 chars."""
+    slug = _SLUG.sub("-", path.resolve().name.lower()).strip("-")[:64]
+    if not slug:
+        raise ValueError(f"cannot derive a source name from {path}; pass one explicitly")
+    return slug
+
+
+def check_source_name(name: str) -> str:
+    if not name or _SLUG.search(name) or len(name) > 64:
+        raise ValueError(
+            f"source name {name!r} must be 1-64 characters of lowercase letters, digits, '-' or '_'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    source: str
+    root: Path
+    split: str | None
+    kind: str
+
+
+def register(
+    con: duckdb.DuckDBPyConnection, source: str, root: Path, *, split: str | None, kind: str
+) -> SourceRecord:
+    check_source_name(source)
+    record = SourceRecord(source, root.resolve(), split, kind)
+    frame = pl.DataFrame(
+        {
+            "source": [source],
+            "root": [str(record.root)],
+            "split": [split],
+            "kind": [kind],
+            "registered_at": [datetime.now(UTC).replace(tzinfo=None)],
+        },
+        schema_overrides={"split": pl.String},
+    )
+    warehouse.upsert(con, META_SOURCES, frame)
+    return record
+
+
+def lookup(con: duckdb.DuckDBPyConnection, source: str) -> SourceRecord | None:
+    warehouse.ensure_table(con, META_SOURCES)
+    row = con.execute(
+        "SELECT source, root, split, kind FROM meta__sources WHERE source = ?", [source]
+    ).fetchone()
+    if row is None:
+        return None
+    return SourceRecord(row[0], Path(row[1]), row[2], row[3])

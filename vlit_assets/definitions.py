@@ -1,0 +1,31 @@
+"""The one place that wires assets, checks, resources, jobs, schedules and sensors."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from vlit_assets.defs import raw
+from vlit_assets.defs.partitions import sources_partitions
+from vlit_assets.resources import ProjectPaths, WarehouseResource
+
+SOURCE_STAGES = ("raw",)
+
+source_job = dg.define_asset_job(
+    "source_job",
+    selection=dg.AssetSelection.groups(*SOURCE_STAGES),
+    partitions_def=sources_partitions,
+    description="Every per-source stage for one source partition, with their blocking checks.",
+)
+
+defs = dg.Definitions(
+    assets=[raw.raw],
+    asset_checks=[raw.raw_suite_check],
+    jobs=[source_job],
+    resources={
+        # Paths and secrets are read when a run starts, never at import (see .env.example).
+        "warehouse_db": WarehouseResource(db_path=dg.EnvVar("VLIT_DB_PATH")),
+        "paths": ProjectPaths(
+            data_dir=dg.EnvVar("VLIT_DATA_DIR"), output_dir=dg.EnvVar("VLIT_OUTPUT_DIR")
+        ),
+    },
+)

@@ -1,0 +1,58 @@
+"""Dagster resources: each hands a plain core object (connection, paths, settings) to the assets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from vlit_assets.core import warehouse
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(value: str) -> Path:
+    """Relative settings are relative to the project root, not to whatever the cwd happens to be."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB file every stage reads and writes."""
+
+    db_path: str
+
+    @property
+    def path(self) -> Path:
+        return resolve_path(self.db_path)
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with warehouse.connect(self.path, read_only=read_only) as con:
+            yield con
+
+
+class ProjectPaths(dg.ConfigurableResource):
+    """Where inputs (embedded sample, incoming batches) and outputs (regions, exports) live."""
+
+    data_dir: str  # inputs: sample/ and incoming/<batch>/
+    output_dir: str  # outputs: regions/ and exports/
+
+    @property
+    def sample_dir(self) -> Path:
+        return resolve_path(self.data_dir) / "sample"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return resolve_path(self.data_dir) / "incoming"
+
+    @property
+    def regions_dir(self) -> Path:
+        return resolve_path(self.output_dir) / "regions"
+
+    @property
+    def exports_dir(self) -> Path:
+        return resolve_path(self.output_dir) / "exports"

@@ -1,0 +1,59 @@
+"""Run the per-source stages of one source through Dagster, in process (used by `vlit` and tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from vlit_assets.definitions import SOURCE_STAGES, defs
+
+
+def ensure_partition(instance: dg.DagsterInstance, source: str) -> None:
+    if not instance.has_dynamic_partition("sources", source):
+        instance.add_dynamic_partitions("sources", [source])
+
+
+def stage_selection(stages: Sequence[str]) -> list[dg.AssetKey]:
+    job = defs.resolve_job_def("source_job")
+    return [
+        key
+        for key in job.asset_layer.executable_asset_keys
+        if defs.resolve_assets_def(key).get_asset_spec(key).group_name in stages
+    ]
+
+
+def run_source(
+    instance: dg.DagsterInstance,
+    source: str,
+    root: Path | None,
+    *,
+    split: str | None = None,
+    stages: Sequence[str] = SOURCE_STAGES,
+    op_config: Mapping[str, Mapping[str, Any]] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize ``stages`` (with their blocking checks) for the ``source`` partition.
+
+    ``root`` registers the source's directory (None: use the registry or the conventions of
+    the raw stage); ``op_config`` adds config for other stages' ops by op name.
+    """
+    ensure_partition(instance, source)
+    raw_config: dict[str, Any] = {}
+    if root is not None:
+        raw_config["source_dir"] = str(Path(root).resolve())
+    if split:
+        raw_config["split"] = split
+    ops: dict[str, Any] = {name: {"config": dict(cfg)} for name, cfg in (op_config or {}).items()}
+    if "raw" in stages:
+        ops.setdefault("raw", {"config": {}})["config"].update(raw_config)
+    return defs.resolve_job_def("source_job").execute_in_process(
+        run_config={"ops": ops},
+        instance=instance,
+        partition_key=source,
+        asset_selection=stage_selection(stages),
+        raise_on_error=False,
+        tags={"vlit/source": source, **(tags or {})},
+    )

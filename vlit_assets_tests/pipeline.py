@@ -1,0 +1,44 @@
+"""Helpers for in-process Dagster tests: a temp instance, temp DuckDB and temp outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from vlit_assets.core import warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Env:
+    instance: dg.DagsterInstance
+    db_path: Path
+    output_dir: Path
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        with warehouse.connect(self.db_path, read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def scalar(self, sql: str, params: list | None = None):
+        return self.query(sql, params)[0][0]
+
+
+@contextmanager
+def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    db_path = tmp_path / "warehouse.duckdb"
+    output_dir = tmp_path / "out"
+    monkeypatch.setenv("VLIT_DB_PATH", str(db_path))
+    monkeypatch.setenv("VLIT_DATA_DIR", str(REPO / "data"))
+    monkeypatch.setenv("VLIT_OUTPUT_DIR", str(output_dir))
+    for key in ("VLIT_LLM_BASE_URL", "VLIT_LLM_MODEL", "VLIT_LLM_API_KEY"):
+        monkeypatch.setenv(key, "")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield Env(instance, db_path, output_dir)
