@@ -56,3 +56,34 @@ class ProjectPaths(dg.ConfigurableResource):
     @property
     def exports_dir(self) -> Path:
         return resolve_path(self.output_dir) / "exports"
+
+
+class LLMResource(dg.ConfigurableResource):
+    """An OpenAI-compatible endpoint for self-instruct; empty base_url/model = not configured."""
+
+    base_url: str = ""
+    model: str = ""
+    api_key: str = ""  # from dg.EnvVar only; never logged, never stored
+    concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    temperature: float = 0.7
+    max_tokens: int = 1024
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url.strip() and self.model.strip())
+
+    def settings(self):
+        from vlit_assets.core.llm import LLMSettings
+
+        return LLMSettings(
+            base_url=self.base_url,
+            model=self.model,
+            api_key=self.api_key or "not-needed",
+            concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )

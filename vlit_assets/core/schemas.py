@@ -154,6 +154,17 @@ REJECT_REASONS = {
     "bbox_outside_image": "the box extends past the image bounds",
     "caption_empty": "the caption is empty or whitespace",
     "parent_image_rejected": "the annotation belongs to an image that was rejected",
+    # imported instruction data (core/formats.py)
+    "record_unparseable": "a JSONL line or record is not valid JSON",
+    "conversation_empty": "the record has no conversation turns",
+    "turn_unknown_speaker": "a turn's speaker is neither the user nor the assistant",
+    "turns_not_alternating": "turns do not alternate user/assistant starting with the user",
+    "turn_unanswered": "the last user turn has no answer",
+    "turn_empty": "a turn's text is empty",
+    "image_token_missing": "the first user turn lacks the image token",
+    "image_token_misplaced": "an image token appears outside the first user turn, or twice",
+    "instruction_type_unknown": "the record's instruction type is not one we know",
+    "conversation_duplicate_id": "two records share an id and image",
 }
 
 GENERATED_CONVERSATIONS = Table(
@@ -184,6 +195,7 @@ GENERATED_CONVERSATIONS = Table(
 )
 
 INSTRUCTION_TYPES = ("global", "negative", "region")
+UNLABELLED = "unlabelled"  # imported records that carry no instruction type; never guessed
 GENERATORS = ("template", "llm", "import")
 
 META_SOURCES = Table(

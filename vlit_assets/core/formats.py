@@ -1,0 +1,594 @@
+"""Converters between internal conversations and the LLaVA and paper-release instruction formats.
+
+Internal form: rows of ``generated__conversations`` whose ``turns`` alternate human/gpt, starting
+with human. Imports validate every record; a malformed record becomes a ``raw__rejects`` row that
+names the file, the record and the field, and the rest of the file still imports.
+
+Choices that callers rely on:
+
+- An imported record that carries no instruction type (plain LLaVA data) gets
+  ``instruction_type = "unlabelled"``: the type is not guessed from the text.
+- An imported row keeps the record's own identifier in ``source_annotation_ids``
+  (``"llava_id:<id>"`` or ``"paper_img_ids:<img_ids>"``) so that re-export writes it back
+  unchanged; rows the pipeline generated export their ``conversation_id`` (LLaVA) or the digits
+  of the image file name (paper ``img_ids``).
+- ``to_llava`` writes an extra ``instruction_type`` key (LLaVA's loader ignores unknown keys), so
+  a LLaVA round trip keeps the type.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import polars as pl
+
+from vlit_assets.core.ids import stable_id
+from vlit_assets.core.schemas import (
+    GENERATED_CONVERSATIONS,
+    INSTRUCTION_TYPES,
+    RAW_REJECTS,
+    TURN,
+    Table,
+)
+
+IMAGE_TOKEN = "<image>"
+UNLABELLED = "unlabelled"
+GENERATOR = "import"
+LLAVA_ID_PREFIX = "llava_id:"
+PAPER_IMG_IDS_PREFIX = "paper_img_ids:"
+
+LLAVA_SPEAKERS = {"human": "human", "gpt": "gpt"}
+PAPER_SPEAKERS = {"User": "human", "AI": "gpt"}
+PAPER_FROM = {"human": "User", "gpt": "AI"}
+
+# Reject codes this module adds to schemas.REJECT_REASONS ("annotation_bad_field" is shared).
+IMPORT_REJECT_REASONS = {
+    "record_unparseable": "a JSON Lines line is not valid JSON",
+    "conversation_empty": "the record has no turns",
+    "turn_unknown_speaker": "a turn's `from` is not a speaker of the file's format",
+    "turns_not_alternating": "turns do not start with the user and alternate user/assistant",
+    "turn_unanswered": "the last turn is the user's, so nothing answers it",
+    "turn_empty": "a turn's value is empty or whitespace",
+    "image_token_missing": "the first user turn lacks <image>, so LLaVA would never show the image",
+    "image_token_misplaced": "<image> appears outside the first user turn or more than once",
+    "instruction_type_unknown": "instruction_type is not one of global, negative, region",
+    "conversation_duplicate_id": "the record maps to the id of an earlier record of the file",
+}
+
+_DUCK_TO_POLARS: dict[str, pl.DataType] = {
+    "VARCHAR": pl.String(),
+    "INTEGER": pl.Int32(),
+    "BIGINT": pl.Int64(),
+    "DOUBLE": pl.Float64(),
+    "BOOLEAN": pl.Boolean(),
+    "VARCHAR[]": pl.List(pl.String()),
+    f"{TURN}[]": pl.List(pl.Struct({"from": pl.String(), "value": pl.String()})),
+}
+
+
+def _polars_schema(table: Table) -> dict[str, pl.DataType]:
+    return {col: _DUCK_TO_POLARS[duck] for col, duck in table.columns.items()}
+
+
+CONVERSATION_SCHEMA = _polars_schema(GENERATED_CONVERSATIONS)
+REJECT_SCHEMA = _polars_schema(RAW_REJECTS)
+
+
+class InstructionFormatError(ValueError):
+    """The file as a whole is unusable: not JSON, or neither LLaVA nor paper format."""
+
+    def __init__(self, file: str | Path, key: str, message: str) -> None:
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        self.file = str(file)
+        self.key = key
+
+
+@dataclass
+class ImportResult:
+    rows: pl.DataFrame  # generated__conversations columns, generator="import"
+    rejects: pl.DataFrame  # raw__rejects columns
+
+    def reject_counts(self) -> dict[str, int]:
+        return dict(Counter(self.rejects["reason"].to_list()))
+
+
+@dataclass(frozen=True)
+class _Problem:
+    field: str
+    reason: str
+    detail: str
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_structure(raw: object, speakers: Mapping[str, str]) -> list[dict] | _Problem:
+    """Turns mapped to human/gpt, or the first structural problem of the list."""
+    if raw is None:
+        return _Problem("conversations", "annotation_bad_field", "conversations is missing")
+    if not isinstance(raw, list):
+        kind = type(raw).__name__
+        return _Problem("conversations", "annotation_bad_field", f"expected a list, got {kind}")
+    if not raw:
+        return _Problem("conversations", "conversation_empty", "the list of turns is empty")
+    turns: list[dict] = []
+    for k, turn in enumerate(raw):
+        where = f"conversations[{k}]"
+        if not isinstance(turn, dict):
+            kind = type(turn).__name__
+            return _Problem(where, "annotation_bad_field", f"expected an object, got {kind}")
+        speaker = turn.get("from")
+        if speaker not in speakers:
+            allowed = ", ".join(repr(s) for s in speakers)
+            return _Problem(
+                f"{where}.from",
+                "turn_unknown_speaker",
+                f"from is {speaker!r}; expected one of {allowed}",
+            )
+        value = turn.get("value")
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            return _Problem(f"{where}.value", "annotation_bad_field", f"value is {kind}, not text")
+        role, expected = speakers[speaker], "human" if k % 2 == 0 else "gpt"
+        if role != expected:
+            return _Problem(
+                f"{where}.from",
+                "turns_not_alternating",
+                f"turn {k} is from {speaker!r}; turns must start with the user and alternate",
+            )
+        turns.append({"from": role, "value": value})
+    if turns[-1]["from"] == "human":
+        return _Problem(
+            f"conversations[{len(turns) - 1}]",
+            "turn_unanswered",
+            "the conversation ends with a user turn that nothing answers",
+        )
+    return turns
+
+
+def _strip_image_token(turns: list[dict]) -> list[dict] | _Problem:
+    """Remove LLaVA's image token from the first user turn, where it must appear exactly once."""
+    for k, turn in enumerate(turns):
+        n = turn["value"].count(IMAGE_TOKEN)
+        if (k == 0 and n > 1) or (k > 0 and n > 0):
+            return _Problem(
+                f"conversations[{k}].value",
+                "image_token_misplaced",
+                f"{IMAGE_TOKEN} appears {n} time(s) in turn {k}; only once, in turn 0, is allowed",
+            )
+    first = turns[0]["value"]
+    if IMAGE_TOKEN not in first:
+        return _Problem(
+            "conversations[0].value",
+            "image_token_missing",
+            f"the first user turn has no {IMAGE_TOKEN} token",
+        )
+    before, after = first.split(IMAGE_TOKEN, 1)
+    if not before.strip():
+        text = after[1:] if after.startswith("\n") else after
+    elif not after.strip():
+        text = before[:-1] if before.endswith("\n") else before
+    else:
+        text = before.rstrip() + " " + after.lstrip()
+    return [{"from": "human", "value": text}, *turns[1:]]
+
+
+def _check_no_token(turns: list[dict]) -> _Problem | None:
+    for k, turn in enumerate(turns):
+        if IMAGE_TOKEN in turn["value"]:
+            return _Problem(
+                f"conversations[{k}].value",
+                "image_token_misplaced",
+                f"{IMAGE_TOKEN} is LLaVA's placeholder and does not belong in this format",
+            )
+    return None
+
+
+def _check_not_empty(turns: list[dict]) -> _Problem | None:
+    for k, turn in enumerate(turns):
+        if not turn["value"].strip():
+            return _Problem(
+                f"conversations[{k}].value", "turn_empty", f"turn {k} has no text (after <image>)"
+            )
+    return None
+
+
+def _llava_turns(raw: object) -> list[dict] | _Problem:
+    turns = _check_structure(raw, LLAVA_SPEAKERS)
+    if isinstance(turns, _Problem):
+        return turns
+    turns = _strip_image_token(turns)
+    if isinstance(turns, _Problem):
+        return turns
+    return _check_not_empty(turns) or turns
+
+
+def _paper_turns(raw: object) -> list[dict] | _Problem:
+    turns = _check_structure(raw, PAPER_SPEAKERS)
+    if isinstance(turns, _Problem):
+        return turns
+    return _check_no_token(turns) or _check_not_empty(turns) or turns
+
+
+def _text_field(record: dict, key: str, *, allow_int: bool = False) -> str | _Problem:
+    value = record.get(key)
+    if isinstance(value, str) and value.strip():
+        return value
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    got = "missing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    return _Problem(key, "annotation_bad_field", f"{key} must be a non-empty string; got {got}")
+
+
+def _check_type(value: object, *, required: bool) -> str | _Problem:
+    if value is None and not required:
+        return UNLABELLED
+    allowed = INSTRUCTION_TYPES if required else (*INSTRUCTION_TYPES, UNLABELLED)
+    if value in allowed:
+        return str(value)
+    return _Problem(
+        "instruction_type",
+        "instruction_type_unknown",
+        f"instruction_type is {value!r}; expected one of {', '.join(allowed)}",
+    )
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _conversation_row(
+    *,
+    source: str,
+    image: str,
+    base_image: str,
+    instruction_type: str,
+    key: str,
+    index: int,
+    turns: list[dict],
+    original_id: str | None,
+) -> dict:
+    return {
+        "conversation_id": stable_id("conv", source, image, instruction_type, GENERATOR, "", key),
+        "source": source,
+        "image_id": stable_id("img", source, base_image),
+        "instruction_type": instruction_type,
+        "generator": GENERATOR,
+        "variant": index,
+        "turns": turns,
+        "image_path": image,
+        "region_object_id": None,
+        "source_annotation_ids": [original_id] if original_id else [],
+        "model": None,
+        "prompt_version": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "latency_ms": None,
+        "cache_hit": None,
+        "drop_reason": None,
+        "run_id": None,
+    }
+
+
+def _reject_row(source: str, file: str, record_id: str, problem: _Problem) -> dict:
+    return {
+        "reject_id": stable_id("rej", source, file, record_id, problem.field, problem.reason),
+        "source": source,
+        "file": file,
+        "record_id": record_id,
+        "field": problem.field,
+        "reason": problem.reason,
+        "detail": f"{file} record {record_id}: {problem.detail}",
+        "run_id": None,
+    }
+
+
+class _Collector:
+    """Accumulates rows and rejects of one file and keeps conversation ids unique."""
+
+    def __init__(self, source: str, file: str) -> None:
+        self.source, self.file = source, file
+        self.rows: list[dict] = []
+        self.rejects: list[dict] = []
+        self._seen: dict[str, str] = {}
+
+    def reject(self, record_id: str, problem: _Problem) -> None:
+        self.rejects.append(_reject_row(self.source, self.file, record_id, problem))
+
+    def add(self, record_id: str, row: dict) -> None:
+        cid = row["conversation_id"]
+        if cid in self._seen:
+            detail = f"it maps to the same conversation id as record {self._seen[cid]}"
+            self.reject(record_id, _Problem("id", "conversation_duplicate_id", detail))
+            return
+        self._seen[cid] = record_id
+        self.rows.append(row)
+
+    def result(self) -> ImportResult:
+        return ImportResult(
+            rows=pl.DataFrame(self.rows, schema=CONVERSATION_SCHEMA, orient="row")
+            if self.rows
+            else pl.DataFrame(schema=CONVERSATION_SCHEMA),
+            rejects=pl.DataFrame(self.rejects, schema=REJECT_SCHEMA, orient="row")
+            if self.rejects
+            else pl.DataFrame(schema=REJECT_SCHEMA),
+        )
+
+
+# ---------------------------------------------------------------- LLaVA
+
+
+def _llava_key(index: int, own_id: str | None, occurrences: Counter[str]) -> str:
+    """The record's part of its conversation id: its own id when it has one."""
+    if own_id is None:
+        return f"#{index}"
+    # LLaVA-Instruct repeats an id for each conversation about the same image; the k-th repeat
+    # gets its own key, counted over valid and rejected records alike so fixing a bad record
+    # does not renumber the others
+    seen = occurrences[own_id]
+    occurrences[own_id] += 1
+    return own_id if seen == 0 else f"{own_id}#{seen}"
+
+
+def _llava_record(out: _Collector, index: int, record: object, occurrences: Counter[str]) -> None:
+    ref = f"[{index}]"
+    if not isinstance(record, dict):
+        kind = type(record).__name__
+        out.reject(ref, _Problem("", "annotation_bad_field", f"expected an object, got {kind}"))
+        return
+    own_id = _text_field(record, "id", allow_int=True) if "id" in record else None
+    if isinstance(own_id, _Problem):
+        out.reject(ref, own_id)
+        return
+    key = _llava_key(index, own_id, occurrences)
+    ref = ref if own_id is None else own_id
+    image = _text_field(record, "image")
+    itype = _check_type(record.get("instruction_type"), required=False)
+    turns = _llava_turns(record.get("conversations"))
+    for checked in (image, itype, turns):
+        if isinstance(checked, _Problem):
+            out.reject(ref, checked)
+            return
+    assert isinstance(image, str) and isinstance(itype, str) and isinstance(turns, list)
+    row = _conversation_row(
+        source=out.source,
+        image=image,
+        base_image=image,
+        instruction_type=itype,
+        key=key,
+        index=index,
+        turns=turns,
+        original_id=None if own_id is None else LLAVA_ID_PREFIX + own_id,
+    )
+    out.add(ref if own_id is None else f"{own_id} [{index}]", row)
+
+
+def _import_llava(items: Iterable[tuple[int, object]], out: _Collector) -> ImportResult:
+    occurrences: Counter[str] = Counter()
+    for index, record in items:
+        _llava_record(out, index, record, occurrences)
+    return out.result()
+
+
+def from_llava(records: object, *, source: str, file: str) -> ImportResult:
+    """Import a LLaVA JSON list; malformed records become rejects, the rest become rows."""
+    if not isinstance(records, list):
+        raise InstructionFormatError(
+            file, "", f"expected a JSON list of LLaVA records, got {type(records).__name__}"
+        )
+    return _import_llava(enumerate(records), _Collector(source, file))
+
+
+def _export_turns(row: Mapping) -> list[dict]:
+    cid = row.get("conversation_id")
+    if row.get("drop_reason"):
+        raise ValueError(f"conversation {cid}: dropped ({row['drop_reason']}); filter it out first")
+    turns = _check_structure(row.get("turns"), {"human": "human", "gpt": "gpt"})
+    problem = turns if isinstance(turns, _Problem) else None
+    if isinstance(turns, list):
+        problem = _check_no_token(turns) or _check_not_empty(turns)
+    if problem:
+        raise ValueError(f"conversation {cid}: {problem.field}: {problem.detail}")
+    assert isinstance(turns, list)
+    return turns
+
+
+def _original_id(row: Mapping, prefix: str) -> str | None:
+    for value in row.get("source_annotation_ids") or []:
+        if isinstance(value, str) and value.startswith(prefix):
+            return value[len(prefix) :]
+    return None
+
+
+def _llava_image(row: Mapping, image_root: Path | None) -> str:
+    image = row.get("image_path")
+    if not isinstance(image, str) or not image:
+        raise ValueError(f"conversation {row.get('conversation_id')}: image_path is empty")
+    if image_root is None:
+        return image
+    path = Path(image)
+    if not path.is_absolute():
+        return PurePosixPath(path).as_posix()
+    try:
+        return path.relative_to(image_root).as_posix()
+    except ValueError:
+        raise ValueError(
+            f"conversation {row.get('conversation_id')}: {image} is not under {image_root}"
+        ) from None
+
+
+def to_llava(rows: pl.DataFrame, *, image_root: Path | None = None) -> list[dict]:
+    """LLaVA training records: ``<image>`` leads the first user turn; ``image`` is root-relative."""
+    records = []
+    for row in rows.iter_rows(named=True):
+        turns = _export_turns(row)
+        conversations = [{"from": t["from"], "value": t["value"]} for t in turns]
+        conversations[0]["value"] = f"{IMAGE_TOKEN}\n{conversations[0]['value']}"
+        record = {
+            "id": _original_id(row, LLAVA_ID_PREFIX) or row["conversation_id"],
+            "image": _llava_image(row, image_root),
+            "conversations": conversations,
+        }
+        if row["instruction_type"] != UNLABELLED:
+            record["instruction_type"] = row["instruction_type"]
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- paper release format
+
+_TRAILING_IDS = re.compile(r"(\d+(?:_\d+)?)$")
+_REGION_SUFFIX = re.compile(r"_\d+$")
+
+
+def _paper_record(out: _Collector, index: int, record: object) -> None:
+    ref = f"[{index}]"
+    if not isinstance(record, dict):
+        kind = type(record).__name__
+        out.reject(ref, _Problem("", "annotation_bad_field", f"expected an object, got {kind}"))
+        return
+    img_ids = _text_field(record, "img_ids", allow_int=True)
+    image = _text_field(record, "image")
+    itype = _check_type(record.get("instruction_type"), required=True)
+    turns = _paper_turns(record.get("conversations"))
+    for checked in (img_ids, image, itype, turns):
+        if isinstance(checked, _Problem):
+            out.reject(ref, checked)
+            return
+    assert isinstance(image, str) and isinstance(itype, str) and isinstance(turns, list)
+    path = PurePosixPath(image)
+    # a region image is the original with a box drawn in; its id names the original image
+    base = image
+    if itype == "region" and _REGION_SUFFIX.search(path.stem):
+        base = str(path.with_stem(_REGION_SUFFIX.sub("", path.stem)))
+    row = _conversation_row(
+        source=out.source,
+        image=image,
+        base_image=base,
+        instruction_type=itype,
+        key=f"#{index}",
+        index=index,
+        turns=turns,
+        original_id=f"{PAPER_IMG_IDS_PREFIX}{img_ids}",
+    )
+    out.add(ref, row)
+
+
+def from_paper(doc: object, *, source: str, file: str) -> ImportResult:
+    """Import the paper's release format; malformed annotations become rejects."""
+    if not isinstance(doc, dict):
+        raise InstructionFormatError(file, "", f"expected a JSON object, got {type(doc).__name__}")
+    annotations = doc.get("annotations")
+    if not isinstance(annotations, list):
+        got = "missing" if annotations is None else type(annotations).__name__
+        raise InstructionFormatError(file, "annotations", f"expected a list, got {got}")
+    out = _Collector(source, file)
+    for index, record in enumerate(annotations):
+        _paper_record(out, index, record)
+    return out.result()
+
+
+def _paper_img_ids(row: Mapping) -> str:
+    original = _original_id(row, PAPER_IMG_IDS_PREFIX)
+    if original is not None:
+        return original
+    stem = PurePosixPath(row["image_path"]).stem
+    match = _TRAILING_IDS.search(stem)
+    return match.group(1) if match else stem
+
+
+def to_paper(rows: pl.DataFrame, *, image_source: str, construction_time: str) -> dict:
+    """The paper's release document; every row needs one of the paper's three types."""
+    annotations = []
+    for row in rows.iter_rows(named=True):
+        turns = _export_turns(row)
+        if row["instruction_type"] not in INSTRUCTION_TYPES:
+            raise ValueError(
+                f"conversation {row['conversation_id']}: instruction_type "
+                f"{row['instruction_type']!r} has no place in the paper format "
+                f"({', '.join(INSTRUCTION_TYPES)})"
+            )
+        if not row.get("image_path"):
+            raise ValueError(f"conversation {row['conversation_id']}: image_path is empty")
+        annotations.append(
+            {
+                "img_ids": _paper_img_ids(row),
+                "image": row["image_path"],
+                "instruction_type": row["instruction_type"],
+                "conversations": [
+                    {"from": PAPER_FROM[t["from"]], "value": t["value"]} for t in turns
+                ],
+            }
+        )
+    return {
+        "image_source": image_source,
+        "construction_time": construction_time,
+        "annotations": annotations,
+    }
+
+
+# ---------------------------------------------------------------- files
+
+
+def _read_jsonl(path: Path, text: str, out: _Collector) -> ImportResult:
+    items: list[tuple[int, object]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append((lineno - 1, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            problem = _Problem(
+                f"line {lineno}", "record_unparseable", f"line {lineno} is not JSON: {exc.msg}"
+            )
+            out.reject(f"[{lineno - 1}]", problem)
+    return _import_llava(items, out)
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def load_instruction_file(path: Path, *, source: str) -> ImportResult:
+    """Import a LLaVA (JSON list or JSON Lines) or paper-format file, detected from its content.
+
+    Rejects and errors name the file by its base name (``path.name``) so that reject ids do not
+    depend on where the file sits on a machine.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InstructionFormatError(path, "", f"not UTF-8 text ({exc.reason})") from exc
+    if not text.strip():
+        raise InstructionFormatError(path, "", "the file is empty")
+    file = path.name
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if _looks_like_jsonl(text):
+            return _read_jsonl(path, text, _Collector(source, file))
+        raise InstructionFormatError(
+            path, "", f"not JSON or JSON Lines: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    if isinstance(doc, list):
+        return from_llava(doc, source=source, file=file)
+    if isinstance(doc, dict) and "annotations" in doc:
+        return from_paper(doc, source=source, file=file)
+    if isinstance(doc, dict) and "conversations" in doc:
+        return _read_jsonl(path, text, _Collector(source, file))
+    keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+    raise InstructionFormatError(
+        path,
+        "annotations",
+        "neither a LLaVA list/JSON Lines nor a paper document ('annotations'); "
+        f"top level has {keys}",
+    )

@@ -1,0 +1,537 @@
+"""LLaVA and paper-format converters: round trips, the paper's examples, malformed records."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from vlit_assets.core import warehouse
+from vlit_assets.core.formats import (
+    CONVERSATION_SCHEMA,
+    IMAGE_TOKEN,
+    IMPORT_REJECT_REASONS,
+    UNLABELLED,
+    InstructionFormatError,
+    from_llava,
+    from_paper,
+    load_instruction_file,
+    to_llava,
+    to_paper,
+)
+from vlit_assets.core.ids import stable_id
+from vlit_assets.core.schemas import REJECT_REASONS
+
+TURNS = {
+    "global": [
+        ("human", "Describe the scene."),
+        ("gpt", "A red bus drives past two people on the sidewalk."),
+        ("human", "Why might the bus be there?"),
+        ("gpt", "It is probably on its regular route through the city."),
+    ],
+    "negative": [
+        ("human", "Is there a dog in the picture?"),
+        ("gpt", "No, there is no dog; only a bus and two people."),
+    ],
+    "region": [
+        ("human", "What is inside the red box?"),
+        ("gpt", "A red bus."),
+    ],
+}
+IMAGES = {
+    "global": "train/000000123456.jpg",
+    "negative": "train/000000123456.jpg",
+    "region": "regions/000000123456_0.jpg",
+}
+
+
+def _turns(pairs: list[tuple[str, str]]) -> list[dict]:
+    return [{"from": who, "value": text} for who, text in pairs]
+
+
+def _internal_rows() -> pl.DataFrame:
+    """Rows as the generation stage writes them (generator="template")."""
+    rows = []
+    for itype, pairs in TURNS.items():
+        row = dict.fromkeys(CONVERSATION_SCHEMA)
+        row |= {
+            "conversation_id": stable_id("conv", "sample", IMAGES[itype], itype, "template"),
+            "source": "sample",
+            "image_id": stable_id("img", "sample", 123456),
+            "instruction_type": itype,
+            "generator": "template",
+            "variant": 0,
+            "turns": _turns(pairs),
+            "image_path": IMAGES[itype],
+            "source_annotation_ids": ["cap_1", "obj_2"],
+        }
+        rows.append(row)
+    return pl.DataFrame(rows, schema=CONVERSATION_SCHEMA)
+
+
+def _llava(value0: str = "<image>\nWhat is here?", **extra: object) -> dict:
+    record = {
+        "id": "r1",
+        "image": "images/a.jpg",
+        "conversations": [
+            {"from": "human", "value": value0},
+            {"from": "gpt", "value": "A cat."},
+        ],
+    }
+    return record | extra
+
+
+def _by_type(df: pl.DataFrame) -> dict[str, dict]:
+    return {row["instruction_type"]: row for row in df.iter_rows(named=True)}
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_llava_round_trip_keeps_turns_type_and_image() -> None:
+    rows = _internal_rows()
+    records = to_llava(rows)
+    assert [r["conversations"][0]["value"].startswith(f"{IMAGE_TOKEN}\n") for r in records] == [
+        True
+    ] * 3
+    assert all(IMAGE_TOKEN not in t["value"] for r in records for t in r["conversations"][1:])
+    assert [r["id"] for r in records] == rows["conversation_id"].to_list()
+
+    back = from_llava(json.loads(json.dumps(records)), source="reimport", file="out.json")
+    assert back.rejects.height == 0
+    before, after = _by_type(rows), _by_type(back.rows)
+    assert set(after) == set(TURNS)
+    for itype in TURNS:
+        assert after[itype]["turns"] == before[itype]["turns"]
+        assert after[itype]["image_path"] == before[itype]["image_path"]
+    assert set(back.rows["generator"]) == {"import"}
+
+
+def test_paper_round_trip_keeps_turns_type_and_image() -> None:
+    rows = _internal_rows()
+    doc = to_paper(rows, image_source="sample", construction_time="2024-01")
+    assert {a["instruction_type"]: a["img_ids"] for a in doc["annotations"]} == {
+        "global": "000000123456",
+        "negative": "000000123456",
+        "region": "000000123456_0",
+    }
+    assert {t["from"] for a in doc["annotations"] for t in a["conversations"]} == {"User", "AI"}
+
+    back = from_paper(json.loads(json.dumps(doc)), source="reimport", file="paper.json")
+    assert back.rejects.height == 0
+    before, after = _by_type(rows), _by_type(back.rows)
+    for itype in TURNS:
+        assert after[itype]["turns"] == before[itype]["turns"]
+        assert after[itype]["image_path"] == before[itype]["image_path"]
+    # re-export of the imported rows writes the same document
+    assert to_paper(back.rows, image_source="sample", construction_time="2024-01") == doc
+
+
+def test_reimport_of_an_export_keeps_conversation_ids() -> None:
+    first = from_llava([_llava(), _llava(id="r2")], source="s", file="a.json")
+    again = from_llava(to_llava(first.rows), source="s", file="b.json")
+    assert again.rows["conversation_id"].to_list() == first.rows["conversation_id"].to_list()
+    assert [r["id"] for r in to_llava(again.rows)] == ["r1", "r2"]
+
+
+def test_llava_export_makes_images_relative_to_the_root(tmp_path: Path) -> None:
+    rows = _internal_rows().with_columns(
+        image_path=pl.lit(str(tmp_path / "imgs" / "train" / "x.jpg"))
+    )
+    assert {r["image"] for r in to_llava(rows, image_root=tmp_path / "imgs")} == {"train/x.jpg"}
+    with pytest.raises(ValueError, match="is not under"):
+        to_llava(rows, image_root=tmp_path / "elsewhere")
+
+
+# ---------------------------------------------------------------- the paper's examples
+
+
+def test_paper_examples_import_and_reexport_unchanged(paper_examples: Path) -> None:
+    path = paper_examples / "examples.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    result = load_instruction_file(path, source="paper")
+    assert result.rejects.height == 0
+    assert result.rows["instruction_type"].to_list() == ["global", "negative", "region"]
+    assert result.rows["turns"].list.len().to_list() == [8, 18, 12]
+    for row, ann in zip(result.rows.iter_rows(named=True), doc["annotations"], strict=True):
+        assert (paper_examples / "images" / row["image_path"]).exists()
+        assert [t["value"] for t in row["turns"]] == [t["value"] for t in ann["conversations"]]
+    region = _by_type(result.rows)["region"]
+    # the region conversation is about the original image, not the boxed copy
+    assert region["image_id"] == stable_id("img", "paper", "COCO_train2014_000000247884.jpg")
+    again = to_paper(
+        result.rows,
+        image_source=doc["image_source"],
+        construction_time=doc["construction_time"],
+    )
+    assert again == doc
+
+
+def test_paper_examples_convert_to_llava_and_back(paper_examples: Path) -> None:
+    result = load_instruction_file(paper_examples / "examples.json", source="paper")
+    back = from_llava(to_llava(result.rows), source="paper", file="llava.json")
+    assert back.rows["instruction_type"].to_list() == ["global", "negative", "region"]
+    assert back.rows["turns"].to_list() == result.rows["turns"].to_list()
+
+
+# ---------------------------------------------------------------- LLaVA details
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("<image>\nWhat is here?", "What is here?"),
+        ("What is here?\n<image>", "What is here?"),
+        ("<image>What is here?", "What is here?"),
+        ("Look at <image> and say what is here.", "Look at and say what is here."),
+    ],
+)
+def test_llava_image_token_is_stripped_wherever_it_sits(value: str, expected: str) -> None:
+    result = from_llava([_llava(value)], source="s", file="f.json")
+    assert result.rows["turns"][0][0]["value"] == expected
+
+
+def test_untyped_llava_records_are_unlabelled_and_keep_their_id() -> None:
+    result = from_llava([_llava(id=33471)], source="s", file="f.json")
+    row = result.rows.row(0, named=True)
+    assert row["instruction_type"] == UNLABELLED
+    assert row["conversation_id"] == stable_id(
+        "conv", "s", "images/a.jpg", UNLABELLED, "import", "", "33471"
+    )
+    (record,) = to_llava(result.rows)
+    assert record["id"] == "33471"
+    assert "instruction_type" not in record
+
+
+def test_typed_llava_records_keep_their_type() -> None:
+    result = from_llava([_llava(instruction_type="negative")], source="s", file="f.json")
+    assert result.rows["instruction_type"].to_list() == ["negative"]
+    assert to_llava(result.rows)[0]["instruction_type"] == "negative"
+
+
+def test_repeated_llava_ids_import_as_distinct_conversations() -> None:
+    # LLaVA-Instruct gives every conversation about one image that image's id
+    records = [_llava(), _llava(), _llava(id="other")]
+    result = from_llava(records, source="s", file="f.json")
+    assert result.rejects.height == 0
+    assert result.rows["conversation_id"].n_unique() == 3
+    assert [r["id"] for r in to_llava(result.rows)] == ["r1", "r1", "other"]
+
+
+def test_a_rejected_record_still_counts_as_an_occurrence_of_its_id() -> None:
+    broken = _llava("no token here")
+    alone = from_llava([_llava()], source="s", file="f.json")
+    after_broken = from_llava([broken, _llava()], source="s", file="f.json")
+    assert after_broken.rejects["reason"].to_list() == ["image_token_missing"]
+    # the valid record is the second "r1" of its file, so its key (and id) differ from "r1" alone
+    assert after_broken.rows["conversation_id"][0] == stable_id(
+        "conv", "s", "images/a.jpg", UNLABELLED, "import", "", "r1#1"
+    )
+    assert alone.rows["conversation_id"][0] != after_broken.rows["conversation_id"][0]
+
+
+def test_records_without_id_get_ids_from_their_position() -> None:
+    records = [_llava(), _llava()]
+    for r in records:
+        del r["id"]
+    result = from_llava(records, source="s", file="f.json")
+    assert result.rows["conversation_id"].n_unique() == 2
+    assert result.rows["variant"].to_list() == [0, 1]
+
+
+# ---------------------------------------------------------------- malformed records
+
+GOOD = _llava()
+
+
+def _conv(*turns: tuple[object, object]) -> list[dict]:
+    return [{"from": who, "value": value} for who, value in turns]
+
+
+LLAVA_BAD = {
+    "not an object": ("just text", "", "annotation_bad_field"),
+    "no conversations": (
+        {k: v for k, v in GOOD.items() if k != "conversations"},
+        "conversations",
+        "annotation_bad_field",
+    ),
+    "conversations not a list": (
+        GOOD | {"conversations": {"from": "human"}},
+        "conversations",
+        "annotation_bad_field",
+    ),
+    "empty conversations": (GOOD | {"conversations": []}, "conversations", "conversation_empty"),
+    "turn not an object": (
+        GOOD | {"conversations": [GOOD["conversations"][0], "A cat."]},
+        "conversations[1]",
+        "annotation_bad_field",
+    ),
+    "unknown speaker": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("assistant", "A."))},
+        "conversations[1].from",
+        "turn_unknown_speaker",
+    ),
+    "missing speaker": (
+        GOOD | {"conversations": [{"from": "human", "value": "<image>\nQ?"}, {"value": "A."}]},
+        "conversations[1].from",
+        "turn_unknown_speaker",
+    ),
+    "starts with gpt": (
+        GOOD | {"conversations": _conv(("gpt", "<image>\nHi."), ("human", "Q?"))},
+        "conversations[0].from",
+        "turns_not_alternating",
+    ),
+    "two user turns in a row": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("human", "Q2?"), ("gpt", "A."))},
+        "conversations[1].from",
+        "turns_not_alternating",
+    ),
+    "unanswered": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", "A."), ("human", "Q2?"))},
+        "conversations[2]",
+        "turn_unanswered",
+    ),
+    "empty answer": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", ""))},
+        "conversations[1].value",
+        "turn_empty",
+    ),
+    "only the token": (
+        GOOD | {"conversations": _conv(("human", "<image>\n  "), ("gpt", "A."))},
+        "conversations[0].value",
+        "turn_empty",
+    ),
+    "value not text": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", None))},
+        "conversations[1].value",
+        "annotation_bad_field",
+    ),
+    "no image": (
+        {k: v for k, v in GOOD.items() if k != "image"},
+        "image",
+        "annotation_bad_field",
+    ),
+    "image is a list": (GOOD | {"image": ["a.jpg", "b.jpg"]}, "image", "annotation_bad_field"),
+    "no image token": (_llava("What is here?"), "conversations[0].value", "image_token_missing"),
+    "two image tokens": (
+        _llava("<image>\n<image>\nQ?"),
+        "conversations[0].value",
+        "image_token_misplaced",
+    ),
+    "token in an answer": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", "<image> A."))},
+        "conversations[1].value",
+        "image_token_misplaced",
+    ),
+    "unknown type": (
+        _llava(instruction_type="detail"),
+        "instruction_type",
+        "instruction_type_unknown",
+    ),
+    "id not text": (_llava(id={"n": 1}), "id", "annotation_bad_field"),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAVA_BAD), ids=list(LLAVA_BAD))
+def test_malformed_llava_record_is_rejected_and_the_rest_imports(case: str) -> None:
+    bad, field, reason = LLAVA_BAD[case]
+    records = [_llava(id="good-0"), copy.deepcopy(bad), _llava(id="good-2")]
+    result = from_llava(records, source="s", file="mixed.json")
+    assert result.rows["variant"].to_list() == [0, 2]
+    assert result.rejects.height == 1
+    reject = result.rejects.row(0, named=True)
+    assert (reject["field"], reason) == (field, reject["reason"])
+    assert reject["file"] == "mixed.json"
+    assert reject["record_id"] in ("[1]", "r1")
+    assert reject["detail"].startswith("mixed.json record ")
+    assert reject["reason"] in REJECT_REASONS or reject["reason"] in IMPORT_REJECT_REASONS
+
+
+def _paper_doc(*annotations: object) -> dict:
+    return {"image_source": "x", "construction_time": "2024", "annotations": list(annotations)}
+
+
+PAPER_GOOD = {
+    "img_ids": "000000000001",
+    "image": "COCO_train2014_000000000001.jpg",
+    "instruction_type": "negative",
+    "conversations": _conv(("User", "Is there a dog?"), ("AI", "No, there is no dog.")),
+}
+PAPER_BAD = {
+    "LLaVA speaker": (
+        PAPER_GOOD | {"conversations": _conv(("human", "Q?"), ("gpt", "A."))},
+        "conversations[0].from",
+        "turn_unknown_speaker",
+    ),
+    "no type": (
+        {k: v for k, v in PAPER_GOOD.items() if k != "instruction_type"},
+        "instruction_type",
+        "instruction_type_unknown",
+    ),
+    "unlabelled type": (
+        PAPER_GOOD | {"instruction_type": UNLABELLED},
+        "instruction_type",
+        "instruction_type_unknown",
+    ),
+    "no img_ids": (
+        {k: v for k, v in PAPER_GOOD.items() if k != "img_ids"},
+        "img_ids",
+        "annotation_bad_field",
+    ),
+    "LLaVA token": (
+        PAPER_GOOD | {"conversations": _conv(("User", "<image>\nQ?"), ("AI", "A."))},
+        "conversations[0].value",
+        "image_token_misplaced",
+    ),
+    "AI first": (
+        PAPER_GOOD | {"conversations": _conv(("AI", "Hello."), ("User", "Q?"))},
+        "conversations[0].from",
+        "turns_not_alternating",
+    ),
+    "blank question": (
+        PAPER_GOOD | {"conversations": _conv(("User", " \n"), ("AI", "A."))},
+        "conversations[0].value",
+        "turn_empty",
+    ),
+    "list instead of object": ([1, 2], "", "annotation_bad_field"),
+}
+
+
+@pytest.mark.parametrize("case", list(PAPER_BAD), ids=list(PAPER_BAD))
+def test_malformed_paper_record_is_rejected_and_the_rest_imports(case: str) -> None:
+    bad, field, reason = PAPER_BAD[case]
+    doc = _paper_doc(PAPER_GOOD, copy.deepcopy(bad), PAPER_GOOD)
+    result = from_paper(doc, source="s", file="paper.json")
+    assert result.rows["variant"].to_list() == [0, 2]
+    reject = result.rejects.row(0, named=True)
+    assert result.rejects.height == 1
+    assert (reject["record_id"], reject["field"], reject["reason"]) == ("[1]", field, reason)
+
+
+def test_reject_ids_are_stable_and_distinct() -> None:
+    records = [LLAVA_BAD[c][0] for c in ("no image", "no image token", "empty answer")]
+    one = from_llava(copy.deepcopy(records), source="s", file="f.json")
+    two = from_llava(copy.deepcopy(records), source="s", file="f.json")
+    assert one.rejects["reject_id"].to_list() == two.rejects["reject_id"].to_list()
+    assert one.rejects["reject_id"].n_unique() == 3
+    assert one.reject_counts() == {
+        "annotation_bad_field": 1,
+        "image_token_missing": 1,
+        "turn_empty": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "doc", [[PAPER_GOOD], {"image_source": "x"}, {"annotations": {"a": 1}}], ids=str
+)
+def test_unusable_paper_document_names_file_and_key(doc: object) -> None:
+    with pytest.raises(InstructionFormatError, match="paper.json") as info:
+        from_paper(doc, source="s", file="paper.json")
+    assert info.value.file == "paper.json"
+
+
+def test_llava_import_needs_a_list() -> None:
+    with pytest.raises(InstructionFormatError, match="f.json: expected a JSON list"):
+        from_llava({"conversations": []}, source="s", file="f.json")
+
+
+# ---------------------------------------------------------------- exporters refuse bad rows
+
+
+def test_exporters_refuse_rows_they_cannot_write_faithfully() -> None:
+    rows = _internal_rows()
+    dropped = rows.with_columns(drop_reason=pl.lit("llm_refusal"))
+    with pytest.raises(ValueError, match="dropped"):
+        to_llava(dropped)
+    untyped = rows.with_columns(instruction_type=pl.lit(UNLABELLED))
+    with pytest.raises(ValueError, match="paper format"):
+        to_paper(untyped, image_source="x", construction_time="y")
+    one_turn = rows.head(1).with_columns(
+        turns=pl.Series([[{"from": "human", "value": "Q?"}]], dtype=CONVERSATION_SCHEMA["turns"])
+    )
+    with pytest.raises(ValueError, match="conversations\\[0\\]"):
+        to_llava(one_turn)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_detects_llava_json_list(tmp_path: Path) -> None:
+    path = _write(tmp_path / "llava.json", json.dumps([_llava(), _llava(id="r2")]))
+    result = load_instruction_file(path, source="s")
+    assert result.rows.height == 2
+    assert set(result.rows["source"]) == {"s"}
+
+
+def test_load_jsonl_rejects_an_unparseable_line_and_keeps_the_rest(tmp_path: Path) -> None:
+    lines = [json.dumps(_llava(id="a")), json.dumps(_llava(id="b"))[:40], "", json.dumps(_llava())]
+    path = _write(tmp_path / "data.jsonl", "\n".join(lines) + "\n")
+    result = load_instruction_file(path, source="s")
+    assert result.rows["source_annotation_ids"].to_list() == [["llava_id:a"], ["llava_id:r1"]]
+    reject = result.rejects.row(0, named=True)
+    assert (reject["file"], reject["field"], reject["reason"]) == (
+        "data.jsonl",
+        "line 2",
+        "record_unparseable",
+    )
+
+
+def test_load_single_line_jsonl(tmp_path: Path) -> None:
+    path = _write(tmp_path / "one.jsonl", json.dumps(_llava()) + "\n")
+    assert load_instruction_file(path, source="s").rows.height == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("  \n\n", "empty"),
+        ('[{"id": "a", "image": "x.jpg", "conversations": [', "not JSON"),
+        ("Here is the data you asked for:\n[]", "not JSON"),
+        ('{"data": []}', "top level has \\['data'\\]"),
+        ("42", "neither"),
+    ],
+    ids=["empty", "blank", "truncated", "prose", "unknown keys", "number"],
+)
+def test_unusable_file_fails_with_its_name(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path / "broken.json", text)
+    with pytest.raises(InstructionFormatError, match=message) as info:
+        load_instruction_file(path, source="s")
+    assert "broken.json" in str(info.value)
+
+
+def test_non_utf8_file_fails_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"image": "caf\u00e9.jpg"}]'.encode("latin-1"))
+    with pytest.raises(InstructionFormatError, match="latin1.json.*UTF-8"):
+        load_instruction_file(path, source="s")
+
+
+# ---------------------------------------------------------------- storage and purity
+
+
+def test_imported_rows_and_rejects_store_in_duckdb(tmp_path: Path) -> None:
+    result = from_llava([_llava(), LLAVA_BAD["no image"][0]], source="s", file="f.json")
+    with warehouse.connect(tmp_path / "wh.duckdb") as con:
+        warehouse.replace_source(con, "generated__conversations", result.rows, "s")
+        warehouse.replace_source(con, "raw__rejects", result.rejects, "s")
+        rows = warehouse.read_source(con, "generated__conversations", "s")
+        rejects = warehouse.read_source(con, "raw__rejects", "s")
+    assert rows["turns"].to_list() == result.rows["turns"].to_list()
+    assert rejects["reason"].to_list() == ["annotation_bad_field"]
+
+
+def test_formats_does_not_import_dagster() -> None:
+    code = "import sys, vlit_assets.core.formats; print('dagster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
