@@ -1,0 +1,674 @@
+"""OpenAI-compatible chat client: concurrency, retries with backoff, a DuckDB cache, budgets.
+
+Retries live here and only here (the ``openai`` client's own retries are switched off), so one
+place decides what is retried, how long to wait and what the last cause was. Every completed
+request is written to ``llm__cache`` before it is reported, so an interrupted run resumes
+without paying twice for anything it had already received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import openai
+import polars as pl
+
+from vlit_assets.core.ids import text_hash
+
+log = logging.getLogger(__name__)
+
+# USD per million tokens (prompt, completion). Extend it for the models a deployment uses, or
+# pass explicit prices in LLMSettings; a model without a price cannot run under a cost budget.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+}
+
+CACHE_TABLE = "llm__cache"
+_CACHE_DDL = f"""
+CREATE TABLE IF NOT EXISTS "{CACHE_TABLE}" (
+    request_hash VARCHAR PRIMARY KEY,
+    model VARCHAR,
+    prompt_version VARCHAR,
+    request JSON,
+    response VARCHAR,
+    finish_reason VARCHAR,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    created_at TIMESTAMP
+)"""
+_CACHE_COLUMNS = (
+    "request_hash",
+    "model",
+    "prompt_version",
+    "request",
+    "response",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "created_at",
+)
+
+# 408 and 409 are the server saying "try again"; every other 4xx means the request is wrong.
+_RETRYABLE_4XX = frozenset({408, 409, 429})
+# Set by the client itself; streaming or several choices would change what a reply is.
+_RESERVED_PARAMS = frozenset({"model", "messages", "stream", "n"})
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """Where and how to call the model. The API key never appears in repr, str or public_dict."""
+
+    base_url: str
+    model: str
+    api_key: str = field(default="", repr=False)
+    concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    price_per_mtok_prompt: float | None = None
+    price_per_mtok_completion: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"LLMSettings.concurrency must be >= 1, got {self.concurrency}")
+        if self.max_retries < 0:
+            raise ValueError(f"LLMSettings.max_retries must be >= 0, got {self.max_retries}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"LLMSettings.timeout_s must be > 0, got {self.timeout_s}")
+        listed = PRICES.get(self.model)
+        if listed is not None:
+            if self.price_per_mtok_prompt is None:
+                object.__setattr__(self, "price_per_mtok_prompt", listed[0])
+            if self.price_per_mtok_completion is None:
+                object.__setattr__(self, "price_per_mtok_completion", listed[1])
+
+    @property
+    def price_known(self) -> bool:
+        return self.price_per_mtok_prompt is not None and self.price_per_mtok_completion is not None
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost of one response; 0.0 when no price is known (see ``price_known``)."""
+        if not self.price_known:
+            return 0.0
+        return (
+            prompt_tokens * (self.price_per_mtok_prompt or 0.0)
+            + completion_tokens * (self.price_per_mtok_completion or 0.0)
+        ) / 1e6
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings fit for metadata and logs: everything but the key."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
+
+
+@dataclass
+class Budget:
+    """Limits for one or more runs; the counters keep what was spent (cache hits are free).
+
+    Requests are charged when first sent, tokens and cost when a response arrives, so requests
+    already in flight when a limit is reached may overshoot it by up to ``concurrency - 1``.
+    """
+
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    requests: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    def exhausted(self) -> str | None:
+        """Which limit is reached, or None."""
+        if self.max_requests is not None and self.requests >= self.max_requests:
+            return f"requests {self.requests} >= {self.max_requests}"
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            return f"tokens {self.tokens} >= {self.max_tokens}"
+        if self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd:
+            return f"cost {self.cost_usd:.6f} >= {self.max_cost_usd} USD"
+        return None
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One chat request. ``params`` are sampling parameters sent in the body and part of the
+    cache key (they override the settings' temperature and max_tokens); ``meta`` is the
+    caller's bookkeeping and is neither sent nor hashed."""
+
+    key: str
+    messages: list[dict]
+    prompt_version: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        reserved = sorted(_RESERVED_PARAMS & set(self.params))
+        if reserved:
+            raise ValueError(f"LLMRequest {self.key!r}: params may not set {reserved}")
+        if not self.messages:
+            raise ValueError(f"LLMRequest {self.key!r}: messages are empty")
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """What became of one request: a reply (possibly from the cache) or an error code."""
+
+    key: str
+    text: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float  # from first send to the final answer, retries and waits included
+    cache_hit: bool
+    attempts: int
+    error: str | None  # budget_exhausted | timeout | connection | http_<status> | bad_response
+    error_detail: str | None = None
+    finish_reason: str | None = None
+    request_hash: str = ""
+
+
+def effective_params(request: LLMRequest, settings: LLMSettings) -> dict[str, Any]:
+    return {"temperature": settings.temperature, "max_tokens": settings.max_tokens} | dict(
+        request.params
+    )
+
+
+def _canonical(request: LLMRequest, settings: LLMSettings) -> str:
+    payload = {
+        "model": settings.model,
+        "prompt_version": request.prompt_version,
+        "messages": request.messages,
+        "params": effective_params(request, settings),
+    }
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def request_hash(request: LLMRequest, settings: LLMSettings) -> str:
+    """Cache key: model, prompt version, messages and sampling parameters (never the key)."""
+    return text_hash(_canonical(request, settings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_entry(
+    request: LLMRequest,
+    settings: LLMSettings,
+    *,
+    text: str,
+    finish_reason: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    """One ``llm__cache`` row for a completed request (the stored request has no key)."""
+    return {
+        "request_hash": request_hash(request, settings),
+        "model": settings.model,
+        "prompt_version": request.prompt_version,
+        "request": _canonical(request, settings),
+        "response": text,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "created_at": datetime.now(UTC).replace(tzinfo=None),
+    }
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RequestCache:
+    """Completed requests in the DuckDB table ``llm__cache``, keyed by ``request_hash``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        con.execute(_CACHE_DDL)
+        self._writer: duckdb.DuckDBPyConnection | None = None
+
+    def get_many(self, hashes: Iterable[str]) -> dict[str, CachedResponse]:
+        """All cached responses among ``hashes`` in one query."""
+        keys = pl.DataFrame(
+            {"request_hash": list(dict.fromkeys(hashes))}, schema={"request_hash": pl.String}
+        )
+        if keys.height == 0:
+            return {}
+        self.con.register("_llm_cache_keys", keys)
+        try:
+            rows = self.con.execute(
+                f"""SELECT c.request_hash, c.response, c.finish_reason, c.prompt_tokens,
+                           c.completion_tokens
+                    FROM "{CACHE_TABLE}" c JOIN _llm_cache_keys k USING (request_hash)"""
+            ).fetchall()
+        finally:
+            self.con.unregister("_llm_cache_keys")
+        return {r[0]: CachedResponse(r[1], r[2], r[3] or 0, r[4] or 0) for r in rows}
+
+    def put_many(self, entries: list[dict[str, Any]]) -> None:
+        """Insert completed requests in one statement (one transaction); duplicates are kept
+        as first written."""
+        if not entries:
+            return
+        if self._writer is None:
+            # A cursor of its own, so writes may run in a worker thread.
+            self._writer = self.con.cursor()
+        frame = pl.DataFrame(
+            [[e[c] for c in _CACHE_COLUMNS] for e in entries],
+            schema={
+                "request_hash": pl.String,
+                "model": pl.String,
+                "prompt_version": pl.String,
+                "request": pl.String,
+                "response": pl.String,
+                "finish_reason": pl.String,
+                "prompt_tokens": pl.Int32,
+                "completion_tokens": pl.Int32,
+                "created_at": pl.Datetime("us"),
+            },
+            orient="row",
+        )
+        self._writer.register("_llm_cache_new", frame)
+        try:
+            cols = ", ".join(_CACHE_COLUMNS)
+            self._writer.execute(
+                f'INSERT OR IGNORE INTO "{CACHE_TABLE}" ({cols}) SELECT {cols} FROM _llm_cache_new'
+            )
+        finally:
+            self._writer.unregister("_llm_cache_new")
+
+    def __len__(self) -> int:
+        row = self.con.execute(f'SELECT count(*) FROM "{CACHE_TABLE}"').fetchone()
+        return int(row[0]) if row else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending
+
+
+@dataclass(frozen=True)
+class _Failure:
+    cause: str
+    detail: str
+    retryable: bool
+    retry_after_s: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _classify(exc: BaseException) -> _Failure:
+    if isinstance(exc, TimeoutError | openai.APITimeoutError):
+        return _Failure("timeout", "no answer within timeout_s", True)
+    if isinstance(exc, openai.APIConnectionError):
+        return _Failure("connection", type(exc.__cause__ or exc).__name__, True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retryable = status in _RETRYABLE_4XX or status >= 500
+        retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+        return _Failure(f"http_{status}", str(exc.message)[:300], retryable, retry_after)
+    return _Failure("bad_response", f"{type(exc).__name__}: {str(exc)[:300]}", False)
+
+
+def backoff_delay(attempt: int, settings: LLMSettings, retry_after_s: float | None) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based).
+
+    A server's Retry-After wins (capped at backoff_max_s); otherwise full jitter, so many
+    clients that failed together do not come back together.
+    """
+    if retry_after_s is not None:
+        return min(retry_after_s, settings.backoff_max_s)
+    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
+    return random.uniform(0.0, ceiling)
+
+
+class _Run:
+    """State of one ``run_requests`` call: the client, the budget, the write-behind queue."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        cache: RequestCache | None,
+        budget: Budget,
+        on_result: Callable[[LLMResult], None] | None,
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.budget = budget
+        self.on_result = on_result
+        self.failure: Exception | None = None  # of the writer or the callback
+        self.queue: asyncio.Queue[tuple[LLMResult, dict[str, Any] | None] | None] = asyncio.Queue()
+        self.client = openai.AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=settings.api_key or "unused",
+            max_retries=0,
+            timeout=settings.timeout_s,
+        )
+
+    async def process(self, request: LLMRequest, rhash: str) -> LLMResult:
+        """Send one request unless the budget is spent, account for it, queue it for writing."""
+        reason = self.budget.exhausted()
+        if reason is not None:
+            result = _budget_result(request, rhash, reason)
+            self.queue.put_nowait((result, None))
+            return result
+        self.budget.requests += 1
+        result = await self.send(request, rhash)
+        self.budget.tokens += result.prompt_tokens + result.completion_tokens
+        self.budget.cost_usd += result.cost_usd
+        entry = None
+        if result.error is None:
+            entry = cache_entry(
+                request,
+                self.settings,
+                text=result.text or "",
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+            )
+        self.queue.put_nowait((result, entry))
+        return result
+
+    async def send(self, request: LLMRequest, rhash: str) -> LLMResult:
+        settings = self.settings
+        # The typed create() re-walks every message against its TypedDicts and builds pydantic
+        # models of the reply: more CPU than the HTTP exchange itself, and the client's CPU is
+        # what caps throughput at high concurrency. Messages are plain JSON already.
+        body = {"model": settings.model, "messages": request.messages} | effective_params(
+            request, settings
+        )
+        started = time.perf_counter()
+        failure: _Failure | None = None
+        attempts = 0
+        for attempt in range(1, settings.max_retries + 2):
+            attempts = attempt
+            try:
+                async with asyncio.timeout(settings.timeout_s):
+                    raw = await self.client.post("/chat/completions", cast_to=bytes, body=body)
+                    payload = json.loads(raw)
+            except (TimeoutError, openai.APIError, ValueError) as exc:
+                failure = _classify(exc)
+            else:
+                return self._success(request, rhash, payload, attempt, started)
+            if not failure.retryable or attempt > settings.max_retries:
+                break
+            delay = backoff_delay(attempt, settings, failure.retry_after_s)
+            log.debug("llm retry key=%s cause=%s wait=%.3fs", request.key, failure.cause, delay)
+            await asyncio.sleep(delay)
+        assert failure is not None
+        return LLMResult(
+            key=request.key,
+            text=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=0.0,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cache_hit=False,
+            attempts=attempts,
+            error=failure.cause,
+            error_detail=failure.detail,
+            request_hash=rhash,
+        )
+
+    def _success(
+        self, request: LLMRequest, rhash: str, payload: Any, attempts: int, started: float
+    ) -> LLMResult:
+        latency_ms = (time.perf_counter() - started) * 1000
+        try:
+            choice = payload["choices"][0]
+            text = choice["message"].get("content") or ""
+            usage = payload.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            return LLMResult(
+                request.key, None, 0, 0, 0.0, latency_ms, False, attempts, "bad_response",
+                f"not a chat completion: {type(exc).__name__} {exc}", request_hash=rhash,
+            )  # fmt: skip
+        return LLMResult(
+            key=request.key,
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=self.settings.cost_usd(prompt_tokens, completion_tokens),
+            latency_ms=latency_ms,
+            cache_hit=False,
+            attempts=attempts,
+            error=None,
+            finish_reason=choice.get("finish_reason"),
+            request_hash=rhash,
+        )
+
+    async def write_behind(self) -> None:
+        """Persist completions in small batches (whatever queued up meanwhile), then report them.
+
+        ``on_result`` sees a result only once it is in the cache, so whatever a caller has
+        been told about survives a crash. If writing or the callback fails, workers stop
+        taking new requests, completions still in flight are still written, and the first
+        error is raised once the queue is drained.
+        """
+        done = False
+        while not done:
+            batch, done = await self._next_batch()
+            entries = [entry for _, entry in batch if entry is not None]
+            try:
+                if entries and self.cache is not None:
+                    await asyncio.to_thread(self.cache.put_many, entries)
+                if self.failure is None:
+                    for result, _ in batch:
+                        self.report(result)
+            except Exception as exc:
+                self.failure = self.failure or exc
+        if self.failure is not None:
+            raise self.failure
+
+    async def _next_batch(self) -> tuple[list[tuple[LLMResult, dict[str, Any] | None]], bool]:
+        item = await self.queue.get()
+        done = item is None
+        batch = [] if item is None else [item]
+        while not done and not self.queue.empty():
+            item = self.queue.get_nowait()
+            done = item is None
+            if item is not None:
+                batch.append(item)
+        return batch, done
+
+    def report(self, result: LLMResult) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
+
+
+def _cached_result(request: LLMRequest, rhash: str, hit: CachedResponse) -> LLMResult:
+    return LLMResult(
+        key=request.key,
+        text=hit.text,
+        prompt_tokens=hit.prompt_tokens,
+        completion_tokens=hit.completion_tokens,
+        cost_usd=0.0,
+        latency_ms=0.0,
+        cache_hit=True,
+        attempts=0,
+        error=None,
+        finish_reason=hit.finish_reason,
+        request_hash=rhash,
+    )
+
+
+def _budget_result(request: LLMRequest, rhash: str, reason: str) -> LLMResult:
+    return LLMResult(
+        request.key, None, 0, 0, 0.0, 0.0, False, 0, "budget_exhausted", reason,
+        request_hash=rhash,
+    )  # fmt: skip
+
+
+def _check_unique(requests: list[LLMRequest]) -> None:
+    seen: set[str] = set()
+    for r in requests:
+        if r.key in seen:
+            raise ValueError(f"LLMRequest.key {r.key!r} appears more than once in one run")
+        seen.add(r.key)
+
+
+async def run_requests(
+    requests: Iterable[LLMRequest],
+    settings: LLMSettings,
+    *,
+    cache: RequestCache | None,
+    budget: Budget | None = None,
+    on_result: Callable[[LLMResult], None] | None = None,
+) -> list[LLMResult]:
+    """Results in the order of ``requests``: cached ones at once, the rest sent concurrently.
+
+    Requests that hash alike are sent once and share the answer (the later ones as cache hits).
+    When the budget runs out, nothing more is sent: in-flight requests finish and are kept, the
+    rest come back with ``error="budget_exhausted"``. Errors are results, never exceptions.
+    """
+    reqs = list(requests)
+    _check_unique(reqs)
+    budget = budget if budget is not None else Budget()
+    if budget.max_cost_usd is not None and not settings.price_known:
+        raise ValueError(
+            f"a cost budget needs a price for model {settings.model!r}: add it to llm.PRICES "
+            "or set LLMSettings.price_per_mtok_prompt/_completion"
+        )
+    hashes = [request_hash(r, settings) for r in reqs]
+    hits = cache.get_many(hashes) if cache is not None else {}
+    run = _Run(settings, cache, budget, on_result)
+    results: list[LLMResult | None] = [None] * len(reqs)
+    leader: dict[str, int] = {}
+    followers: list[int] = []
+    pending: deque[int] = deque()
+    for i, (request, rhash) in enumerate(zip(reqs, hashes, strict=True)):
+        if rhash in hits:
+            results[i] = _cached_result(request, rhash, hits[rhash])
+            run.report(results[i])
+        elif rhash in leader:
+            followers.append(i)
+        else:
+            leader[rhash] = i
+            pending.append(i)
+    await _send_pending(run, pending, reqs, hashes, results)
+    for i in followers:
+        first = results[leader[hashes[i]]]
+        assert first is not None
+        results[i] = _follower(first, reqs[i].key)
+        run.report(results[i])
+    done = [r for r in results if r is not None]
+    _log_summary(done, budget)
+    return done
+
+
+async def _send_pending(
+    run: _Run,
+    pending: deque[int],
+    reqs: list[LLMRequest],
+    hashes: list[str],
+    results: list[LLMResult | None],
+) -> None:
+    """Workers take requests off ``pending`` in order; the writer persists what completes."""
+
+    async def worker() -> None:
+        while pending and run.failure is None:
+            i = pending.popleft()
+            results[i] = await run.process(reqs[i], hashes[i])
+
+    writer = asyncio.create_task(run.write_behind())
+    try:
+        if pending:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(run.settings.concurrency, len(pending))):
+                    group.create_task(worker())
+    finally:
+        # Also on cancellation: what completed is still written before we give up.
+        run.queue.put_nowait(None)
+        try:
+            await writer
+        finally:
+            with contextlib.suppress(Exception):
+                await run.client.close()
+
+
+def _follower(first: LLMResult, key: str) -> LLMResult:
+    if first.error is not None:
+        return LLMResult(**{**first.__dict__, "key": key})
+    return LLMResult(**{**first.__dict__, "key": key, "cache_hit": True, "cost_usd": 0.0})
+
+
+def _log_summary(results: list[LLMResult], budget: Budget) -> None:
+    errors: dict[str, int] = {}
+    for r in results:
+        if r.error:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    log.info(
+        "llm run: %d results, %d cache hits, %d errors %s; budget spent: %d requests, "
+        "%d tokens, %.6f USD",
+        len(results),
+        sum(r.cache_hit for r in results),
+        sum(errors.values()),
+        errors,
+        budget.requests,
+        budget.tokens,
+        budget.cost_usd,
+    )
+
+
+def run_requests_sync(
+    requests: Iterable[LLMRequest],
+    settings: LLMSettings,
+    *,
+    cache: RequestCache | None,
+    budget: Budget | None = None,
+    on_result: Callable[[LLMResult], None] | None = None,
+) -> list[LLMResult]:
+    """``run_requests`` for synchronous callers such as Dagster assets.
+
+    Inside a thread that already runs an event loop (a notebook, an async framework) the run
+    gets its own loop in a worker thread, since a running loop cannot be re-entered.
+    """
+
+    def go() -> list[LLMResult]:
+        return asyncio.run(
+            run_requests(requests, settings, cache=cache, budget=budget, on_result=on_result)
+        )
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return go()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-run") as pool:
+        return pool.submit(go).result()

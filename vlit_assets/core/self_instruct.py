@@ -1,0 +1,321 @@
+"""Self-instruct glue: raw annotation frames -> LLM requests, LLM results -> conversation rows.
+
+A request's ``key`` is the conversation id it will produce, and its ``meta`` carries the row's
+provenance (image, type, variant, image path, annotation ids), so ``rows_from_results`` needs
+nothing but the plan and the results. Region selection and region image names follow the
+template generator's rule (largest non-crowd boxes above the area threshold, distinct
+categories first; ``<regions_dir>/<source>/<image stem>_<k>.jpg``), so both generators agree
+on which object ``_k`` is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from vlit_assets.core.ids import stable_id
+from vlit_assets.core.llm import LLMRequest, LLMResult
+from vlit_assets.core.prompts import PROMPT_VERSION, build_messages, parse_reply
+from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
+
+GENERATOR = "llm"
+MAX_PROMPT_OBJECTS = 30  # largest boxes kept; crowded scenes would otherwise flood the prompt
+ABSENT_POOL = 5  # absent categories offered, from the top of the ranking
+
+ROW_SCHEMA: dict[str, pl.DataType] = {
+    "conversation_id": pl.String(),
+    "source": pl.String(),
+    "image_id": pl.String(),
+    "instruction_type": pl.String(),
+    "generator": pl.String(),
+    "variant": pl.Int32(),
+    "turns": pl.List(pl.Struct({"from": pl.String(), "value": pl.String()})),
+    "image_path": pl.String(),
+    "region_object_id": pl.String(),
+    "source_annotation_ids": pl.List(pl.String()),
+    "model": pl.String(),
+    "prompt_version": pl.String(),
+    "prompt_tokens": pl.Int32(),
+    "completion_tokens": pl.Int32(),
+    "latency_ms": pl.Float64(),
+    "cache_hit": pl.Boolean(),
+    "drop_reason": pl.String(),
+    "run_id": pl.String(),
+}
+assert tuple(ROW_SCHEMA) == tuple(GENERATED_CONVERSATIONS.columns)
+
+_NEEDS = {
+    "raw__images": ("image_id", "source", "file_name", "width", "height"),
+    "raw__captions": ("caption_id", "image_id", "caption"),
+    "raw__objects": (
+        "object_id",
+        "image_id",
+        "category_name",
+        "bbox_x",
+        "bbox_y",
+        "bbox_w",
+        "bbox_h",
+        "iscrowd",
+    ),
+    "raw__tags": ("image_id", "present", "absent"),
+}
+
+
+@dataclass(frozen=True)
+class _Object:
+    object_id: str
+    name: str
+    box: tuple[float, float, float, float]  # normalised x0, y0, x1, y1
+    area_frac: float
+    crowd: bool
+
+    def prompt(self) -> dict:
+        name = f"{self.name} (crowd)" if self.crowd else self.name
+        return {"category": name, "bbox": self.box}
+
+
+@dataclass(frozen=True)
+class _Image:
+    image_id: str
+    source: str
+    file_name: str
+    captions: list[tuple[str, str]]  # (caption_id, text)
+    objects: list[_Object]
+    present: list[str]
+    absent: list[str]
+
+
+def _require(frame: pl.DataFrame, table: str) -> None:
+    missing = [c for c in _NEEDS[table] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{table} frame lacks columns {missing} (has {frame.columns})")
+
+
+def _normalise(row: dict, width: int, height: int) -> _Object:
+    x, y, w, h = row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]
+    box = (
+        round(min(max(x / width, 0.0), 1.0), 3),
+        round(min(max(y / height, 0.0), 1.0), 3),
+        round(min(max((x + w) / width, 0.0), 1.0), 3),
+        round(min(max((y + h) / height, 0.0), 1.0), 3),
+    )
+    if not (box[0] < box[2] and box[1] < box[3]):
+        raise ValueError(
+            f"raw__objects {row['object_id']}: bbox ({x}, {y}, {w}, {h}) has no area inside "
+            f"the {width}x{height} image {row['image_id']} at 3-decimal precision"
+        )
+    return _Object(row["object_id"], row["category_name"], box, w * h / (width * height),
+                   bool(row["iscrowd"]))  # fmt: skip
+
+
+def _load(
+    images: pl.DataFrame, captions: pl.DataFrame, objects: pl.DataFrame, tags: pl.DataFrame
+) -> list[_Image]:
+    for frame, table in ((images, "raw__images"), (captions, "raw__captions"),
+                         (objects, "raw__objects"), (tags, "raw__tags")):  # fmt: skip
+        _require(frame, table)
+    caps: dict[str, list[tuple[str, str]]] = {}
+    for r in captions.sort("caption_id").iter_rows(named=True):
+        caps.setdefault(r["image_id"], []).append((r["caption_id"], r["caption"]))
+    objs: dict[str, list[dict]] = {}
+    for r in objects.sort("object_id").iter_rows(named=True):
+        objs.setdefault(r["image_id"], []).append(r)
+    tag_rows = {r["image_id"]: r for r in tags.iter_rows(named=True)}
+    out = []
+    for img in images.sort("image_id").iter_rows(named=True):
+        iid, width, height = img["image_id"], img["width"], img["height"]
+        if not width or not height or width <= 0 or height <= 0:
+            raise ValueError(f"raw__images {iid}: width/height {width}x{height} not positive")
+        if iid not in tag_rows:
+            raise ValueError(f"raw__tags has no row for image {iid} (every valid image has one)")
+        tag = tag_rows[iid]
+        present = [t["name"] for t in tag["present"] or []]
+        absent = [t["name"] for t in tag["absent"] or [] if t["name"] not in present]
+        out.append(
+            _Image(
+                iid,
+                img["source"],
+                img["file_name"],
+                caps.get(iid, []),
+                [_normalise(o, width, height) for o in objs.get(iid, [])],
+                present,
+                absent[:ABSENT_POOL],
+            )
+        )
+    return out
+
+
+def choose_regions(objects: Sequence[_Object], min_area_frac: float, limit: int) -> list[_Object]:
+    """Largest non-crowd boxes above the area threshold, distinct categories first.
+
+    The same rule as the template generator's, so region ``k`` is the same object for both.
+    """
+    eligible = sorted(
+        (o for o in objects if not o.crowd and o.area_frac >= min_area_frac),
+        key=lambda o: (-o.area_frac, o.object_id),
+    )
+    chosen: list[_Object] = []
+    for o in eligible:
+        if len(chosen) < limit and o.name not in {c.name for c in chosen}:
+            chosen.append(o)
+    chosen += [o for o in eligible if o not in chosen][: max(0, limit - len(chosen))]
+    return chosen
+
+
+def _region_stems(imgs: list[_Image]) -> dict[str, str]:
+    # Two images of a source may share a stem in different folders; only those get the image
+    # id appended, as the template generator does.
+    counts: dict[str, int] = {}
+    for img in imgs:
+        counts[Path(img.file_name).stem] = counts.get(Path(img.file_name).stem, 0) + 1
+    return {
+        img.image_id: Path(img.file_name).stem
+        if counts[Path(img.file_name).stem] == 1
+        else f"{Path(img.file_name).stem}-{img.image_id}"
+        for img in imgs
+    }
+
+
+def _sampling_seed(seed: int, conversation_id: str) -> int:
+    return int(stable_id("seed", seed, conversation_id)[5:], 16) % (2**31)
+
+
+def _request(
+    img: _Image,
+    itype: str,
+    variant: int,
+    *,
+    seed: int,
+    image_path: str,
+    region: _Object | None,
+) -> LLMRequest:
+    conv_id = stable_id("conv", img.source, img.image_id, itype, GENERATOR, PROMPT_VERSION, variant)
+    shown = sorted(img.objects, key=lambda o: -o.area_frac)[:MAX_PROMPT_OBJECTS]
+    if region is not None and region not in shown:
+        shown.append(region)
+    messages = build_messages(
+        itype,
+        captions=[text for _, text in img.captions],
+        objects=[o.prompt() for o in shown],
+        present=img.present,
+        absent=img.absent,
+        region=region.prompt() if region is not None else None,
+    )
+    ids = [cid for cid, _ in img.captions] + sorted(o.object_id for o in shown)
+    meta = {
+        "conversation_id": conv_id,
+        "source": img.source,
+        "image_id": img.image_id,
+        "instruction_type": itype,
+        "variant": variant,
+        "image_path": image_path,
+        "region_object_id": region.object_id if region is not None else None,
+        "source_annotation_ids": ids,
+    }
+    # A per-conversation seed makes variants distinct requests (and distinct cache keys).
+    params = {"seed": _sampling_seed(seed, conv_id)}
+    return LLMRequest(conv_id, messages, PROMPT_VERSION, params, meta)
+
+
+def plan_requests(
+    images: pl.DataFrame,
+    captions: pl.DataFrame,
+    objects: pl.DataFrame,
+    tags: pl.DataFrame,
+    *,
+    types: list[str],
+    per_image: int,
+    seed: int,
+    region_min_area_frac: float,
+    image_root: Path,
+    regions_dir: Path,
+) -> list[LLMRequest]:
+    """One request per (image, type, variant); frames are raw__images/captions/objects/tags.
+
+    Global and negative get ``per_image`` variants; region gets up to ``per_image`` regions
+    (variant = region index k), none for an image without an eligible box. Global and negative
+    rows point at ``image_root/<file_name>``; region rows at the region image the caller
+    renders, ``regions_dir/<source>/<stem>_<k>.jpg``.
+    """
+    unknown = [t for t in types if t not in INSTRUCTION_TYPES]
+    if unknown:
+        raise ValueError(f"types: unknown instruction types {unknown}; use {INSTRUCTION_TYPES}")
+    if per_image < 1:
+        raise ValueError(f"per_image must be >= 1, got {per_image}")
+    if not 0.0 <= region_min_area_frac < 1.0:
+        raise ValueError(f"region_min_area_frac must be in [0, 1), got {region_min_area_frac}")
+    imgs = _load(images, captions, objects, tags)
+    root, region_root = Path(image_root).resolve(), Path(regions_dir).resolve()
+    stems = _region_stems(imgs)
+    plan: list[LLMRequest] = []
+    for img in imgs:
+        for itype in types:
+            if itype == "region":
+                for k, obj in enumerate(
+                    choose_regions(img.objects, region_min_area_frac, per_image)
+                ):
+                    path = str(region_root / img.source / f"{stems[img.image_id]}_{k}.jpg")
+                    plan.append(_request(img, itype, k, seed=seed, image_path=path, region=obj))
+                continue
+            for v in range(per_image):
+                path = str(root / img.file_name)
+                plan.append(_request(img, itype, v, seed=seed, image_path=path, region=None))
+    return plan
+
+
+def _drop_reason(result: LLMResult) -> tuple[list[dict[str, str]], str | None]:
+    if result.error is not None:
+        return [], f"llm_error:{result.error}"
+    parsed = parse_reply(result.text)
+    if not parsed.ok:
+        return [], f"llm_parse:{parsed.failure}"
+    return parsed.turns, None
+
+
+def rows_from_results(
+    plan: list[LLMRequest], results: list[LLMResult], *, source: str, run_id: str, model: str
+) -> pl.DataFrame:
+    """One ``generated__conversations`` row per planned request, failures included.
+
+    A request error becomes ``drop_reason="llm_error:<cause>"``, an unusable reply
+    ``"llm_parse:<failure>"``; both keep their provenance and empty turns.
+    """
+    by_key = {r.key: r for r in results}
+    columns: dict[str, list] = {c: [] for c in ROW_SCHEMA}
+    for request in plan:
+        meta = request.meta
+        if meta.get("source") != source:
+            raise ValueError(
+                f"request {request.key}: planned for source {meta.get('source')!r}, "
+                f"rows requested for {source!r}"
+            )
+        result = by_key.get(request.key)
+        if result is None:
+            raise ValueError(f"request {request.key}: no result (every planned request needs one)")
+        turns, reason = _drop_reason(result)
+        values = {
+            "conversation_id": request.key,
+            "source": source,
+            "image_id": meta["image_id"],
+            "instruction_type": meta["instruction_type"],
+            "generator": GENERATOR,
+            "variant": meta["variant"],
+            "turns": turns,
+            "image_path": meta["image_path"],
+            "region_object_id": meta["region_object_id"],
+            "source_annotation_ids": list(meta["source_annotation_ids"]),
+            "model": model,
+            "prompt_version": request.prompt_version,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "latency_ms": result.latency_ms,
+            "cache_hit": result.cache_hit,
+            "drop_reason": reason,
+            "run_id": run_id,
+        }
+        for column, value in values.items():
+            columns[column].append(value)
+    return pl.DataFrame(columns, schema=ROW_SCHEMA)
