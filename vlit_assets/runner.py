@@ -34,6 +34,7 @@ def run_source(
     stages: Sequence[str] = SOURCE_STAGES,
     op_config: Mapping[str, Mapping[str, Any]] | None = None,
     tags: Mapping[str, str] | None = None,
+    log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
     """Materialize ``stages`` (with their blocking checks) for the ``source`` partition.
 
@@ -50,7 +51,7 @@ def run_source(
     if "raw" in stages:
         ops.setdefault("raw", {"config": {}})["config"].update(raw_config)
     return defs.resolve_job_def("source_job").execute_in_process(
-        run_config={"ops": ops},
+        run_config={"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}},
         instance=instance,
         partition_key=source,
         asset_selection=stage_selection(stages),

@@ -1,7 +1,5 @@
 """Turn a GX suite into a blocking Dagster asset check that also records its history in DuckDB."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -102,7 +100,7 @@ def build_suite_check(
             record_outcome(
                 con,
                 outcome,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 check_name=name,
                 asset=asset,
                 source=source,

@@ -32,8 +32,6 @@ from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     INSTRUCTION_TYPES,
     RAW_REJECTS,
-    TURN,
-    Table,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -60,23 +58,8 @@ IMPORT_REJECT_REASONS = {
     "conversation_duplicate_id": "the record maps to the id of an earlier record of the file",
 }
 
-_DUCK_TO_POLARS: dict[str, pl.DataType] = {
-    "VARCHAR": pl.String(),
-    "INTEGER": pl.Int32(),
-    "BIGINT": pl.Int64(),
-    "DOUBLE": pl.Float64(),
-    "BOOLEAN": pl.Boolean(),
-    "VARCHAR[]": pl.List(pl.String()),
-    f"{TURN}[]": pl.List(pl.Struct({"from": pl.String(), "value": pl.String()})),
-}
-
-
-def _polars_schema(table: Table) -> dict[str, pl.DataType]:
-    return {col: _DUCK_TO_POLARS[duck] for col, duck in table.columns.items()}
-
-
-CONVERSATION_SCHEMA = _polars_schema(GENERATED_CONVERSATIONS)
-REJECT_SCHEMA = _polars_schema(RAW_REJECTS)
+CONVERSATION_SCHEMA = GENERATED_CONVERSATIONS.polars_schema
+REJECT_SCHEMA = RAW_REJECTS.polars_schema
 
 
 class InstructionFormatError(ValueError):

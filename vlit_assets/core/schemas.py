@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import polars as pl
+
 
 @dataclass(frozen=True)
 class Table:
@@ -22,9 +24,42 @@ class Table:
     def stage(self) -> str:
         return self.name.split("__", 1)[0]
 
+    @property
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        """The same columns as polars dtypes, for building frames that insert without casts."""
+        return {c: polars_dtype(t) for c, t in self.columns.items()}
+
+    def empty_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.polars_schema)
+
     def ddl(self) -> str:
         cols = ", ".join(f'"{c}" {t}' for c, t in self.columns.items())
         return f'CREATE TABLE IF NOT EXISTS "{self.name}" ({cols})'
+
+
+_SCALARS: dict[str, pl.DataType] = {
+    "VARCHAR": pl.String(),
+    "BIGINT": pl.Int64(),
+    "INTEGER": pl.Int32(),
+    "DOUBLE": pl.Float64(),
+    "FLOAT": pl.Float32(),
+    "BOOLEAN": pl.Boolean(),
+    "TIMESTAMP": pl.Datetime("us"),
+}
+
+
+def polars_dtype(duck: str) -> pl.DataType:
+    """Translate the DuckDB types used in this module (scalars, lists, flat structs)."""
+    duck = duck.strip()
+    if duck.endswith("[]"):
+        return pl.List(polars_dtype(duck[:-2]))
+    if duck.startswith("STRUCT(") and duck.endswith(")"):
+        fields = {}
+        for part in duck[len("STRUCT(") : -1].split(","):
+            name, kind = part.strip().rsplit(" ", 1)
+            fields[name.strip('"')] = polars_dtype(kind)
+        return pl.Struct(fields)
+    return _SCALARS[duck]
 
 
 TURN = "STRUCT(\"from\" VARCHAR, \"value\" VARCHAR)"

@@ -25,27 +25,7 @@ GENERATOR = "llm"
 MAX_PROMPT_OBJECTS = 30  # largest boxes kept; crowded scenes would otherwise flood the prompt
 ABSENT_POOL = 5  # absent categories offered, from the top of the ranking
 
-ROW_SCHEMA: dict[str, pl.DataType] = {
-    "conversation_id": pl.String(),
-    "source": pl.String(),
-    "image_id": pl.String(),
-    "instruction_type": pl.String(),
-    "generator": pl.String(),
-    "variant": pl.Int32(),
-    "turns": pl.List(pl.Struct({"from": pl.String(), "value": pl.String()})),
-    "image_path": pl.String(),
-    "region_object_id": pl.String(),
-    "source_annotation_ids": pl.List(pl.String()),
-    "model": pl.String(),
-    "prompt_version": pl.String(),
-    "prompt_tokens": pl.Int32(),
-    "completion_tokens": pl.Int32(),
-    "latency_ms": pl.Float64(),
-    "cache_hit": pl.Boolean(),
-    "drop_reason": pl.String(),
-    "run_id": pl.String(),
-}
-assert tuple(ROW_SCHEMA) == tuple(GENERATED_CONVERSATIONS.columns)
+ROW_SCHEMA = GENERATED_CONVERSATIONS.polars_schema
 
 _NEEDS = {
     "raw__images": ("image_id", "source", "file_name", "width", "height"),

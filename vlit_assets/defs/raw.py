@@ -1,7 +1,5 @@
 """Data collection stage: a source's COCO files -> raw__* tables, and the raw GX suite check."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg
