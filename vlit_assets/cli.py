@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vlit_assets.resources import PROJECT_ROOT
 
-STAGES = ("raw",)  # in pipeline order; `--stage X` runs X and everything before it
+STAGES = ("raw", "generated")  # in pipeline order; `--stage X` runs X and everything before it
 
 
 def _load_env_file(path: Path) -> None:

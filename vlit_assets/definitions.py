@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vlit_assets.defs import raw
+from vlit_assets.defs import generated, raw
 from vlit_assets.defs.partitions import sources_partitions
-from vlit_assets.resources import ProjectPaths, WarehouseResource
+from vlit_assets.resources import LLMResource, ProjectPaths, WarehouseResource
 
-SOURCE_STAGES = ("raw",)
+SOURCE_STAGES = ("raw", "generated")
 
 source_job = dg.define_asset_job(
     "source_job",
@@ -18,14 +18,19 @@ source_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[raw.raw],
-    asset_checks=[raw.raw_suite_check],
+    assets=[raw.raw, generated.generated__conversations],
+    asset_checks=[raw.raw_suite_check, generated.generated_suite_check],
     jobs=[source_job],
     resources={
         # Paths and secrets are read when a run starts, never at import (see .env.example).
         "warehouse_db": WarehouseResource(db_path=dg.EnvVar("VLIT_DB_PATH")),
         "paths": ProjectPaths(
             data_dir=dg.EnvVar("VLIT_DATA_DIR"), output_dir=dg.EnvVar("VLIT_OUTPUT_DIR")
+        ),
+        "llm": LLMResource(
+            base_url=dg.EnvVar("VLIT_LLM_BASE_URL"),
+            model=dg.EnvVar("VLIT_LLM_MODEL"),
+            api_key=dg.EnvVar("VLIT_LLM_API_KEY"),
         ),
     },
 )

@@ -17,8 +17,16 @@ from pathlib import Path
 import polars as pl
 
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.llm import LLMRequest, LLMResult
+from vlit_assets.core.llm import (
+    Budget,
+    LLMRequest,
+    LLMResult,
+    LLMSettings,
+    RequestCache,
+    run_requests_sync,
+)
 from vlit_assets.core.prompts import PROMPT_VERSION, build_messages, parse_reply
+from vlit_assets.core.regions import RenderJob, render_regions
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
 
 GENERATOR = "llm"
@@ -299,3 +307,103 @@ def rows_from_results(
         for column, value in values.items():
             columns[column].append(value)
     return pl.DataFrame(columns, schema=ROW_SCHEMA)
+
+
+@dataclass
+class SelfInstructRun:
+    rows: pl.DataFrame
+    requests: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    errors: dict[str, int]
+    budget_stop: str | None
+
+
+def generate_self_instruct(
+    images: pl.DataFrame,
+    captions: pl.DataFrame,
+    objects: pl.DataFrame,
+    tags: pl.DataFrame,
+    *,
+    source: str,
+    image_root: Path,
+    regions_dir: Path,
+    settings: LLMSettings,
+    cache: RequestCache,
+    budget: Budget | None,
+    types: list[str],
+    per_image: int,
+    seed: int,
+    region_min_area_frac: float,
+    run_id: str,
+    render_workers: int | None = None,
+) -> SelfInstructRun:
+    """Plan, send (cached, budgeted), parse, and render the region images of usable rows."""
+    plan = plan_requests(
+        images,
+        captions,
+        objects,
+        tags,
+        types=types,
+        per_image=per_image,
+        seed=seed,
+        region_min_area_frac=region_min_area_frac,
+        image_root=image_root,
+        regions_dir=regions_dir,
+    )
+    results = run_requests_sync(plan, settings, cache=cache, budget=budget)
+    rows = rows_from_results(plan, results, source=source, run_id=run_id, model=settings.model)
+    rows = _render_llm_regions(rows, images, objects, image_root, render_workers)
+    errors: dict[str, int] = {}
+    for reason in rows["drop_reason"].drop_nulls():
+        errors[reason] = errors.get(reason, 0) + 1
+    return SelfInstructRun(
+        rows=rows,
+        requests=len(plan),
+        cache_hits=sum(r.cache_hit for r in results),
+        prompt_tokens=sum(r.prompt_tokens or 0 for r in results),
+        completion_tokens=sum(r.completion_tokens or 0 for r in results),
+        cost_usd=sum(r.cost_usd or 0.0 for r in results),
+        errors=errors,
+        budget_stop=budget.exhausted() if budget is not None else None,
+    )
+
+
+def _render_llm_regions(
+    rows: pl.DataFrame,
+    images: pl.DataFrame,
+    objects: pl.DataFrame,
+    image_root: Path,
+    workers: int | None,
+) -> pl.DataFrame:
+    """Render the region image of every usable region row; a failed render drops its row."""
+    wanted = rows.filter(
+        (pl.col("instruction_type") == "region") & pl.col("drop_reason").is_null()
+    ).select("image_id", "image_path", "region_object_id")
+    if wanted.is_empty():
+        return rows
+    boxes = wanted.join(
+        objects.select(
+            pl.col("object_id").alias("region_object_id"), "bbox_x", "bbox_y", "bbox_w", "bbox_h"
+        ),
+        on="region_object_id",
+    ).join(images.select("image_id", "file_name"), on="image_id")
+    jobs = [
+        RenderJob(
+            image_path=str(Path(image_root) / r["file_name"]),
+            bbox=(r["bbox_x"], r["bbox_y"], r["bbox_w"], r["bbox_h"]),
+            out_path=r["image_path"],
+        )
+        for r in boxes.iter_rows(named=True)
+    ]
+    failed = [r.out_path for r in render_regions(jobs, workers=workers) if r.status == "failed"]
+    if not failed:
+        return rows
+    return rows.with_columns(
+        pl.when(pl.col("image_path").is_in(failed))
+        .then(pl.lit("region_render_failed"))
+        .otherwise(pl.col("drop_reason"))
+        .alias("drop_reason")
+    )

@@ -1,0 +1,761 @@
+"""Rule-based quality metrics: one function per metric, per conversation and per dataset.
+
+Per-conversation metrics (correctness, complexity, polarity, format, duplicate key) come back as
+one row per ``conversation_id`` from :func:`score_rules`; :func:`dataset_metrics` reduces them
+(plus the instructions' text) to balance and diversity figures. Formulas, ranges, directions
+and null semantics are in docs/metrics.md.
+
+Scoring never drops a row. A metric whose inputs are missing is null, never zero: CHAIR needs
+the image's object annotations (an image is *annotated* when it has a ``raw__tags`` row or at
+least one ``raw__objects`` row), region matching needs the boxed object, and so on.
+
+Everything is columnar (polars string kernels over an exploded turn frame) except the
+exact-duplicate hash, which uses :func:`vlit_assets.core.ids.text_hash` so that keys stay
+stable across polars versions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import polars as pl
+
+from vlit_assets.core.ids import text_hash
+from vlit_assets.core.schemas import INSTRUCTION_TYPES
+from vlit_assets.core.vocab import (
+    CATEGORY_NAMES,
+    COUNT_GAP_STOPWORDS,
+    COUNT_PATTERN,
+    COUNTABLE_FORMS,
+    FORM_TO_CATEGORY,
+    MENTION_PATTERN,
+    NEGATION_SCOPE_PATTERN,
+    NUMBER_WORDS,
+    category_of,
+)
+
+IMAGE_TOKEN = "<image>"
+
+FORMAT_ERRORS = {
+    "no_turns": "the conversation has no turns",
+    "too_few_turns": "fewer than 2 messages",
+    "unknown_role": "a turn's `from` is neither human nor gpt",
+    "empty_turn": "a turn's value is empty or whitespace",
+    "first_not_human": "the first turn is not from human",
+    "not_alternating": "two consecutive turns come from the same side",
+    "ends_with_human": "the last question has no answer",
+    "image_token_repeated": "the image token appears more than once",
+    "image_token_misplaced": "the image token is not at the start or end of the first turn",
+}
+
+# Polar (yes/no) questions open with an auxiliary verb; requests phrased as questions
+# ("Can you describe ...?") are not polar.
+POLAR_PATTERN = (
+    r"^(?:is|are|was|were|do|does|did|can|could|will|would|has|have|had|should|shall|may|"
+    r"might|must|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|can't|won't|hasn't|haven't)\b"
+)
+REQUEST_PATTERN = (
+    r"^(?:can|could|would|will) you (?:please )?(?:describe|tell|explain|list|give|provide|"
+    r"identify|name|show|point|count|share|summarize|write|detail|elaborate|help|talk|analyze)\b"
+)
+REASONING_PATTERN = (
+    r"\b(?:why|how come|what if|what would|what might|what could|explain|reasons?|purpose|"
+    r"suppose|imagine|predict|infer|likely|possibl[ey]|probably|benefits?|advantages?|risks?|"
+    r"dangers?|consequences?|significance|could|might|should|would)\b"
+)
+HOW_PATTERN = r"^how\b"
+HOW_PERCEPTION_PATTERN = r"^how (?:many|much|big|large|small|tall|old|far|long|wide|high)\b"
+POLITE_PREFIX_PATTERN = r"^(?:can|could|would|will) you (?:please )?"
+YES_PATTERN = r"^(?:yes|yeah|yep|yup)\b"
+NO_PATTERN = r"^(?:no|nope|nah)\b"
+AFFIRM_START_PATTERN = r"^(?:yes|yeah|yep|yup|sure|indeed|correct|certainly|absolutely)\b"
+_WORD_PATTERN = r"[a-z0-9']+"
+_MAX_FORM_WORDS = max(f.count(" ") + 1 for f in COUNTABLE_FORMS)
+
+
+def _rx(pattern: str) -> str:
+    """A vocab pattern for polars (Rust regex): ASCII word boundaries.
+
+    Unicode ``\\b`` keeps the regex crate off its fast DFA; the text is lowercased English, so
+    the only difference is at non-ASCII letters next to a form ("cafédog" would match "dog").
+    """
+    return pattern.replace(r"\b", r"(?-u:\b)")
+
+
+_STOPWORD_GAP_PATTERN = r"\s(?:" + "|".join(sorted(COUNT_GAP_STOPWORDS)) + r")\s"
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """What the scorer knows about each image, built by :func:`image_annotations`."""
+
+    annotated: pl.DataFrame  # image_id: images whose object annotations are known
+    present: pl.DataFrame  # image_id, category, n (non-crowd objects), crowd (any crowd box)
+    regions: pl.DataFrame  # object_id, region_category
+    judged: pl.DataFrame | None  # source, category: categories a source annotates (None: all)
+
+
+def _require(df: pl.DataFrame, name: str, columns: Collection[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: missing columns {missing} (has {df.columns})")
+
+
+def image_annotations(
+    objects: pl.DataFrame | None,
+    tags: pl.DataFrame | None,
+    categories: pl.DataFrame | None = None,
+) -> Annotations:
+    """Per-image category presence and counts from ``raw__objects`` / ``raw__tags`` frames.
+
+    Counts come from objects (non-crowd boxes; a crowd box makes the count unknowable); when
+    only tags are given, from ``present[].count``. ``categories`` (raw__categories: source,
+    name) limits judging to the categories each source annotates.
+    """
+    ids: list[pl.DataFrame] = []
+    present = pl.DataFrame(
+        schema={"image_id": pl.String, "category": pl.String, "n": pl.Int64, "crowd": pl.Boolean}
+    )
+    regions = pl.DataFrame(schema={"object_id": pl.String, "region_category": pl.String})
+    if objects is not None:
+        _require(objects, "raw__objects", ("object_id", "image_id", "category_name", "iscrowd"))
+        ids.append(objects.select(pl.col("image_id").cast(pl.String)))
+        crowd = pl.col("iscrowd").fill_null(False)
+        present = (
+            objects.group_by("image_id", pl.col("category_name").alias("category"))
+            .agg(n=(~crowd).sum().cast(pl.Int64), crowd=crowd.any())
+            .select(present.columns)
+        )
+        regions = objects.select("object_id", region_category=pl.col("category_name"))
+    if tags is not None:
+        _require(tags, "raw__tags", ("image_id", "present"))
+        ids.append(tags.select(pl.col("image_id").cast(pl.String)))
+        if objects is None:
+            present = (
+                tags.select("image_id", "present")
+                .explode("present", keep_nulls=False)
+                .select(
+                    "image_id",
+                    category=pl.col("present").struct.field("name"),
+                    n=pl.col("present").struct.field("count").cast(pl.Int64),
+                    crowd=pl.lit(False),
+                )
+            )
+    annotated = (
+        pl.concat(ids).unique(maintain_order=True)
+        if ids
+        else pl.DataFrame(schema={"image_id": pl.String})
+    )
+    judged = None
+    if categories is not None:
+        _require(categories, "raw__categories", ("source", "name"))
+        judged = categories.select("source", category=pl.col("name")).unique()
+    return Annotations(annotated, present, regions, judged)
+
+
+def _normalized_text(value: pl.Expr) -> pl.Expr:
+    return (
+        value.fill_null("")
+        .str.replace_all(IMAGE_TOKEN, " ", literal=True)
+        .str.to_lowercase()
+        .str.replace_all("[\u2019\u2018\u02bc]", "'")
+        .str.strip_chars()
+    )
+
+
+def _with_category(frame: pl.DataFrame, form: str) -> pl.DataFrame:
+    """Add ``category`` for the matched surface forms in column ``form``; drop blockers.
+
+    vocab.category_of is the one mapping; it runs once per distinct form, not per row.
+    """
+    forms = frame.get_column(form).unique().drop_nulls().to_list()
+    mapping = {f: category_of(f) for f in forms}
+    return frame.with_columns(
+        category=pl.col(form).replace_strict(mapping, default=None, return_dtype=pl.String)
+    ).filter(pl.col("category").is_not_null())
+
+
+def turns_long(conversations: pl.DataFrame) -> pl.DataFrame:
+    """One row per turn: ids, position, role, normalized text and affirmed text.
+
+    ``affirmed_text`` is the text with every negation scope cut out; mentions and stated counts
+    found in it are claims, those inside the scopes are denials.
+    """
+    return (
+        conversations.select(
+            "conversation_id",
+            "image_id",
+            "turns",
+            turn_idx=pl.int_ranges(0, pl.col("turns").list.len()),
+        )
+        .explode("turns", "turn_idx", keep_nulls=False)
+        .select(
+            "conversation_id",
+            "image_id",
+            "turn_idx",
+            role=pl.col("turns").struct.field("from"),
+            text=_normalized_text(pl.col("turns").struct.field("value")),
+        )
+        .with_columns(
+            affirmed_text=pl.col("text").str.replace_all(_rx(NEGATION_SCOPE_PATTERN), " . ")
+        )
+    )
+
+
+def mentions_long(turns: pl.DataFrame) -> pl.DataFrame:
+    """One row per category mention: conversation, image, turn, role, category, negated."""
+    keys = ("conversation_id", "image_id", "turn_idx", "role")
+    affirmed = turns.select(
+        *keys, form=pl.col("affirmed_text").str.extract_all(_rx(MENTION_PATTERN))
+    ).with_columns(negated=pl.lit(False))
+    negated = (
+        turns.filter(pl.col("affirmed_text") != pl.col("text"))
+        .select(
+            *keys,
+            form=pl.col("text")
+            .str.extract_all(_rx(NEGATION_SCOPE_PATTERN))
+            .list.join(" . ")
+            .str.extract_all(_rx(MENTION_PATTERN)),
+        )
+        .with_columns(negated=pl.lit(True))
+    )
+    both = pl.concat([affirmed, negated]).explode("form", keep_nulls=False)
+    return _with_category(both, "form").select(*keys, "category", "negated")
+
+
+def qa_pairs(turns: pl.DataFrame) -> pl.DataFrame:
+    """One row per question/answer pair: a human turn immediately followed by a gpt turn."""
+    return (
+        turns.with_columns(
+            next_conversation=pl.col("conversation_id").shift(-1),
+            next_role=pl.col("role").shift(-1),
+            answer=pl.col("text").shift(-1),
+        )
+        .filter(
+            (pl.col("role") == "human")
+            & (pl.col("next_role") == "gpt")
+            & (pl.col("next_conversation") == pl.col("conversation_id"))
+        )
+        .select("conversation_id", "image_id", "turn_idx", question="text", answer="answer")
+        .with_columns(
+            is_polar=pl.col("question").str.contains(POLAR_PATTERN)
+            & ~pl.col("question").str.contains(REQUEST_PATTERN),
+            answer_yes=pl.col("answer").str.contains(YES_PATTERN),
+            answer_no=pl.col("answer").str.contains(NO_PATTERN),
+            answer_denies=_denies(pl.col("answer")),
+        )
+    )
+
+
+def _denies(answer: pl.Expr) -> pl.Expr:
+    first_sentence = answer.str.extract(r"^([^.!?;\n]*)", 1).fill_null("")
+    return answer.str.contains(NO_PATTERN) | (
+        ~answer.str.contains(AFFIRM_START_PATTERN)
+        & first_sentence.str.contains(_rx(NEGATION_SCOPE_PATTERN))
+    )
+
+
+def _judged(mentions: pl.DataFrame, conversations: pl.DataFrame, ann: Annotations) -> pl.DataFrame:
+    """Keep mentions of categories the conversation's source annotates (all, by default)."""
+    if ann.judged is None:
+        return mentions
+    sources = conversations.select("conversation_id", "source")
+    return mentions.join(sources, on="conversation_id").join(
+        ann.judged, on=["source", "category"], how="semi"
+    )
+
+
+def _with_presence(mentions: pl.DataFrame, ann: Annotations) -> pl.DataFrame:
+    return mentions.join(ann.present, on=["image_id", "category"], how="left").with_columns(
+        is_present=pl.col("n").is_not_null(),
+        n=pl.col("n").fill_null(0),
+        crowd=pl.col("crowd").fill_null(False),
+    )
+
+
+def _per_conversation(
+    conversations: pl.DataFrame, per_conv: pl.DataFrame, ann: Annotations
+) -> pl.DataFrame:
+    """Left-join per-conversation aggregates onto all rows, with an ``annotated`` flag."""
+    annotated_ids = ann.annotated.get_column("image_id").implode()
+    return conversations.select(
+        "conversation_id", annotated=pl.col("image_id").is_in(annotated_ids)
+    ).join(per_conv, on="conversation_id", how="left", maintain_order="left")
+
+
+def _share(num: str, den: str, metric: str) -> list[pl.Expr]:
+    """num/den counts (null unless annotated) and their ratio (null also when den is 0)."""
+    annotated = pl.col("annotated")
+    n = pl.col(den).fill_null(0)
+    k = pl.col(num).fill_null(0)
+    return [
+        pl.when(annotated).then(k).alias(num),
+        pl.when(annotated).then(n).alias(den),
+        pl.when(annotated & (n > 0)).then(k / n).alias(metric),
+    ]
+
+
+def hallucination(
+    conversations: pl.DataFrame, mentions: pl.DataFrame, ann: Annotations
+) -> pl.DataFrame:
+    """CHAIR per conversation over the affirmed (non-negated) mentions in gpt turns.
+
+    chair_i = hallucinated mentions / mentions; chair_s = any hallucinated mention.
+    """
+    claimed = mentions.filter((pl.col("role") == "gpt") & ~pl.col("negated"))
+    claimed = _with_presence(_judged(claimed, conversations, ann), ann)
+    per_conv = claimed.group_by("conversation_id").agg(
+        n_object_mentions=pl.len().cast(pl.Int64),
+        n_hallucinated=(~pl.col("is_present")).sum().cast(pl.Int64),
+        hallucinated_objects=pl.col("category").filter(~pl.col("is_present")).unique().sort(),
+    )
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    return _per_conversation(conversations, per_conv, ann).select(
+        "conversation_id",
+        *_share("n_hallucinated", "n_object_mentions", "chair_i"),
+        chair_s=pl.when("annotated").then(pl.col("n_hallucinated").fill_null(0) > 0),
+        hallucinated_objects=pl.when("annotated").then(
+            pl.col("hallucinated_objects").fill_null(empty)
+        ),
+    )
+
+
+def negative_consistency(
+    conversations: pl.DataFrame, pairs: pl.DataFrame, mentions: pl.DataFrame, ann: Annotations
+) -> pl.DataFrame:
+    """Share of polar questions about an absent object whose answer denies it."""
+    asked = pairs.filter(pl.col("is_polar")).join(
+        mentions.filter(pl.col("role") == "human").select(
+            "conversation_id", "turn_idx", "category"
+        ),
+        on=["conversation_id", "turn_idx"],
+    )
+    asked = _with_presence(_judged(asked, conversations, ann), ann)
+    about_absent = (
+        asked.group_by("conversation_id", "turn_idx")
+        .agg(absent=(~pl.col("is_present")).any(), denies=pl.col("answer_denies").first())
+        .filter(pl.col("absent"))
+    )
+    per_conv = about_absent.group_by("conversation_id").agg(
+        n_negative_questions=pl.len().cast(pl.Int64),
+        n_negative_denied=pl.col("denies").sum().cast(pl.Int64),
+    )
+    return _per_conversation(conversations, per_conv, ann).select(
+        "conversation_id",
+        *_share("n_negative_denied", "n_negative_questions", "negative_consistency"),
+    )
+
+
+def stated_counts(turns: pl.DataFrame) -> pl.DataFrame:
+    """One row per count stated in an answer outside negation: conversation, category, number.
+
+    The form is the longest suffix of the match that is a countable form; capture groups
+    would push every match through the regex crate's slow capturing engine.
+    """
+    words = pl.col("match").str.replace_all(r"[\s-]+", " ").str.split(" ")
+    countable = {f: FORM_TO_CATEGORY[f] for f in COUNTABLE_FORMS}
+
+    def suffix(k: int) -> pl.Expr:
+        return (
+            words.list.slice(-k, k)
+            .list.join(" ")
+            .replace_strict(countable, default=None, return_dtype=pl.String)
+        )
+
+    fruit = pl.when(pl.col("match").str.contains("orange")).then(pl.lit("orange"))
+    number = words.list.first()
+    return (
+        turns.filter(pl.col("role") == "gpt")
+        .select(
+            "conversation_id",
+            "image_id",
+            match=pl.col("affirmed_text").str.extract_all(_rx(COUNT_PATTERN)),
+        )
+        .explode("match", keep_nulls=False)
+        .filter(~pl.col("match").str.contains(_STOPWORD_GAP_PATTERN))
+        .select(
+            "conversation_id",
+            "image_id",
+            category=pl.coalesce(*(suffix(k) for k in range(_MAX_FORM_WORDS, 0, -1)), fruit),
+            stated=pl.coalesce(
+                number.cast(pl.Int64, strict=False),
+                number.replace_strict(NUMBER_WORDS, default=None, return_dtype=pl.Int64),
+            ),
+        )
+        .drop_nulls(["category", "stated"])
+    )
+
+
+def count_consistency(
+    conversations: pl.DataFrame, turns: pl.DataFrame, ann: Annotations
+) -> pl.DataFrame:
+    """Share of stated counts ("two dogs") equal to the annotated non-crowd count."""
+    counts = _with_presence(_judged(stated_counts(turns), conversations, ann), ann).filter(
+        ~pl.col("crowd")
+    )
+    per_conv = counts.group_by("conversation_id").agg(
+        n_counts=pl.len().cast(pl.Int64),
+        n_counts_correct=(pl.col("stated") == pl.col("n")).sum().cast(pl.Int64),
+    )
+    return _per_conversation(conversations, per_conv, ann).select(
+        "conversation_id", *_share("n_counts_correct", "n_counts", "count_consistency")
+    )
+
+
+def region_name_match(
+    conversations: pl.DataFrame, pairs: pl.DataFrame, mentions: pl.DataFrame, ann: Annotations
+) -> pl.DataFrame:
+    """Region rows: does the first answer name (affirmed) the boxed object's category?"""
+    region_col = (
+        pl.col("region_object_id")
+        if "region_object_id" in conversations.columns
+        else pl.lit(None, dtype=pl.String)
+    )
+    regions = (
+        conversations.select("conversation_id", "instruction_type", object_id=region_col)
+        .join(ann.regions, on="object_id", how="left", maintain_order="left")
+        .with_columns(
+            is_region=(pl.col("instruction_type") == "region")
+            & pl.col("region_category").is_not_null()
+        )
+    )
+    first_answer = pairs.filter(pl.col("conversation_id").is_first_distinct()).select(
+        "conversation_id", turn_idx=pl.col("turn_idx") + 1
+    )
+    named = (
+        mentions.filter(~pl.col("negated"))
+        .join(first_answer, on=["conversation_id", "turn_idx"], how="semi")
+        .join(
+            regions.select("conversation_id", category="region_category"),
+            on=["conversation_id", "category"],
+            how="semi",
+        )
+        .select("conversation_id")
+        .unique()
+    )
+    named_ids = named.get_column("conversation_id").implode()
+    return regions.select(
+        "conversation_id",
+        "region_category",
+        region_name_match=pl.when("is_region").then(pl.col("conversation_id").is_in(named_ids)),
+    )
+
+
+def format_check(conversations: pl.DataFrame) -> pl.DataFrame:
+    """format_valid and the first format_error (a FORMAT_ERRORS code) per conversation."""
+    turns = pl.col("turns")
+    roles = turns.list.eval(
+        pl.element()
+        .struct.field("from")
+        .replace_strict({"human": "h", "gpt": "g"}, default="?", return_dtype=pl.String)
+    ).list.join("")
+    values = turns.list.eval(pl.element().struct.field("value").fill_null(""))
+    n_tokens = values.list.eval(pl.element().str.count_matches(IMAGE_TOKEN, literal=True))
+    first = values.list.first().fill_null("").str.strip_chars()
+    token_ok = (n_tokens.list.sum() == 0) | (
+        first.str.starts_with(IMAGE_TOKEN) | first.str.ends_with(IMAGE_TOKEN)
+    ) & (n_tokens.list.first() == 1)
+    checks = [
+        ("no_turns", turns.is_null() | (turns.list.len() == 0)),
+        ("too_few_turns", turns.list.len() < 2),
+        ("unknown_role", pl.col("_roles").str.contains("?", literal=True)),
+        ("empty_turn", values.list.eval(pl.element().str.strip_chars() == "").list.any()),
+        ("first_not_human", ~pl.col("_roles").str.starts_with("h")),
+        ("not_alternating", pl.col("_roles").str.contains("hh|gg")),
+        ("ends_with_human", pl.col("_roles").str.ends_with("h")),
+        ("image_token_repeated", n_tokens.list.sum() > 1),
+        ("image_token_misplaced", ~token_ok),
+    ]
+    error = pl.when(checks[0][1]).then(pl.lit(checks[0][0]))
+    for code, failed in checks[1:]:
+        error = error.when(failed.fill_null(False)).then(pl.lit(code))
+    error = error.otherwise(pl.lit(None, dtype=pl.String))
+    return (
+        conversations.select("conversation_id", "turns", _roles=roles.fill_null(""))
+        .select("conversation_id", format_error=error)
+        .with_columns(format_valid=pl.col("format_error").is_null())
+        .select("conversation_id", "format_valid", "format_error")
+    )
+
+
+def complexity(
+    conversations: pl.DataFrame,
+    turns: pl.DataFrame,
+    pairs: pl.DataFrame,
+    mentions: pl.DataFrame,
+) -> pl.DataFrame:
+    """Pairs, polarity, distinct categories, reasoning share and answer length per row."""
+    # unique + sort on the flat frame, then an order-keeping group: half the cost of a
+    # per-group unique().sort()
+    mentioned = (
+        mentions.select("conversation_id", "category")
+        .unique()
+        .sort("conversation_id", "category")
+        .group_by("conversation_id", maintain_order=True)
+        .agg(mentioned_categories="category")
+    )
+    questions = turns.filter(pl.col("role") == "human")
+    reasoning = questions.group_by("conversation_id").agg(
+        reasoning_share=_is_reasoning(pl.col("text")).mean()
+    )
+    answers = (
+        turns.filter(pl.col("role") == "gpt")
+        .with_columns(words=pl.col("text").str.count_matches(r"\S+"))
+        .group_by("conversation_id")
+        .agg(
+            answer_words_mean=pl.col("words").mean(),
+            answer_words_min=pl.col("words").min().cast(pl.Int64),
+        )
+    )
+    per_pair = pairs.group_by("conversation_id").agg(
+        n_turns=pl.len().cast(pl.Int64),
+        n_polar=pl.col("is_polar").sum().cast(pl.Int64),
+        n_polar_yes=(pl.col("is_polar") & pl.col("answer_yes")).sum().cast(pl.Int64),
+        n_polar_no=(pl.col("is_polar") & pl.col("answer_no")).sum().cast(pl.Int64),
+    )
+    out = conversations.select("conversation_id")
+    for part in (per_pair, mentioned, reasoning, answers):
+        out = out.join(part, on="conversation_id", how="left", maintain_order="left")
+    empty = pl.lit([], dtype=pl.List(pl.String))
+    return out.with_columns(
+        pl.col("n_turns", "n_polar", "n_polar_yes", "n_polar_no").fill_null(0),
+        mentioned_categories=pl.col("mentioned_categories").fill_null(empty),
+    ).with_columns(tags_per_conversation=pl.col("mentioned_categories").list.len().cast(pl.Int64))
+
+
+def _is_reasoning(question: pl.Expr) -> pl.Expr:
+    """Why/how/what-if/could/might/should/explain questions; "how many" is perception."""
+    unprefixed = question.str.replace(POLITE_PREFIX_PATTERN, "")
+    opens_how = question.str.contains(HOW_PATTERN)
+    asks_perception = question.str.contains(HOW_PERCEPTION_PATTERN)
+    return unprefixed.str.contains(REASONING_PATTERN) | (opens_how & ~asks_perception)
+
+
+# Collapsed into single spaces by the duplicate key. A fixed set (Aho-Corasick replace) rather
+# than the regex class [\W_]: same keys on real text at under half the cost.
+_PUNCTUATION = [
+    *"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\n\r\x0b\x0c",
+    *"\u00a0\u00ab\u00bb\u00a1\u00bf\u00b7\u2013\u2014\u2018\u2019\u201c\u201d\u2026\u3000",
+]
+
+
+def norm_text_hash(conversations: pl.DataFrame) -> pl.DataFrame:
+    """Exact-duplicate key: hash of all turns, lowercased, punctuation and spaces collapsed."""
+    joined = conversations.select(
+        "conversation_id",
+        text=pl.col("turns")
+        .list.eval(
+            pl.concat_str(
+                pl.element().struct.field("from").fill_null(""),
+                pl.element().struct.field("value").fill_null(""),
+                separator=" ",
+            )
+        )
+        .list.join(" ")
+        .fill_null("")
+        .str.replace_all(IMAGE_TOKEN, " ", literal=True)
+        .str.to_lowercase()
+        .str.replace_many(_PUNCTUATION, [" "] * len(_PUNCTUATION))
+        .str.replace_all(" {2,}", " ")
+        .str.strip_chars(),
+    )
+    hashes = [text_hash(t) for t in joined.get_column("text").to_list()]
+    return joined.select("conversation_id").with_columns(
+        norm_text_hash=pl.Series(hashes, dtype=pl.String)
+    )
+
+
+SCORE_COLUMNS: tuple[str, ...] = (
+    "conversation_id",
+    "format_valid",
+    "format_error",
+    "n_turns",
+    "n_polar",
+    "n_polar_yes",
+    "n_polar_no",
+    "n_object_mentions",
+    "n_hallucinated",
+    "chair_i",
+    "chair_s",
+    "hallucinated_objects",
+    "n_negative_questions",
+    "n_negative_denied",
+    "negative_consistency",
+    "n_counts",
+    "n_counts_correct",
+    "count_consistency",
+    "region_category",
+    "region_name_match",
+    "mentioned_categories",
+    "tags_per_conversation",
+    "reasoning_share",
+    "answer_words_mean",
+    "answer_words_min",
+    "norm_text_hash",
+)
+
+
+def _check_conversations(conversations: pl.DataFrame) -> None:
+    _require(
+        conversations,
+        "generated__conversations",
+        ("conversation_id", "image_id", "instruction_type", "turns"),
+    )
+    ids = conversations.get_column("conversation_id")
+    if ids.null_count():
+        raise ValueError("generated__conversations: conversation_id is null in some rows")
+    if ids.n_unique() != ids.len():
+        dup = ids.filter(ids.is_duplicated()).first()
+        raise ValueError(f"generated__conversations: conversation_id {dup!r} is not unique")
+
+
+def score_rules(
+    conversations: pl.DataFrame,
+    objects: pl.DataFrame | None = None,
+    tags: pl.DataFrame | None = None,
+    categories: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Every rule-based per-conversation metric: one row per input row, in input order.
+
+    ``objects``/``tags``/``categories`` are raw__objects / raw__tags / raw__categories frames
+    (any may be None: QC-only mode on imported data, where annotation metrics are null).
+    """
+    _check_conversations(conversations)
+    ann = image_annotations(objects, tags, categories)
+    # Work on row numbers: grouping and joining 600k turn rows on a u32 is several times
+    # cheaper than on the id strings, which are put back at the end.
+    conv = conversations.with_columns(conversation_id=pl.int_range(pl.len(), dtype=pl.UInt32))
+    turns = turns_long(conv)
+    pairs = qa_pairs(turns)
+    mentions = mentions_long(turns)
+    parts = [
+        format_check(conv),
+        complexity(conv, turns, pairs, mentions),
+        hallucination(conv, mentions, ann),
+        negative_consistency(conv, pairs, mentions, ann),
+        count_consistency(conv, turns, ann),
+        region_name_match(conv, pairs, mentions, ann),
+        norm_text_hash(conv),
+    ]
+    # Each part has one row per conversation in input order (built from `conv` by left joins
+    # that keep the left order), so they line up without a join.
+    out = pl.concat([parts[0], *(p.drop("conversation_id") for p in parts[1:])], how="horizontal")
+    return out.with_columns(conversation_id=conversations.get_column("conversation_id")).select(
+        SCORE_COLUMNS
+    )
+
+
+def _entropy_bits(counts: list[int]) -> float:
+    total = sum(counts)
+    return -sum(c / total * math.log2(c / total) for c in counts if c)
+
+
+def histogram_balance(counts: list[int], support: int) -> tuple[float | None, float | None]:
+    """(normalized entropy H/log2 K, KL to uniform log2 K - H) of a histogram over K values."""
+    if not counts or sum(counts) == 0 or support < 2:
+        return None, None
+    h = _entropy_bits(counts)
+    return h / math.log2(support), math.log2(support) - h
+
+
+def distinct_n(texts: pl.Series, n: int) -> float | None:
+    """Distinct n-grams / n-grams over word tokens of ``texts`` (n-grams never cross texts)."""
+    tokens = (
+        pl.DataFrame({"text": texts})
+        .select(
+            text_idx=pl.int_range(pl.len()),
+            token=_normalized_text(pl.col("text")).str.extract_all(_WORD_PATTERN),
+        )
+        .explode("token", keep_nulls=False)
+    )
+    same_text = pl.lit(True)
+    for k in range(1, n):
+        same_text = same_text & (pl.col("text_idx").shift(-k) == pl.col("text_idx"))
+    grams = tokens.select(
+        gram=pl.concat_str([pl.col("token").shift(-k) for k in range(n)], separator=" "),
+        keep=same_text,
+    ).filter(pl.col("keep"))
+    if grams.height == 0:
+        return None
+    return grams.get_column("gram").n_unique() / grams.height
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def dataset_metrics(
+    conversations: pl.DataFrame,
+    scores: pl.DataFrame,
+    *,
+    categories: Collection[str] = CATEGORY_NAMES,
+    instruction_types: Collection[str] = INSTRUCTION_TYPES,
+) -> dict[str, float | None]:
+    """Diversity, balance and pooled correctness figures of a scored dataset.
+
+    ``scores`` is the output of :func:`score_rules` for ``conversations``. Undefined figures
+    (an empty histogram, no polar questions, no annotated rows) are None.
+    """
+    _check_conversations(conversations)
+    n = scores.height
+    tag_hist = (
+        scores.select(category=pl.col("mentioned_categories"))
+        .explode("category", keep_nulls=False)
+        .group_by("category")
+        .len()
+    )
+    tag_counts = tag_hist.get_column("len").to_list()
+    k_cat = max(len(categories), tag_hist.height)
+    cat_norm, cat_kl = histogram_balance(tag_counts, k_cat)
+    type_counts = conversations.group_by("instruction_type").len().get_column("len").to_list()
+    type_norm, type_kl = histogram_balance(
+        type_counts, max(len(instruction_types), len(type_counts))
+    )
+    humans = (
+        conversations.select(pl.col("turns"))
+        .explode("turns", keep_nulls=False)
+        .filter(pl.col("turns").struct.field("from") == "human")
+        .get_column("turns")
+        .struct.field("value")
+    )
+    sums = scores.select(
+        pl.col(
+            "n_polar_yes",
+            "n_polar_no",
+            "n_hallucinated",
+            "n_object_mentions",
+            "n_negative_denied",
+            "n_negative_questions",
+            "n_counts_correct",
+            "n_counts",
+        ).sum()
+    ).row(0, named=True)
+    return {
+        "n_conversations": float(n),
+        "unique_tags": float(tag_hist.height),
+        "tag_entropy_bits": _entropy_bits(tag_counts) if tag_counts else None,
+        "category_entropy_norm": cat_norm,
+        "category_kl_uniform_bits": cat_kl,
+        "instruction_type_entropy_norm": type_norm,
+        "instruction_type_kl_uniform_bits": type_kl,
+        "distinct_1": distinct_n(humans, 1),
+        "distinct_2": distinct_n(humans, 2),
+        "yes_ratio": _ratio(sums["n_polar_yes"], sums["n_polar_yes"] + sums["n_polar_no"]),
+        "exact_duplicate_share": (
+            1 - scores.get_column("norm_text_hash").n_unique() / n if n else None
+        ),
+        "chair_i": _ratio(sums["n_hallucinated"], sums["n_object_mentions"]),
+        "chair_s_rate": scores.get_column("chair_s").cast(pl.Float64).mean(),
+        "negative_consistency": _ratio(sums["n_negative_denied"], sums["n_negative_questions"]),
+        "count_consistency": _ratio(sums["n_counts_correct"], sums["n_counts"]),
+        "region_name_match_rate": scores.get_column("region_name_match").cast(pl.Float64).mean(),
+        "format_valid_rate": scores.get_column("format_valid").cast(pl.Float64).mean(),
+        "turns_mean": scores.get_column("n_turns").cast(pl.Float64).mean(),
+        "tags_per_conversation_mean": scores.get_column("tags_per_conversation")
+        .cast(pl.Float64)
+        .mean(),
+        "reasoning_share_mean": scores.get_column("reasoning_share").mean(),
+        "answer_words_mean": scores.get_column("answer_words_mean").mean(),
+    }

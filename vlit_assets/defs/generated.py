@@ -1,0 +1,150 @@
+"""Instruction generation stage: raw__* tables -> generated__conversations, and its GX suite."""
+
+import dagster as dg
+import polars as pl
+
+from vlit_assets.checks.factory import build_suite_check
+from vlit_assets.checks.generated_suite import validate_generated
+from vlit_assets.core import sources, warehouse
+from vlit_assets.core.collect import find_coco_files
+from vlit_assets.core.generate import TemplateConfig, generate_templates
+from vlit_assets.core.llm import Budget, RequestCache
+from vlit_assets.core.schemas import (
+    GENERATED_CONVERSATIONS,
+    RAW_CAPTIONS,
+    RAW_CATEGORIES,
+    RAW_IMAGES,
+    RAW_OBJECTS,
+    RAW_TAGS,
+)
+from vlit_assets.core.self_instruct import generate_self_instruct
+from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
+from vlit_assets.resources import LLMResource, ProjectPaths, WarehouseResource
+
+ALL_TYPES = ["global", "negative", "region"]
+
+
+class GeneratedConfig(dg.Config):
+    types: list[str] = ALL_TYPES  # template instruction types
+    per_image: int = 1  # template conversations per image and type (global, negative)
+    max_regions_per_image: int = 2
+    region_min_area_frac: float = 0.02  # smallest box, as a share of the image, for region
+    seed: int = 0
+    use_llm: bool = True  # self-instruct as well, when an endpoint is configured
+    llm_types: list[str] = ALL_TYPES
+    llm_per_image: int = 1
+    max_requests: int | None = None  # budget; None = unlimited
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+
+def _llm_metadata(run) -> dict[str, object]:
+    metadata: dict[str, object] = {
+        "llm/requests": run.requests,
+        "llm/cache_hits": run.cache_hits,
+        "llm/prompt_tokens": run.prompt_tokens,
+        "llm/completion_tokens": run.completion_tokens,
+        "llm/cost_usd": round(run.cost_usd, 6),
+        "llm/budget_stop": run.budget_stop or "no",
+    }
+    for reason, n in sorted(run.errors.items()):
+        metadata[f"drops/{reason}"] = n
+    return metadata
+
+
+def _type_metadata(rows: pl.DataFrame) -> dict[str, object]:
+    usable = rows.filter(pl.col("drop_reason").is_null())
+    counts = usable.group_by("generator", "instruction_type").len().sort("generator", "instruction_type")
+    return {f"rows/{g}/{t}": n for g, t, n in counts.iter_rows()}
+
+
+@dg.asset(
+    name=GENERATED_CONVERSATIONS.name,
+    group_name="generated",
+    deps=[RAW_IMAGES.name, RAW_CAPTIONS.name, RAW_OBJECTS.name, RAW_CATEGORIES.name, RAW_TAGS.name],
+    partitions_def=sources_partitions,
+    pool=WRITER_POOL,
+    kinds={"duckdb", "polars"},
+)
+def generated__conversations(
+    context: dg.AssetExecutionContext,
+    config: GeneratedConfig,
+    warehouse_db: WarehouseResource,
+    paths: ProjectPaths,
+    llm: LLMResource,
+) -> dg.MaterializeResult:
+    """One row per generated conversation of the source (template and LLM), failures included."""
+    source = context.partition_key
+    metadata: dict[str, object] = {}
+    with warehouse_db.connect() as con:
+        raw = {
+            t.name: warehouse.read_source(con, t, source)
+            for t in (RAW_IMAGES, RAW_CAPTIONS, RAW_OBJECTS, RAW_CATEGORIES, RAW_TAGS)
+        }
+        record = sources.lookup(con, source)
+        if record is None:
+            raise dg.Failure(f"source {source!r} is not registered; materialize its raw stage first")
+        image_root = find_coco_files(record.root, record.split).image_dir
+        frames = [
+            generate_templates(
+                *raw.values(),
+                source=source,
+                image_root=image_root,
+                regions_dir=paths.regions_dir,
+                config=TemplateConfig(
+                    types=tuple(config.types),
+                    per_image=config.per_image,
+                    seed=config.seed,
+                    region_min_area_frac=config.region_min_area_frac,
+                    max_regions_per_image=config.max_regions_per_image,
+                ),
+                run_id=context.run_id,
+            )
+        ]
+        if config.use_llm and llm.configured:
+            run = generate_self_instruct(
+                raw[RAW_IMAGES.name],
+                raw[RAW_CAPTIONS.name],
+                raw[RAW_OBJECTS.name],
+                raw[RAW_TAGS.name],
+                source=source,
+                image_root=image_root,
+                regions_dir=paths.regions_dir,
+                settings=llm.settings(),
+                cache=RequestCache(con),
+                budget=Budget(config.max_requests, config.max_tokens, config.max_cost_usd),
+                types=config.llm_types,
+                per_image=config.llm_per_image,
+                seed=config.seed,
+                region_min_area_frac=config.region_min_area_frac,
+                run_id=context.run_id,
+            )
+            frames.append(run.rows)
+            metadata |= _llm_metadata(run)
+            metadata["generators"] = f"template + llm ({llm.model})"
+        else:
+            why = "use_llm is off" if not config.use_llm else "no LLM endpoint configured"
+            metadata["generators"] = f"template only ({why})"
+        rows = pl.concat(frames, how="vertical")
+        warehouse.replace_source(con, GENERATED_CONVERSATIONS, rows, source)
+    context.log.info(f"{source}: {rows.height} conversations; {metadata['generators']}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows.height,
+            "usable_rows": rows.filter(pl.col("drop_reason").is_null()).height,
+            **_type_metadata(rows),
+            **metadata,
+        }
+    )
+
+
+generated_suite_check = build_suite_check(
+    name="generated_suite",
+    asset=GENERATED_CONVERSATIONS.name,
+    validate=validate_generated,
+    description=(
+        "GX suite: turns alternate human/gpt from human, no empty text, known types, region "
+        "images exist, unique ids, LLaVA export carries the image token."
+    ),
+    partitions_def=sources_partitions,
+)
