@@ -7,7 +7,12 @@ import dagster as dg
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import sources, warehouse
-from vlit_assets.core.collect import CollectConfig, CollectResult, collect_source
+from vlit_assets.core.collect import (
+    CollectConfig,
+    CollectResult,
+    SourceFormatError,
+    collect_source,
+)
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,
@@ -88,17 +93,21 @@ def raw(
     source = context.partition_key
     with warehouse_db.connect() as con:
         record = resolve_source(con, paths, source, config)
-    result = collect_source(
-        source,
-        record.root,
-        CollectConfig(
-            split=config.split or record.split,
-            max_pixels=config.max_pixels,
-            workers=config.workers,
-            absent_k=config.absent_k,
-        ),
-        run_id=context.run_id,
-    )
+    try:
+        result = collect_source(
+            source,
+            record.root,
+            CollectConfig(
+                split=config.split or record.split,
+                max_pixels=config.max_pixels,
+                workers=config.workers,
+                absent_k=config.absent_k,
+            ),
+            run_id=context.run_id,
+        )
+    except SourceFormatError as exc:
+        # An unusable file fails the run; the message names the file and the key.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     with warehouse_db.connect() as con:
         for table in RAW_TABLES:
             warehouse.replace_source(con, table, getattr(result, table.name.split("__")[1]), source)
