@@ -184,6 +184,7 @@ REJECT_REASONS = {
     "annotation_unknown_image": "the annotation refers to an image id that is not declared",
     "annotation_unknown_category": "the annotation refers to a category id that is not declared",
     "annotation_duplicate_id": "the annotation id appears more than once",
+    "category_duplicate_id": "the category id is declared more than once",
     "annotation_bad_field": "a required field is missing or has the wrong type",
     "bbox_nonpositive": "the box has zero or negative width or height",
     "bbox_outside_image": "the box extends past the image bounds",

@@ -105,7 +105,7 @@ def raw(
             ),
             run_id=context.run_id,
         )
-    except SourceFormatError as exc:
+    except (SourceFormatError, FileNotFoundError) as exc:
         # An unusable file fails the run; the message names the file and the key.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     with warehouse_db.connect() as con:
