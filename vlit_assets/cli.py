@@ -64,7 +64,9 @@ def _summary_rows(db_path: Path, source: str) -> tuple[dict[str, int], dict[str,
         for name, table in TABLES.items():
             if not table.partitioned or not warehouse.table_exists(con, name):
                 continue
-            row = con.execute(f'SELECT count(*) FROM "{name}" WHERE source = ?', [source]).fetchone()
+            row = con.execute(
+                f'SELECT count(*) FROM "{name}" WHERE source = ?', [source]
+            ).fetchone()
             counts[name] = int(row[0]) if row else 0
         if warehouse.table_exists(con, "raw__rejects"):
             for reason, n in con.execute(
@@ -146,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", help="COCO-layout directory (default: the embedded sample)")
     run.add_argument("--name", help="source name / partition key (default: the directory name)")
     run.add_argument("--split", help="COCO split name (default: detected)")
-    run.add_argument("--db", help="DuckDB file (default: $VLIT_DB_PATH or data/warehouse/vlit.duckdb)")
+    run.add_argument(
+        "--db", help="DuckDB file (default: $VLIT_DB_PATH or data/warehouse/vlit.duckdb)"
+    )
     run.add_argument("--stage", choices=STAGES, help="stop after this stage (default: all)")
     run.set_defaults(func=cmd_run)
     return parser

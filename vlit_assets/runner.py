@@ -1,4 +1,4 @@
-"""Run the per-source stages of one source through Dagster, in process (used by `vlit` and tests)."""
+"""Run the per-source stages of one source through Dagster, in process (`vlit`, tests)."""
 
 from __future__ import annotations
 

@@ -76,9 +76,7 @@ def generated_expectations() -> dict[str, list[Any]]:
             gxe.ExpectColumnValuesToBeBetween(column="min_text_chars", min_value=1),
             # null for global/negative rows; GX skips nulls in value-set expectations
             gxe.ExpectColumnValuesToBeInSet(column="region_image_exists", value_set=[True]),
-            gxe.ExpectColumnValuesToBeInSet(
-                column="llava_first_turn_has_image", value_set=[True]
-            ),
+            gxe.ExpectColumnValuesToBeInSet(column="llava_first_turn_has_image", value_set=[True]),
         ]
     }
 

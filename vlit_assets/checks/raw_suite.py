@@ -10,7 +10,6 @@ import pandas as pd
 
 from vlit_assets.checks.gx_runner import SuiteOutcome, run_suite
 from vlit_assets.core.collect import BOX_TOLERANCE_PX
-from vlit_assets.core.warehouse import ensure_table
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,
@@ -18,6 +17,7 @@ from vlit_assets.core.schemas import (
     RAW_OBJECTS,
     RAW_TAGS,
 )
+from vlit_assets.core.warehouse import ensure_table
 
 SUITE_NAME = "raw_suite"
 

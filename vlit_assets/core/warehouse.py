@@ -40,7 +40,7 @@ def connect(
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 if "lock" in str(exc).lower():
-                    raise WarehouseBusy(f"{path}: still locked after {wait_s:.0f} s: {exc}") from exc
+                    raise WarehouseBusy(f"{path}: locked for {wait_s:.0f} s: {exc}") from exc
                 raise
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 2.0)

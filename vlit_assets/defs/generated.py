@@ -54,7 +54,9 @@ def _llm_metadata(run) -> dict[str, object]:
 
 def _type_metadata(rows: pl.DataFrame) -> dict[str, object]:
     usable = rows.filter(pl.col("drop_reason").is_null())
-    counts = usable.group_by("generator", "instruction_type").len().sort("generator", "instruction_type")
+    counts = (
+        usable.group_by("generator", "instruction_type").len().sort("generator", "instruction_type")
+    )
     return {f"rows/{g}/{t}": n for g, t, n in counts.iter_rows()}
 
 
@@ -83,7 +85,9 @@ def generated__conversations(
         }
         record = sources.lookup(con, source)
         if record is None:
-            raise dg.Failure(f"source {source!r} is not registered; materialize its raw stage first")
+            raise dg.Failure(
+                f"source {source!r} is not registered; materialize its raw stage first"
+            )
         image_root = find_coco_files(record.root, record.split).image_dir
         frames = [
             generate_templates(

@@ -89,7 +89,7 @@ def raw(
     warehouse_db: WarehouseResource,
     paths: ProjectPaths,
 ):
-    """One row per image, caption, object, category, tag set and reject of the partition's source."""
+    """One row per image, caption, object, category, tag set and reject of the source."""
     source = context.partition_key
     with warehouse_db.connect() as con:
         record = resolve_source(con, paths, source, config)

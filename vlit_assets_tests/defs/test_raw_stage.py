@@ -86,9 +86,11 @@ def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, st
     empty = tmp_path / "noimages"
     (empty / "annotations").mkdir(parents=True)
     (empty / "train").mkdir()
-    doc = {"images": [{"id": 1, "file_name": "missing.jpg", "width": 10, "height": 10}],
-           "annotations": [{"id": 1, "image_id": 1, "caption": "a thing"}],
-           "categories": []}
+    doc = {
+        "images": [{"id": 1, "file_name": "missing.jpg", "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": "a thing"}],
+        "categories": [],
+    }
     (empty / "annotations/captions_train.json").write_text(json.dumps(doc))
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "noimages", empty, stages=(stage,))

@@ -1,0 +1,135 @@
+"""The generated stage through Dagster: templates by default, self-instruct over HTTP."""
+
+from __future__ import annotations
+
+import dagster as dg
+from PIL import Image
+
+from vlit_assets.runner import run_source
+from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
+from vlit_assets_tests.pipeline import REPO, pipeline_env
+
+STAGES = ("raw", "generated")
+SECRET = "sk-test-never-store-this-0123456789"
+
+
+def _evaluation(result: dg.ExecuteInProcessResult, name: str):
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def _materialization_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    (mat,) = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
+    ]
+    return {k: v.value for k, v in mat.materialization.metadata.items()}
+
+
+def test_sample_generates_all_three_types_with_templates_only(tmp_path, monkeypatch):
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        result = run_source(env.instance, "sample", REPO / "data" / "sample", stages=STAGES)
+        assert result.success
+        assert _evaluation(result, "generated_suite").passed
+        types = dict(
+            env.query(
+                "SELECT instruction_type, count(*) FROM generated__conversations "
+                "WHERE drop_reason IS NULL GROUP BY 1"
+            )
+        )
+        assert set(types) == {"global", "negative", "region"} and min(types.values()) > 0
+        assert env.scalar("SELECT count(DISTINCT generator) FROM generated__conversations") == 1
+        metadata = _materialization_metadata(result, "generated__conversations")
+        assert metadata["generators"].startswith("template only")
+        for (path,) in env.query(
+            "SELECT image_path FROM generated__conversations WHERE instruction_type = 'region'"
+        ):
+            assert path.startswith(str(env.output_dir / "regions"))
+            with Image.open(path) as im:
+                im.load()
+
+
+def test_coco_mini_generates_all_types_and_passes_the_blocking_check(
+    coco_mini, tmp_path, monkeypatch
+):
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        result = run_source(env.instance, "coco-mini", coco_mini, stages=STAGES)
+        assert result.success
+        assert _evaluation(result, "generated_suite").passed
+        n_types = env.scalar(
+            "SELECT count(DISTINCT instruction_type) FROM generated__conversations "
+            "WHERE drop_reason IS NULL"
+        )
+        assert n_types == 3
+
+
+def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
+    """LLM rows join the template rows; faults become rows with reasons; the key is never stored."""
+    with FakeOpenAIServer() as server, pipeline_env(tmp_path, monkeypatch) as env:
+        server.add_faults("region", Fault.http(429, retry_after=0.2))
+        server.add_faults(lambda body: "kitchen" in str(body).lower(), Fault.truncated())
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "test-model")
+        monkeypatch.setenv("VLIT_LLM_API_KEY", SECRET)
+        config = {"generated__conversations": {"llm_types": ["global", "negative", "region"]}}
+        result = run_source(
+            env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+        )
+        assert result.success
+        rows = dict(
+            env.query("SELECT generator, count(*) FROM generated__conversations GROUP BY 1")
+        )
+        assert rows["llm"] > 0 and rows["template"] > 0
+        sent_first = len(server.log)
+        assert sent_first >= rows["llm"]
+        usable_llm = env.scalar(
+            "SELECT count(*) FROM generated__conversations "
+            "WHERE generator = 'llm' AND drop_reason IS NULL"
+        )
+        assert usable_llm > 0
+        metadata = _materialization_metadata(result, "generated__conversations")
+        assert metadata["llm/requests"] == rows["llm"]
+        assert metadata["llm/prompt_tokens"] > 0
+        # The secret is in no table and no event of the run.
+        with_secret = 0
+        for (table,) in env.query("SELECT table_name FROM information_schema.tables"):
+            for row in env.query(f'SELECT * FROM "{table}"'):
+                with_secret += SECRET in str(row)
+        assert with_secret == 0
+        assert SECRET.encode() not in env.db_path.read_bytes()
+        events = env.instance.all_logs(result.run_id)
+        assert not any(SECRET in str(e) for e in events)
+
+        # A rerun is served from the request cache: nothing completed is sent again.
+        again = run_source(
+            env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+        )
+        assert again.success
+        resent = len(server.log) - sent_first
+        failed_before = env.scalar(
+            "SELECT count(*) FROM generated__conversations "
+            "WHERE generator = 'llm' AND drop_reason LIKE 'llm_error:%'"
+        )
+        assert resent <= failed_before
+        hits = _materialization_metadata(again, "generated__conversations")["llm/cache_hits"]
+        assert hits >= usable_llm
+
+
+def test_budget_stops_cleanly_and_keeps_what_was_done(tmp_path, monkeypatch):
+    with FakeOpenAIServer() as server, pipeline_env(tmp_path, monkeypatch) as env:
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "test-model")
+        config = {"generated__conversations": {"max_requests": 5, "llm_types": ["global"]}}
+        result = run_source(
+            env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+        )
+        assert result.success
+        assert len(server.log) == 5
+        done = env.scalar(
+            "SELECT count(*) FROM generated__conversations "
+            "WHERE generator = 'llm' AND drop_reason IS NULL"
+        )
+        stopped = env.scalar(
+            "SELECT count(*) FROM generated__conversations "
+            "WHERE generator = 'llm' AND drop_reason = 'llm_error:budget_exhausted'"
+        )
+        assert done == 5 and stopped == 24 - 5
