@@ -342,7 +342,7 @@ def _keep_valid(
             kept.append({**row, "image_path": path})
             continue
         file, cid = row[_FILE_COL], row["conversation_id"]
-        detail = f"{file}: conversation {cid}: {why}"
+        detail = f"{file} record {_record_ref(row)}: conversation {cid}: {why}"
         rejects.append(_reject(source, file, cid, "image", "parent_image_rejected", detail))
     return kept, rejects
 
