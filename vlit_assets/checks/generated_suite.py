@@ -13,7 +13,12 @@ import polars as pl
 from vlit_assets.checks.gx_runner import SuiteOutcome, run_suite
 from vlit_assets.core import warehouse
 from vlit_assets.core.formats import IMAGE_TOKEN, to_llava
-from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATORS, INSTRUCTION_TYPES
+from vlit_assets.core.schemas import (
+    GENERATED_CONVERSATIONS,
+    GENERATORS,
+    INSTRUCTION_TYPES,
+    UNLABELLED,
+)
 
 SUITE_NAME = "generated_suite"
 
@@ -67,7 +72,7 @@ def generated_expectations() -> dict[str, list[Any]]:
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
             gxe.ExpectColumnValuesToBeUnique(column="conversation_id"),
             gxe.ExpectColumnValuesToBeInSet(
-                column="instruction_type", value_set=list(INSTRUCTION_TYPES)
+                column="instruction_type", value_set=[*INSTRUCTION_TYPES, UNLABELLED]
             ),
             gxe.ExpectColumnValuesToBeInSet(column="generator", value_set=list(GENERATORS)),
             gxe.ExpectColumnValuesToBeBetween(column="n_messages", min_value=2),

@@ -9,6 +9,7 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from vlit_assets.checks.gx_runner import SuiteOutcome, run_suite
+from vlit_assets.core import sources
 from vlit_assets.core.collect import BOX_TOLERANCE_PX
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
@@ -66,16 +67,21 @@ def raw_frames(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, pd.Data
     }
 
 
-def raw_expectations(declared_category_ids: list[int]) -> dict[str, list[Any]]:
+def raw_expectations(
+    declared_category_ids: list[int], *, require_captions: bool = True
+) -> dict[str, list[Any]]:
+    """``require_captions`` is off for imported instruction datasets, which carry no captions."""
+    images = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="file_name"),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1),
+    ]
+    if require_captions:
+        images.append(gxe.ExpectColumnValuesToBeBetween(column="n_captions", min_value=1))
     return {
-        "images": [
-            gxe.ExpectTableRowCountToBeBetween(min_value=1),
-            gxe.ExpectColumnValuesToBeUnique(column="image_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="file_name"),
-            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1),
-            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1),
-            gxe.ExpectColumnValuesToBeBetween(column="n_captions", min_value=1),
-        ],
+        "images": images,
         "captions": [
             gxe.ExpectColumnValuesToBeUnique(column="caption_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="caption"),
@@ -95,10 +101,12 @@ def raw_expectations(declared_category_ids: list[int]) -> dict[str, list[Any]]:
     }
 
 
-def validate_frames(frames: dict[str, pd.DataFrame]) -> SuiteOutcome:
+def validate_frames(frames: dict[str, pd.DataFrame], *, imported: bool = False) -> SuiteOutcome:
     declared = [int(x) for x in frames["categories"]["category_id"].tolist()]
-    return run_suite(SUITE_NAME, frames, raw_expectations(declared))
+    return run_suite(SUITE_NAME, frames, raw_expectations(declared, require_captions=not imported))
 
 
 def validate_raw(con: duckdb.DuckDBPyConnection, source: str) -> SuiteOutcome:
-    return validate_frames(raw_frames(con, source))
+    record = sources.lookup(con, source)
+    imported = record is not None and record.kind == "import"
+    return validate_frames(raw_frames(con, source), imported=imported)

@@ -230,9 +230,65 @@ GENERATED_CONVERSATIONS = Table(
     "One row per generated (or imported) conversation, failed generations included.",
 )
 
+SCORE_COLUMNS = {
+    # correctness (core/score.py; docs/metrics.md)
+    "format_valid": "BOOLEAN",
+    "format_error": "VARCHAR",
+    "n_turns": "INTEGER",
+    "n_polar": "INTEGER",
+    "n_polar_yes": "INTEGER",
+    "n_polar_no": "INTEGER",
+    "n_object_mentions": "INTEGER",
+    "n_hallucinated": "INTEGER",
+    "chair_i": "DOUBLE",
+    "chair_s": "BOOLEAN",
+    "hallucinated_objects": "VARCHAR[]",
+    "n_negative_questions": "INTEGER",
+    "n_negative_denied": "INTEGER",
+    "negative_consistency": "DOUBLE",
+    "n_counts": "INTEGER",
+    "n_counts_correct": "INTEGER",
+    "count_consistency": "DOUBLE",
+    "region_category": "VARCHAR",
+    "region_name_match": "BOOLEAN",
+    # complexity
+    "mentioned_categories": "VARCHAR[]",
+    "tags_per_conversation": "INTEGER",
+    "reasoning_share": "DOUBLE",
+    "answer_words_mean": "DOUBLE",
+    "answer_words_min": "INTEGER",
+    # diversity (exact and semantic duplicates; docs/metrics_embeddings.md)
+    "norm_text_hash": "VARCHAR",
+    "exact_duplicate_of": "VARCHAR",  # the first conversation with the same normalized text
+    "cluster_id": "VARCHAR",  # near-duplicate cluster (smallest member id), within the source
+    "cluster_size": "INTEGER",
+    "nearest_id": "VARCHAR",
+    "nearest_cosine": "DOUBLE",
+    "novelty": "DOUBLE",
+    # relevance
+    "relevance": "DOUBLE",  # answers vs the image's own captions (text embeddings)
+    "image_text_score": "DOUBLE",  # optional image-text model; null when not configured
+    "embed_model": "VARCHAR",
+    "scored_run_id": "VARCHAR",
+}
+
 INSTRUCTION_TYPES = ("global", "negative", "region")
 UNLABELLED = "unlabelled"  # imported records that carry no instruction type; never guessed
 GENERATORS = ("template", "llm", "import")
+
+RAW_CONVERSATIONS = Table(
+    "raw__conversations",
+    dict(GENERATED_CONVERSATIONS.columns),
+    ("conversation_id",),
+    "One row per conversation imported from an existing instruction dataset (QC-only sources).",
+)
+
+SCORED_CONVERSATIONS = Table(
+    "scored__conversations",
+    {**GENERATED_CONVERSATIONS.columns, **SCORE_COLUMNS},
+    ("conversation_id",),
+    "One row per generated conversation with every per-sample metric; nothing is dropped.",
+)
 
 META_SOURCES = Table(
     "meta__sources",
@@ -241,6 +297,7 @@ META_SOURCES = Table(
         "root": "VARCHAR",  # absolute path of the COCO-layout directory
         "split": "VARCHAR",
         "kind": "VARCHAR",  # sample | coco | incoming | import
+        "annotations_source": "VARCHAR",  # import sources: a COCO source annotating their images
         "registered_at": "TIMESTAMP",
     },
     ("source",),
@@ -271,6 +328,21 @@ META_CHECK_RESULTS = Table(
     partitioned=False,
 )
 
+META_DATASET_METRICS = Table(
+    "meta__dataset_metrics",
+    {
+        "run_id": "VARCHAR",
+        "asset": "VARCHAR",
+        "source": "VARCHAR",  # partition key, or '*' for the whole dataset
+        "metric": "VARCHAR",
+        "value": "DOUBLE",
+        "recorded_at": "TIMESTAMP",
+    },
+    ("run_id", "asset", "source", "metric"),
+    "One row per materialization and dataset-level metric: the metric history across runs.",
+    partitioned=False,
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
@@ -280,8 +352,11 @@ TABLES: dict[str, Table] = {
         RAW_CATEGORIES,
         RAW_TAGS,
         RAW_REJECTS,
+        RAW_CONVERSATIONS,
         GENERATED_CONVERSATIONS,
+        SCORED_CONVERSATIONS,
         META_SOURCES,
         META_CHECK_RESULTS,
+        META_DATASET_METRICS,
     )
 }

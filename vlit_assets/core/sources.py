@@ -39,22 +39,32 @@ class SourceRecord:
     root: Path
     split: str | None
     kind: str
+    annotations_source: str | None = None
 
 
 def register(
-    con: duckdb.DuckDBPyConnection, source: str, root: Path, *, split: str | None, kind: str
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    root: Path,
+    *,
+    split: str | None,
+    kind: str,
+    annotations_source: str | None = None,
 ) -> SourceRecord:
     check_source_name(source)
-    record = SourceRecord(source, root.resolve(), split, kind)
+    if annotations_source is not None:
+        check_source_name(annotations_source)
+    record = SourceRecord(source, root.resolve(), split, kind, annotations_source)
     frame = pl.DataFrame(
         {
             "source": [source],
             "root": [str(record.root)],
             "split": [split],
             "kind": [kind],
+            "annotations_source": [annotations_source],
             "registered_at": [datetime.now(UTC).replace(tzinfo=None)],
         },
-        schema_overrides={"split": pl.String},
+        schema_overrides={"split": pl.String, "annotations_source": pl.String},
     )
     warehouse.upsert(con, META_SOURCES, frame)
     return record
@@ -63,8 +73,9 @@ def register(
 def lookup(con: duckdb.DuckDBPyConnection, source: str) -> SourceRecord | None:
     warehouse.ensure_table(con, META_SOURCES)
     row = con.execute(
-        "SELECT source, root, split, kind FROM meta__sources WHERE source = ?", [source]
+        "SELECT source, root, split, kind, annotations_source FROM meta__sources WHERE source = ?",
+        [source],
     ).fetchone()
     if row is None:
         return None
-    return SourceRecord(row[0], Path(row[1]), row[2], row[3])
+    return SourceRecord(row[0], Path(row[1]), row[2], row[3], row[4])

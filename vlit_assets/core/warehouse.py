@@ -51,7 +51,18 @@ def connect(
 
 
 def ensure_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Create the table, or add the columns a newer schema declared (additive migrations only)."""
     con.execute(table.ddl())
+    have = {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+            [table.name],
+        ).fetchall()
+    }
+    for column, kind in table.columns.items():
+        if column not in have:
+            con.execute(f'ALTER TABLE "{table.name}" ADD COLUMN "{column}" {kind}')
 
 
 def _select_cast(table: Table, relation_name: str) -> str:

@@ -13,6 +13,7 @@ from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     RAW_CAPTIONS,
     RAW_CATEGORIES,
+    RAW_CONVERSATIONS,
     RAW_IMAGES,
     RAW_OBJECTS,
     RAW_TAGS,
@@ -63,7 +64,14 @@ def _type_metadata(rows: pl.DataFrame) -> dict[str, object]:
 @dg.asset(
     name=GENERATED_CONVERSATIONS.name,
     group_name="generated",
-    deps=[RAW_IMAGES.name, RAW_CAPTIONS.name, RAW_OBJECTS.name, RAW_CATEGORIES.name, RAW_TAGS.name],
+    deps=[
+        RAW_IMAGES.name,
+        RAW_CAPTIONS.name,
+        RAW_OBJECTS.name,
+        RAW_CATEGORIES.name,
+        RAW_TAGS.name,
+        RAW_CONVERSATIONS.name,
+    ],
     partitions_def=sources_partitions,
     pool=WRITER_POOL,
     kinds={"duckdb", "polars"},
@@ -87,6 +95,17 @@ def generated__conversations(
         if record is None:
             raise dg.Failure(
                 f"source {source!r} is not registered; materialize its raw stage first"
+            )
+        if record.kind == "import":
+            # QC-only source: its conversations were imported by the raw stage, as they are.
+            rows = warehouse.read_source(con, RAW_CONVERSATIONS, source)
+            warehouse.replace_source(con, GENERATED_CONVERSATIONS, rows, source)
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": rows.height,
+                    "generators": "import (QC-only source)",
+                    **_type_metadata(rows),
+                }
             )
         image_root = find_coco_files(record.root, record.split).image_dir
         frames = [

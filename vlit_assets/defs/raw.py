@@ -3,19 +3,18 @@
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import sources, warehouse
-from vlit_assets.core.collect import (
-    CollectConfig,
-    CollectResult,
-    SourceFormatError,
-    collect_source,
-)
+from vlit_assets.core.collect import CollectConfig, SourceFormatError, collect_source
+from vlit_assets.core.formats import InstructionFormatError
+from vlit_assets.core.imports import collect_import, is_import_source
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,
+    RAW_CONVERSATIONS,
     RAW_IMAGES,
     RAW_OBJECTS,
     RAW_REJECTS,
@@ -24,7 +23,15 @@ from vlit_assets.core.schemas import (
 from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
 from vlit_assets.resources import ProjectPaths, WarehouseResource
 
-RAW_TABLES = (RAW_IMAGES, RAW_CAPTIONS, RAW_OBJECTS, RAW_CATEGORIES, RAW_TAGS, RAW_REJECTS)
+RAW_TABLES = (
+    RAW_IMAGES,
+    RAW_CAPTIONS,
+    RAW_OBJECTS,
+    RAW_CATEGORIES,
+    RAW_TAGS,
+    RAW_REJECTS,
+    RAW_CONVERSATIONS,
+)
 
 
 class RawConfig(dg.Config):
@@ -33,6 +40,9 @@ class RawConfig(dg.Config):
     max_pixels: int = 89_478_485  # larger images are rejected as decompression bombs
     workers: int = 2  # processes that decode images
     absent_k: int = 8  # plausible absent categories kept per image
+    # Import (QC-only) sources: a registered COCO source whose annotations cover their images,
+    # so correctness metrics can use them; without one those metrics are null.
+    annotations_source: str | None = None
 
 
 def resolve_source(
@@ -41,8 +51,18 @@ def resolve_source(
     """Find the directory of a partition: explicit config, then the registry, then conventions."""
     if config.source_dir:
         root = Path(config.source_dir).expanduser()
-        kind = "sample" if root.resolve() == paths.sample_dir.resolve() else "coco"
-        return sources.register(con, source, root, split=config.split, kind=kind)
+        if root.resolve() == paths.sample_dir.resolve():
+            kind = "sample"
+        else:
+            kind = "import" if is_import_source(root) else "coco"
+        return sources.register(
+            con,
+            source,
+            root,
+            split=config.split,
+            kind=kind,
+            annotations_source=config.annotations_source,
+        )
     known = sources.lookup(con, source)
     if known is not None:
         return known
@@ -57,17 +77,33 @@ def resolve_source(
     )
 
 
-def _metadata(result: CollectResult, table: str, root: Path) -> dict[str, object]:
-    frame = getattr(result, table.split("__", 1)[1])
-    metadata: dict[str, object] = {
-        "dagster/row_count": frame.height,
-        "table": table,
-        "source_dir": str(root),
-    }
-    if table == RAW_REJECTS.name:
-        for reason, count in sorted(result.rejects_by_reason().items()):
-            metadata[f"rejects/{reason}"] = count
-    return metadata
+def _collect(
+    source: str, record: sources.SourceRecord, config: RawConfig, run_id: str
+) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+    """Every raw table of the source: COCO annotations, or an imported instruction dataset."""
+    if record.kind == "import":
+        imported = collect_import(
+            source, record.root, max_pixels=config.max_pixels, workers=config.workers, run_id=run_id
+        )
+        tables = {t.name: t.empty_frame() for t in RAW_TABLES}
+        tables[RAW_IMAGES.name] = imported.images
+        tables[RAW_REJECTS.name] = imported.rejects
+        tables[RAW_CONVERSATIONS.name] = imported.conversations
+        return tables, imported.rejects_by_reason()
+    result = collect_source(
+        source,
+        record.root,
+        CollectConfig(
+            split=config.split or record.split,
+            max_pixels=config.max_pixels,
+            workers=config.workers,
+            absent_k=config.absent_k,
+        ),
+        run_id=run_id,
+    )
+    tables = {t.name: getattr(result, t.name.split("__", 1)[1], None) for t in RAW_TABLES}
+    tables[RAW_CONVERSATIONS.name] = RAW_CONVERSATIONS.empty_frame()
+    return tables, result.rejects_by_reason()
 
 
 @dg.multi_asset(
@@ -94,28 +130,24 @@ def raw(
     with warehouse_db.connect() as con:
         record = resolve_source(con, paths, source, config)
     try:
-        result = collect_source(
-            source,
-            record.root,
-            CollectConfig(
-                split=config.split or record.split,
-                max_pixels=config.max_pixels,
-                workers=config.workers,
-                absent_k=config.absent_k,
-            ),
-            run_id=context.run_id,
-        )
-    except (SourceFormatError, FileNotFoundError) as exc:
+        tables, rejects_by_reason = _collect(source, record, config, context.run_id)
+    except (SourceFormatError, InstructionFormatError, FileNotFoundError) as exc:
         # An unusable file fails the run; the message names the file and the key.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     with warehouse_db.connect() as con:
         for table in RAW_TABLES:
-            warehouse.replace_source(con, table, getattr(result, table.name.split("__")[1]), source)
-    context.log.info(f"{source}: {result.counts()} rejects={result.rejects_by_reason()}")
+            warehouse.replace_source(con, table, tables[table.name], source)
+    counts = {name: frame.height for name, frame in tables.items()}
+    context.log.info(f"{source} ({record.kind}): {counts} rejects={rejects_by_reason}")
     for table in RAW_TABLES:
-        yield dg.MaterializeResult(
-            asset_key=table.name, metadata=_metadata(result, table.name, record.root)
-        )
+        metadata: dict[str, object] = {
+            "dagster/row_count": counts[table.name],
+            "source_dir": str(record.root),
+            "source_kind": record.kind,
+        }
+        if table is RAW_REJECTS:
+            metadata |= {f"rejects/{r}": n for r, n in sorted(rejects_by_reason.items())}
+        yield dg.MaterializeResult(asset_key=table.name, metadata=metadata)
 
 
 raw_suite_check = build_suite_check(
