@@ -11,7 +11,8 @@ from pathlib import Path
 
 from vlit_assets.resources import PROJECT_ROOT
 
-STAGES = ("raw", "generated")  # in pipeline order; `--stage X` runs X and everything before it
+# In pipeline order; `--stage X` runs X and everything before it (definitions.SOURCE_STAGES).
+STAGES = ("raw", "generated", "scored")
 
 
 def _load_env_file(path: Path) -> None:

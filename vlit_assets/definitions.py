@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vlit_assets.defs import generated, raw
+from vlit_assets.defs import generated, raw, scored
 from vlit_assets.defs.partitions import sources_partitions
-from vlit_assets.resources import LLMResource, ProjectPaths, WarehouseResource
+from vlit_assets.resources import (
+    EmbedderResource,
+    LLMResource,
+    ProjectPaths,
+    WarehouseResource,
+)
 
-SOURCE_STAGES = ("raw", "generated")
+SOURCE_STAGES = ("raw", "generated", "scored")
 
 source_job = dg.define_asset_job(
     "source_job",
@@ -18,7 +23,7 @@ source_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[raw.raw, generated.generated__conversations],
+    assets=[raw.raw, generated.generated__conversations, scored.scored__conversations],
     asset_checks=[raw.raw_suite_check, generated.generated_suite_check],
     jobs=[source_job],
     resources={
@@ -27,6 +32,7 @@ defs = dg.Definitions(
         "paths": ProjectPaths(
             data_dir=dg.EnvVar("VLIT_DATA_DIR"), output_dir=dg.EnvVar("VLIT_OUTPUT_DIR")
         ),
+        "embedder": EmbedderResource(),
         "llm": LLMResource(
             base_url=dg.EnvVar("VLIT_LLM_BASE_URL"),
             model=dg.EnvVar("VLIT_LLM_MODEL"),

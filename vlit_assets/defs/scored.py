@@ -1,0 +1,142 @@
+"""Quality control stage: generated__conversations -> scored__conversations (every metric)."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from vlit_assets.core import sources, warehouse
+from vlit_assets.core.embed import EmbeddingCache
+from vlit_assets.core.image_text import ImageTextConfig, build_image_text_scorer
+from vlit_assets.core.imports import link_annotations
+from vlit_assets.core.quality import QualityConfig, score_conversations
+from vlit_assets.core.schemas import (
+    GENERATED_CONVERSATIONS,
+    META_DATASET_METRICS,
+    RAW_CAPTIONS,
+    RAW_CATEGORIES,
+    RAW_IMAGES,
+    RAW_OBJECTS,
+    RAW_TAGS,
+    SCORED_CONVERSATIONS,
+)
+from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
+from vlit_assets.resources import EmbedderResource, WarehouseResource
+
+ANNOTATION_TABLES = (RAW_CAPTIONS, RAW_OBJECTS, RAW_TAGS, RAW_CATEGORIES)
+
+
+class ScoredConfig(dg.Config):
+    neardup_threshold: float = 0.95  # cosine at or above which two conversations are near-copies
+    clip_model_path: str | None = None  # optional local CLIP directory for image-text scores
+
+
+def annotations_for(
+    con: duckdb.DuckDBPyConnection, record: sources.SourceRecord
+) -> dict[str, pl.DataFrame] | None:
+    """The annotation frames that judge a source's conversations, or None when it has none."""
+    if record.kind != "import":
+        return {t.name: warehouse.read_source(con, t, record.source) for t in ANNOTATION_TABLES}
+    if not record.annotations_source:
+        return None
+    other = record.annotations_source
+    frames = {t.name: warehouse.read_source(con, t, other) for t in ANNOTATION_TABLES}
+    return link_annotations(
+        warehouse.read_source(con, RAW_IMAGES, record.source),
+        warehouse.read_source(con, RAW_IMAGES, other),
+        frames,
+    )
+
+
+def record_dataset_metrics(
+    con: duckdb.DuckDBPyConnection,
+    figures: dict[str, float | int | None],
+    *,
+    run_id: str,
+    asset: str,
+    source: str,
+) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        {"run_id": run_id, "asset": asset, "source": source, "metric": k, "value": float(v)}
+        for k, v in figures.items()
+        if v is not None
+    ]
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "run_id": pl.String,
+            "asset": pl.String,
+            "source": pl.String,
+            "metric": pl.String,
+            "value": pl.Float64,
+        },
+    ).with_columns(pl.lit(now).alias("recorded_at"))
+    warehouse.upsert(con, META_DATASET_METRICS, frame)
+
+
+@dg.asset(
+    name=SCORED_CONVERSATIONS.name,
+    group_name="scored",
+    deps=[GENERATED_CONVERSATIONS.name],
+    partitions_def=sources_partitions,
+    pool=WRITER_POOL,
+    kinds={"duckdb", "polars"},
+)
+def scored__conversations(
+    context: dg.AssetExecutionContext,
+    config: ScoredConfig,
+    warehouse_db: WarehouseResource,
+    embedder: EmbedderResource,
+) -> dg.MaterializeResult:
+    """One row per generated conversation with every quality metric; no row is dropped here."""
+    source = context.partition_key
+    image_text = build_image_text_scorer(
+        ImageTextConfig(clip_model_path=config.clip_model_path)
+        if config.clip_model_path
+        else ImageTextConfig()
+    )
+    with warehouse_db.connect() as con:
+        record = sources.lookup(con, source)
+        if record is None:
+            raise dg.Failure(
+                f"source {source!r} is not registered; materialize its raw stage first"
+            )
+        conversations = warehouse.read_source(con, GENERATED_CONVERSATIONS, source)
+        annotations = annotations_for(con, record) or {}
+        cache = EmbeddingCache(con)
+        result = score_conversations(
+            conversations,
+            objects=annotations.get(RAW_OBJECTS.name),
+            tags=annotations.get(RAW_TAGS.name),
+            categories=annotations.get(RAW_CATEGORIES.name),
+            captions=annotations.get(RAW_CAPTIONS.name),
+            embedder=embedder.get(),
+            cache=cache,
+            config=QualityConfig(neardup_threshold=config.neardup_threshold),
+            run_id=context.run_id,
+            image_text=image_text,
+        )
+        warehouse.replace_source(con, SCORED_CONVERSATIONS, result.scored, source)
+        record_dataset_metrics(
+            con,
+            result.dataset,
+            run_id=context.run_id,
+            asset=SCORED_CONVERSATIONS.name,
+            source=source,
+        )
+    figures = {f"metric/{k}": float(v) for k, v in result.dataset.items() if v is not None}
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.scored.height,
+            "texts_embedded": result.encoded_texts,
+            "annotations": (
+                "own"
+                if record.kind != "import"
+                else record.annotations_source or "none: correctness metrics are null"
+            ),
+            "image_text_scorer": "configured" if image_text is not None else "not configured",
+            **figures,
+        }
+    )
