@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         name,
         root,
         split=args.split,
+        annotations_source=args.annotations_source,
         stages=stages,
         tags={"vlit/entry": "cli"},
     )
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", help="COCO-layout directory (default: the embedded sample)")
     run.add_argument("--name", help="source name / partition key (default: the directory name)")
     run.add_argument("--split", help="COCO split name (default: detected)")
+    run.add_argument(
+        "--annotations-source",
+        help="for an instruction dataset (QC-only): a registered COCO source annotating its images",
+    )
     run.add_argument(
         "--db", help="DuckDB file (default: $VLIT_DB_PATH or data/warehouse/vlit.duckdb)"
     )

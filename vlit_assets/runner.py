@@ -31,6 +31,7 @@ def run_source(
     root: Path | None,
     *,
     split: str | None = None,
+    annotations_source: str | None = None,
     stages: Sequence[str] = SOURCE_STAGES,
     op_config: Mapping[str, Mapping[str, Any]] | None = None,
     tags: Mapping[str, str] | None = None,
@@ -47,6 +48,8 @@ def run_source(
         raw_config["source_dir"] = str(Path(root).resolve())
     if split:
         raw_config["split"] = split
+    if annotations_source:
+        raw_config["annotations_source"] = annotations_source
     ops: dict[str, Any] = {name: {"config": dict(cfg)} for name, cfg in (op_config or {}).items()}
     if "raw" in stages:
         ops.setdefault("raw", {"config": {}})["config"].update(raw_config)

@@ -408,12 +408,14 @@ def link_annotations(
     imported_images: pl.DataFrame,
     annotated_images: pl.DataFrame,
     frames: dict[str, pl.DataFrame],
+    *,
+    source: str,
 ) -> dict[str, pl.DataFrame]:
     """Re-key another source's annotation frames onto the imported images, by COCO image id.
 
-    ``frames`` are raw tables of the annotating source that carry ``image_id`` (captions,
-    objects, tags); rows of images the import does not use are left out. Frames without an
-    ``image_id`` column (categories) pass through unchanged.
+    ``frames`` are raw tables of the annotating source; those with ``image_id`` (captions,
+    objects, tags) keep only the images the import uses. Every frame's ``source`` becomes the
+    importing source, since metrics judge a conversation by the annotations of its own source.
     """
     mapping = (
         imported_images.select("image_id", "coco_image_id")
@@ -428,6 +430,8 @@ def link_annotations(
     )
     linked: dict[str, pl.DataFrame] = {}
     for name, frame in frames.items():
+        if "source" in frame.columns:
+            frame = frame.with_columns(pl.lit(source).alias("source"))
         if "image_id" not in frame.columns:
             linked[name] = frame
             continue

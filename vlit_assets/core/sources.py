@@ -71,6 +71,8 @@ def register(
 
 
 def lookup(con: duckdb.DuckDBPyConnection, source: str) -> SourceRecord | None:
+    if not warehouse.table_exists(con, META_SOURCES.name):
+        return None
     warehouse.ensure_table(con, META_SOURCES)
     row = con.execute(
         "SELECT source, root, split, kind, annotations_source FROM meta__sources WHERE source = ?",

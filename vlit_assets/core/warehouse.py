@@ -51,18 +51,24 @@ def connect(
 
 
 def ensure_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
-    """Create the table, or add the columns a newer schema declared (additive migrations only)."""
-    con.execute(table.ddl())
-    have = {
-        row[0]
-        for row in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-            [table.name],
-        ).fetchall()
-    }
+    """Create the table, or add the columns a newer schema declared (additive migrations only).
+
+    Does nothing to a table that is already current, so read-only connections can call it.
+    """
+    have = _columns(con, table.name)
+    if not have:
+        con.execute(table.ddl())
+        return
     for column, kind in table.columns.items():
         if column not in have:
             con.execute(f'ALTER TABLE "{table.name}" ADD COLUMN "{column}" {kind}')
+
+
+def _columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 def _select_cast(table: Table, relation_name: str) -> str:
@@ -142,6 +148,8 @@ def read_source(
 ) -> pl.DataFrame:
     """Rows of ``source`` (or all rows) as polars; an absent table reads as an empty frame."""
     table = TABLES[table] if isinstance(table, str) else table
+    if not _columns(con, table.name):
+        return table.empty_frame()
     ensure_table(con, table)
     if source is None:
         return con.execute(f'SELECT * FROM "{table.name}"').pl()

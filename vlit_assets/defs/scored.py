@@ -46,6 +46,7 @@ def annotations_for(
         warehouse.read_source(con, RAW_IMAGES, record.source),
         warehouse.read_source(con, RAW_IMAGES, other),
         frames,
+        source=record.source,
     )
 
 
