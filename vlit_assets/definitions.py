@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vlit_assets.defs import generated, raw, scored
+from vlit_assets.defs import automation, generated, raw, scored
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import (
     EmbedderResource,
@@ -26,6 +26,7 @@ defs = dg.Definitions(
     assets=[raw.raw, generated.generated__conversations, scored.scored__conversations],
     asset_checks=[raw.raw_suite_check, generated.generated_suite_check],
     jobs=[source_job],
+    sensors=[automation.incoming_batches_sensor],
     resources={
         # Paths and secrets are read when a run starts, never at import (see .env.example).
         "warehouse_db": WarehouseResource(db_path=dg.EnvVar("VLIT_DB_PATH")),
@@ -33,6 +34,7 @@ defs = dg.Definitions(
             data_dir=dg.EnvVar("VLIT_DATA_DIR"), output_dir=dg.EnvVar("VLIT_OUTPUT_DIR")
         ),
         "embedder": EmbedderResource(),
+        "automation": automation.AutomationSettings(),
         "llm": LLMResource(
             base_url=dg.EnvVar("VLIT_LLM_BASE_URL"),
             model=dg.EnvVar("VLIT_LLM_MODEL"),

@@ -1,0 +1,288 @@
+"""The scored suite passes template output and fails a known-bad batch for every principle.
+
+Good data is the template output on data/sample, scored with the real MiniLM model; each bad
+batch is a rewrite of it that breaks one principle, scored the same way (the embedding cache
+keeps rescoring to the new texts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from vlit_assets.checks.gx_runner import SuiteOutcome
+from vlit_assets.checks.scored_suite import (
+    DATASET,
+    SAMPLES,
+    PrincipleThresholds,
+    stored_dataset_figures,
+    validate_scored,
+    validate_scored_table,
+)
+from vlit_assets.core import warehouse
+from vlit_assets.core.collect import CollectResult, collect_source, find_coco_files
+from vlit_assets.core.embed import EmbeddingCache, MiniLMEmbedder
+from vlit_assets.core.generate import TemplateConfig, generate_templates
+from vlit_assets.core.quality import QualityResult, score_conversations
+from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets_tests.defects import plant_defects
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = "sample"
+# Template data answers about 26-29% of its polar questions with yes (every negative turn
+# denies), below the default band of 0.35-0.65; the lead decides whether the generator or the
+# default moves. Until then the bad-batch tests use a band that the template data passes, and
+# test_defaults_fail_template_data_on_yes_ratio_only pins the measured gap.
+TEMPLATE_BAND = replace(PrincipleThresholds(), yes_ratio_min=0.20)
+
+MEAN = "expect_column_mean_to_be_between"
+
+
+@dataclass
+class Scoring:
+    raw: CollectResult
+    good: pl.DataFrame
+    scored: QualityResult
+    score: Callable[[pl.DataFrame], QualityResult]
+
+
+@pytest.fixture(scope="module")
+def scoring(tmp_path_factory: pytest.TempPathFactory) -> Scoring:
+    tmp = tmp_path_factory.mktemp("scored_suite")
+    root = REPO / "data" / "sample"
+    raw = collect_source(SOURCE, root)
+    good = generate_templates(
+        raw.images,
+        raw.captions,
+        raw.objects,
+        raw.categories,
+        raw.tags,
+        source=SOURCE,
+        image_root=find_coco_files(root).image_dir,
+        regions_dir=tmp / "regions",
+        config=TemplateConfig(render_regions=False),
+    ).filter(pl.col("drop_reason").is_null())
+    con = duckdb.connect(str(tmp / "cache.duckdb"))
+    cache = EmbeddingCache(con)
+    embedder = MiniLMEmbedder()
+
+    def score(conversations: pl.DataFrame) -> QualityResult:
+        return score_conversations(
+            conversations,
+            objects=raw.objects,
+            tags=raw.tags,
+            categories=raw.categories,
+            captions=raw.captions,
+            embedder=embedder,
+            cache=cache,
+            run_id="test",
+        )
+
+    return Scoring(raw, good, score(good), score)
+
+
+def failed_ids(outcome: SuiteOutcome) -> set[str]:
+    return {o.expectation_id for o in outcome.failed}
+
+
+def dataset_id(column: str) -> str:
+    return f"{DATASET}.{MEAN}({column})"
+
+
+def sample_id(expectation: str, column: str) -> str:
+    return f"{SAMPLES}.{expectation}({column})"
+
+
+# --------------------------------------------------------------------------- bad batches
+
+
+def _map_turns(frame: pl.DataFrame, fn: Callable[[list[dict]], list[dict] | None]) -> pl.DataFrame:
+    """Rewrite every conversation's turns; a row whose rewrite is None is left out."""
+    rows = []
+    for row in frame.to_dicts():
+        turns = fn([dict(t) for t in row["turns"]])
+        if turns is not None:
+            rows.append({**row, "turns": turns})
+    return pl.DataFrame(rows, schema=frame.schema)
+
+
+def hallucination_heavy(s: Scoring) -> pl.DataFrame:
+    bad, _ = plant_defects(
+        s.good, s.raw.objects, s.raw.tags, seed=1, per_kind=s.good.height, kinds=("absent_object",)
+    )
+    return bad
+
+
+def flipped_negatives(s: Scoring) -> pl.DataFrame:
+    def flip(turns: list[dict]) -> list[dict]:
+        for t in turns:
+            if t["from"] == "gpt" and re.match(r"no\b", t["value"], re.I):
+                t["value"] = "Yes, it is there."
+        return turns
+
+    return _map_turns(s.good.filter(pl.col("instruction_type") == "negative"), flip).vstack(
+        s.good.filter(pl.col("instruction_type") != "negative")
+    )
+
+
+def all_one_type(s: Scoring) -> pl.DataFrame:
+    return s.good.filter(pl.col("instruction_type") == "region")
+
+
+def near_duplicate_heavy(s: Scoring) -> pl.DataFrame:
+    copies, _ = plant_defects(
+        s.good, s.raw.objects, s.raw.tags, seed=2, per_kind=s.good.height, kinds=("near_copy",)
+    )
+    return pl.concat([s.good, copies])
+
+
+def yes_only_polar(s: Scoring) -> pl.DataFrame:
+    """Every pair whose answer opens with "No" removed; conversations left empty go."""
+
+    def keep_yes(turns: list[dict]) -> list[dict] | None:
+        out = []
+        for q, a in zip(turns[::2], turns[1::2], strict=True):
+            if not re.match(r"(no|none)\b", a["value"], re.I):
+                out += [q, a]
+        return out or None
+
+    return _map_turns(s.good, keep_yes)
+
+
+OFF_TOPIC = (
+    "Quarterly revenue grew by four percent thanks to lower shipping costs.",
+    "The recipe needs two cups of flour and a pinch of salt.",
+    "Parliament will vote on the new tax law next Tuesday.",
+    "The software update fixes a memory leak in the database driver.",
+)
+
+
+def off_topic_answers(s: Scoring) -> pl.DataFrame:
+    def replace_answers(turns: list[dict]) -> list[dict]:
+        k = 0
+        for t in turns:
+            if t["from"] == "gpt":
+                t["value"] = OFF_TOPIC[k % len(OFF_TOPIC)]
+                k += 1
+        return turns
+
+    return _map_turns(s.good, replace_answers)
+
+
+def one_word_answers(s: Scoring) -> pl.DataFrame:
+    def terse(turns: list[dict]) -> list[dict]:
+        for t in turns:
+            if t["from"] == "gpt":
+                t["value"] = t["value"].split(" ")[0].strip(",.;:") + "."
+        return turns
+
+    return _map_turns(s.good, terse)
+
+
+BAD_BATCHES = {
+    # principle: correctness
+    "hallucination_heavy": (
+        hallucination_heavy,
+        {dataset_id("chair_s_rate"), sample_id("expect_column_values_to_be_in_set", "chair_s")},
+    ),
+    "flipped_negatives": (flipped_negatives, {dataset_id("negative_consistency")}),
+    # principle: balance
+    "all_one_type": (all_one_type, {dataset_id("instruction_type_entropy_norm")}),
+    "yes_only_polar": (yes_only_polar, {dataset_id("yes_ratio")}),
+    # principle: diversity
+    "near_duplicate_heavy": (near_duplicate_heavy, {dataset_id("near_duplicate_rate")}),
+    # principle: relevance
+    "off_topic_answers": (off_topic_answers, {dataset_id("relevance_mean")}),
+    # principle: complexity
+    "one_word_answers": (
+        one_word_answers,
+        {
+            dataset_id("answer_words_mean"),
+            sample_id("expect_column_values_to_be_between", "answer_words_min"),
+        },
+    ),
+}
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_template_output_passes_with_the_template_band(scoring: Scoring) -> None:
+    outcome = validate_scored(scoring.scored.scored, scoring.scored.dataset, TEMPLATE_BAND)
+    assert outcome.success, outcome.summary()
+    observed = {o.column: o.observed for o in outcome.outcomes if o.frame == DATASET}
+    assert observed["chair_s_rate"] == 0.0
+    assert observed["negative_consistency"] == 1.0
+    assert 0.0 < observed["near_duplicate_rate"] < TEMPLATE_BAND.max_near_duplicate_rate
+
+
+def test_defaults_fail_template_data_on_yes_ratio_only(scoring: Scoring) -> None:
+    outcome = validate_scored(scoring.scored.scored, scoring.scored.dataset)
+    assert failed_ids(outcome) == {dataset_id("yes_ratio")}
+    (yes,) = outcome.failed
+    assert yes.observed is not None and 0.2 < yes.observed < PrincipleThresholds().yes_ratio_min
+
+
+@pytest.mark.parametrize("batch", sorted(BAD_BATCHES))
+def test_bad_batch_fails_its_principle(scoring: Scoring, batch: str) -> None:
+    make, expected = BAD_BATCHES[batch]
+    rows = make(scoring)
+    assert rows.height > 0
+    result = scoring.score(rows)
+    outcome = validate_scored(result.scored, result.dataset, TEMPLATE_BAND)
+    assert not outcome.success
+    assert expected <= failed_ids(outcome), outcome.summary()
+    good = validate_scored(scoring.scored.scored, scoring.scored.dataset, TEMPLATE_BAND)
+    assert not expected & failed_ids(good)
+
+
+def test_undefined_figures_are_reported_not_judged(scoring: Scoring) -> None:
+    dataset = {**scoring.scored.dataset, "count_consistency": None, "yes_ratio": None}
+    outcome = validate_scored(scoring.scored.scored, dataset)
+    marked = {o.column: o for o in outcome.outcomes if o.observed_text.startswith("not judged")}
+    assert set(marked) == {"count_consistency", "yes_ratio"}
+    assert all(o.success and o.observed is None for o in marked.values())
+
+
+def test_duplicate_ids_fail_the_sample_frame(scoring: Scoring) -> None:
+    scored = scoring.scored.scored
+    doubled = pl.concat([scored, scored.head(3)])
+    outcome = validate_scored(doubled, scoring.scored.dataset, TEMPLATE_BAND)
+    assert sample_id("expect_column_values_to_be_unique", "conversation_id") in failed_ids(outcome)
+
+
+def test_missing_sample_column_is_named(scoring: Scoring) -> None:
+    with pytest.raises(ValueError, match="relevance"):
+        validate_scored(scoring.scored.scored.drop("relevance"), scoring.scored.dataset)
+
+
+def test_table_validation_recomputes_the_same_figures(scoring: Scoring, tmp_path: Path) -> None:
+    scored = scoring.scored.scored
+    dropped = scored.head(1).with_columns(
+        conversation_id=pl.lit("conv_dropped"),
+        drop_reason=pl.lit("selected_out"),
+        answer_words_min=pl.lit(1, dtype=pl.Int32),
+    )
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        warehouse.replace_source(con, SCORED_CONVERSATIONS, pl.concat([scored, dropped]), SOURCE)
+        from_table = validate_scored_table(con, SOURCE, TEMPLATE_BAND)
+        empty = validate_scored_table(con, "no-such-source", TEMPLATE_BAND)
+    in_memory = validate_scored(scored, scoring.scored.dataset, TEMPLATE_BAND)
+    assert from_table.success, from_table.summary()
+    observed = {o.expectation_id: o.observed for o in in_memory.outcomes}
+    for o in from_table.outcomes:
+        assert o.observed == pytest.approx(observed[o.expectation_id]), o.expectation_id
+    assert not empty.success
+    assert f"{SAMPLES}.expect_table_row_count_to_be_between()" in failed_ids(empty)
+
+
+def test_stored_figures_match_scoring(scoring: Scoring) -> None:
+    stored = stored_dataset_figures(scoring.scored.scored)
+    for key, value in stored.items():
+        assert value == pytest.approx(scoring.scored.dataset[key]), key
