@@ -143,6 +143,27 @@ def print_summary(result, source: str) -> int:
     return 0 if result.success and not failed_checks else 1
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    prepare_environment(args.db)
+    import json
+
+    from vlit_assets.core import lineage, warehouse
+    from vlit_assets.resources import resolve_path
+
+    db_path = resolve_path(os.environ["VLIT_DB_PATH"])
+    if not db_path.exists():
+        print(f"vlit: no warehouse at {db_path}; run `vlit run` first", file=sys.stderr)
+        return 2
+    with warehouse.connect(db_path, read_only=True) as con:
+        try:
+            chain = lineage.lineage(con, args.conversation_id)
+        except KeyError as exc:
+            print(f"vlit: {exc.args[0]}", file=sys.stderr)
+            return 1
+    print(json.dumps(chain, default=str, indent=2) if args.json else lineage.render(chain))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--stage", choices=STAGES, help="stop after this stage (default: all)")
     run.set_defaults(func=cmd_run)
+    trace = sub.add_parser(
+        "lineage", help="print one conversation's chain: annotations -> generation -> scores"
+    )
+    trace.add_argument("conversation_id")
+    trace.add_argument("--db", help="DuckDB file (default: $VLIT_DB_PATH)")
+    trace.add_argument("--json", action="store_true", help="print JSON instead of text")
+    trace.set_defaults(func=cmd_lineage)
     return parser
 
 

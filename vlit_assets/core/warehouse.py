@@ -71,6 +71,11 @@ def _columns(con: duckdb.DuckDBPyConnection, name: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+def _column_list(table: Table) -> str:
+    # Named, not positional: a table migrated by ALTER ... ADD COLUMN has its own column order.
+    return "(" + ", ".join(f'"{c}"' for c in table.columns) + ")"
+
+
 def _select_cast(table: Table, relation_name: str) -> str:
     cols = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in table.columns.items())
     return f"SELECT {cols} FROM {relation_name}"
@@ -99,7 +104,9 @@ def replace_source(
     try:
         con.execute(f'DELETE FROM "{table.name}" WHERE source = ?', [source])
         if df.height:
-            con.execute(f'INSERT INTO "{table.name}" {_select_cast(table, "arrow")}')
+            con.execute(
+                f'INSERT INTO "{table.name}" {_column_list(table)} {_select_cast(table, "arrow")}'
+            )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -117,7 +124,9 @@ def replace_all(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataF
     try:
         con.execute(f'DELETE FROM "{table.name}"')
         if df.height:
-            con.execute(f'INSERT INTO "{table.name}" {_select_cast(table, "arrow")}')
+            con.execute(
+                f'INSERT INTO "{table.name}" {_column_list(table)} {_select_cast(table, "arrow")}'
+            )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -135,7 +144,9 @@ def upsert(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f'DELETE FROM "{table.name}" t USING arrow a WHERE {on}')
-        con.execute(f'INSERT INTO "{table.name}" {_select_cast(table, "arrow")}')
+        con.execute(
+            f'INSERT INTO "{table.name}" {_column_list(table)} {_select_cast(table, "arrow")}'
+        )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -157,7 +157,7 @@ def yes_only_polar(s: Scoring) -> pl.DataFrame:
 
 OFF_TOPIC = (
     "Quarterly revenue grew by four percent thanks to lower shipping costs.",
-    "The recipe needs two cups of flour and a pinch of salt.",
+    "The recipe needs flour, butter and a pinch of salt.",
     "Parliament will vote on the new tax law next Tuesday.",
     "The software update fixes a memory leak in the database driver.",
 )

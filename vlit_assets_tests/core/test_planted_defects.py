@@ -129,9 +129,7 @@ def defect_flags(scored: pl.DataFrame, captions: pl.DataFrame) -> pl.DataFrame:
     return scored.select(
         "conversation_id",
         chair_s=pl.col("chair_s").fill_null(False),
-        chair_s_uncaptioned=pl.col("conversation_id").is_in(
-            supported["conversation_id"].implode()
-        ),
+        chair_s_uncaptioned=pl.col("conversation_id").is_in(supported["conversation_id"].implode()),
         negative_inconsistent=(pl.col("negative_consistency") < 1).fill_null(False),
         count_inconsistent=(pl.col("count_consistency") < 1).fill_null(False),
         near_duplicate=(pl.col("cluster_size") > 1).fill_null(False)
