@@ -113,7 +113,7 @@ def caption_categories(captions: pl.DataFrame) -> pl.DataFrame:
 
 def defect_flags(scored: pl.DataFrame, captions: pl.DataFrame) -> pl.DataFrame:
     """One row per conversation: a boolean column per rule (null metric = not flagged)."""
-    supported = (
+    uncaptioned = (
         scored.select("conversation_id", "image_id", category="hallucinated_objects")
         .explode("category", keep_nulls=False)
         .join(caption_categories(captions).unique(), on=["image_id", "category"], how="anti")
@@ -129,7 +129,9 @@ def defect_flags(scored: pl.DataFrame, captions: pl.DataFrame) -> pl.DataFrame:
     return scored.select(
         "conversation_id",
         chair_s=pl.col("chair_s").fill_null(False),
-        chair_s_uncaptioned=pl.col("conversation_id").is_in(supported["conversation_id"].implode()),
+        chair_s_uncaptioned=pl.col("conversation_id").is_in(
+            uncaptioned["conversation_id"].implode()
+        ),
         negative_inconsistent=(pl.col("negative_consistency") < 1).fill_null(False),
         count_inconsistent=(pl.col("count_consistency") < 1).fill_null(False),
         near_duplicate=(pl.col("cluster_size") > 1).fill_null(False)
