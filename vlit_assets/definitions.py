@@ -24,7 +24,11 @@ source_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[raw.raw, generated.generated__conversations, scored.scored__conversations],
-    asset_checks=[raw.raw_suite_check, generated.generated_suite_check],
+    asset_checks=[
+        raw.raw_suite_check,
+        generated.generated_suite_check,
+        scored.scored_suite_check,
+    ],
     jobs=[source_job],
     sensors=[automation.incoming_batches_sensor],
     resources={

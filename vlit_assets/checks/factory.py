@@ -13,7 +13,7 @@ from vlit_assets.core.schemas import META_CHECK_RESULTS
 from vlit_assets.defs.partitions import WRITER_POOL
 from vlit_assets.resources import WarehouseResource
 
-Validate = Callable[[duckdb.DuckDBPyConnection, str], SuiteOutcome]
+Validate = Callable[..., SuiteOutcome]  # (con, source) or (con, source, config)
 ALL_SOURCES = "*"
 
 
@@ -79,24 +79,20 @@ def build_suite_check(
     description: str,
     partitions_def: dg.PartitionsDefinition | None = None,
     additional_deps: Sequence[str] = (),
+    config_cls: type[dg.Config] | None = None,
 ) -> dg.AssetChecksDefinition:
-    """A blocking check: when the suite fails, downstream assets of ``asset`` do not run."""
+    """A blocking check: when the suite fails, downstream assets of ``asset`` do not run.
 
-    @dg.asset_check(
-        asset=asset,
-        name=name,
-        description=description,
-        blocking=True,
-        partitions_def=partitions_def,
-        additional_deps=list(additional_deps),
-        pool=WRITER_POOL,
-    )
-    def _check(
-        context: dg.AssetCheckExecutionContext, warehouse_db: WarehouseResource
+    With ``config_cls``, the check takes that run config (thresholds, editable in the
+    launchpad) and passes it to ``validate`` as a third argument.
+    """
+
+    def evaluate(
+        context: dg.AssetCheckExecutionContext, warehouse_db: WarehouseResource, config=None
     ) -> dg.AssetCheckResult:
         source = context.partition_key if partitions_def is not None else ALL_SOURCES
         with warehouse_db.connect() as con:
-            outcome = validate(con, source)
+            outcome = validate(con, source) if config is None else validate(con, source, config)
             record_outcome(
                 con,
                 outcome,
@@ -113,4 +109,31 @@ def build_suite_check(
             metadata=outcome_metadata(outcome),
         )
 
-    return _check
+    decorate = dg.asset_check(
+        asset=asset,
+        name=name,
+        description=description,
+        blocking=True,
+        partitions_def=partitions_def,
+        additional_deps=list(additional_deps),
+        pool=WRITER_POOL,
+    )
+    if config_cls is not None:
+
+        def _configured_check(
+            context: dg.AssetCheckExecutionContext,
+            config: config_cls,  # type: ignore[valid-type]
+            warehouse_db: WarehouseResource,
+        ) -> dg.AssetCheckResult:
+            return evaluate(context, warehouse_db, config)
+
+        _configured_check.__name__ = name
+        return decorate(_configured_check)
+
+    def _check(
+        context: dg.AssetCheckExecutionContext, warehouse_db: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        return evaluate(context, warehouse_db)
+
+    _check.__name__ = name
+    return decorate(_check)

@@ -6,6 +6,8 @@ import dagster as dg
 import duckdb
 import polars as pl
 
+from vlit_assets.checks.factory import build_suite_check
+from vlit_assets.checks.scored_suite import PrincipleThresholds, validate_scored_table
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.embed import EmbeddingCache
 from vlit_assets.core.image_text import ImageTextConfig, build_image_text_scorer
@@ -141,3 +143,41 @@ def scored__conversations(
             **figures,
         }
     )
+
+
+class PrincipleThresholdsConfig(dg.Config):
+    """The scored suite's pass bands (checks/scored_suite.PrincipleThresholds); None = off."""
+
+    max_chair_s_rate: float = 0.10
+    min_negative_consistency: float = 0.95
+    min_count_consistency: float = 0.95
+    min_region_name_match: float = 0.95
+    min_format_valid_rate: float = 0.99
+    min_type_entropy_norm: float = 0.80
+    min_category_entropy_norm: float | None = 0.50
+    yes_ratio_min: float = 0.35
+    yes_ratio_max: float = 0.65
+    max_near_duplicate_rate: float = 0.35
+    max_exact_duplicate_share: float = 0.02
+    min_relevance_mean: float | None = 0.25
+    min_answer_words_mean: float = 5.0
+    min_turns_mean: float = 2.0
+    min_tags_per_conversation_mean: float = 1.0
+    max_one_word_answer_share: float = 0.05
+
+
+def _validate_principles(con, source: str, config: PrincipleThresholdsConfig):
+    return validate_scored_table(con, source, PrincipleThresholds(**config.model_dump()))
+
+
+scored_suite_check = build_suite_check(
+    name="principles_suite",
+    asset=SCORED_CONVERSATIONS.name,
+    validate=_validate_principles,
+    description=(
+        "GX suite of the quality principles: correctness (CHAIR, negative, count, region), "
+        "balance (type entropy, yes-ratio), diversity (duplicates), relevance, complexity."
+    ),
+    partitions_def=sources_partitions,
+    config_cls=PrincipleThresholdsConfig,
+)

@@ -98,3 +98,31 @@ def test_imported_llava_with_an_annotating_source_gets_correctness_metrics(
         assert scored["chair_i"].null_count() < scored.height
         assert scored["relevance"].null_count() == 0
         assert scored["negative_consistency"].drop_nulls().min() == 1.0
+
+
+def test_threshold_config_mirrors_the_suite_thresholds():
+    import dataclasses
+
+    from vlit_assets.checks.scored_suite import PrincipleThresholds
+    from vlit_assets.defs.scored import PrincipleThresholdsConfig
+
+    suite = {f.name: f.default for f in dataclasses.fields(PrincipleThresholds)}
+    assert PrincipleThresholdsConfig().model_dump() == suite
+
+
+def test_principles_check_fails_on_a_bad_batch_and_records_history(tmp_path, monkeypatch):
+    """A too-strict band stands in for a bad batch: the check fails and says which figure."""
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        config = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        result = run_source(
+            env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+        )
+        (evaluation,) = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == "principles_suite"
+        ]
+        assert not evaluation.passed
+        failed = env.query(
+            "SELECT expectation_id FROM meta__check_results "
+            "WHERE check_name = 'principles_suite' AND NOT success"
+        )
+        assert any("answer_words_mean" in f[0] for f in failed)

@@ -1,0 +1,417 @@
+"""Selection: each rule, null metrics, rule lists, dedup representatives, caps and the split."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+
+import numpy as np
+import polars as pl
+import pytest
+
+from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets.core.select import (
+    DECISIONS_SCHEMA,
+    RULES,
+    Balance,
+    SplitConfig,
+    Thresholds,
+    assign_split,
+    decide,
+)
+
+DIM = 64
+NO_DEDUP = Thresholds(neardup_threshold=None)
+
+
+def row(cid: str, **over: object) -> dict:
+    """A scored row that passes every default threshold."""
+    base = {
+        "conversation_id": cid,
+        "source": "s1",
+        "image_id": f"img_{cid}",
+        "instruction_type": "global",
+        "generator": "template",
+        "variant": 0,
+        "turns": [
+            {"from": "human", "value": f"What is shown in picture {cid}?"},
+            {"from": "gpt", "value": f"A dog sits on a couch in room {cid}."},
+            {"from": "human", "value": "What colour is the dog?"},
+            {"from": "gpt", "value": "The dog is brown."},
+        ],
+        "image_path": f"/data/images/{cid}.jpg",
+        "drop_reason": None,
+        "format_valid": True,
+        "n_turns": 2,
+        "chair_i": 0.0,
+        "chair_s": False,
+        "n_object_mentions": 3,
+        "n_hallucinated": 0,
+        "answer_words_min": 4,
+        "answer_words_mean": 6.0,
+        "relevance": 0.5,
+        "novelty": 0.3,
+        "norm_text_hash": f"hash_{cid}",
+        "mentioned_categories": ["dog", "couch"],
+        "tags_per_conversation": 2,
+    }
+    return base | over
+
+
+def frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=SCORED_CONVERSATIONS.polars_schema)
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    """Random unit vectors in 64-d: pairwise cosines stay far below 0.95."""
+    v = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def near(v: np.ndarray, seed: int, eps: float = 0.05) -> np.ndarray:
+    """A unit vector at cosine > 0.99 to ``v``."""
+    w = v + eps * unit_vectors(1, seed)[0] / np.sqrt(DIM)
+    return w / np.linalg.norm(w)
+
+
+def by_id(decisions: pl.DataFrame) -> dict[str, dict]:
+    return {r["conversation_id"]: r for r in decisions.iter_rows(named=True)}
+
+
+# --------------------------------------------------------------------------- per-row rules
+
+DEFECTS = [
+    ({"drop_reason": "llm_unparseable", "turns": None}, "generation_failed"),
+    ({"format_valid": False, "format_error": "not_alternating"}, "format_invalid"),
+    ({"chair_i": 0.25}, "hallucination"),
+    ({"negative_consistency": 0.5}, "negative_inconsistent"),
+    ({"count_consistency": 0.0}, "count_inconsistent"),
+    ({"instruction_type": "region", "region_name_match": False}, "region_name_mismatch"),
+    ({"answer_words_min": 1}, "answers_too_short"),
+    ({"n_turns": 1}, "too_few_turns"),
+    ({"relevance": 0.05}, "low_relevance"),
+]
+
+
+@pytest.mark.parametrize(("defect", "rule"), DEFECTS, ids=[r for _, r in DEFECTS])
+def test_each_rule_drops_its_defect(defect: dict, rule: str) -> None:
+    scored = frame([row("conv_good"), row("conv_bad", **defect)])
+    sel = decide(scored, unit_vectors(2))
+    d = by_id(sel.decisions)
+    assert d["conv_good"]["kept"] and d["conv_good"]["failing_rules"] == []
+    assert d["conv_good"]["first_failing_rule"] is None
+    assert not d["conv_bad"]["kept"]
+    assert d["conv_bad"]["first_failing_rule"] == rule
+    assert d["conv_bad"]["failing_rules"] == [rule]
+    assert d["conv_bad"]["split"] is None
+    assert sel.kept["conversation_id"].to_list() == ["conv_good"]
+    assert sel.report["drops_by_first_rule"][rule] == 1
+
+
+def test_metrics_at_the_threshold_pass() -> None:
+    scored = frame(
+        [
+            row(
+                "conv_edge",
+                negative_consistency=1.0,
+                count_consistency=1.0,
+                region_name_match=True,
+                answer_words_min=2,
+                n_turns=2,
+                relevance=0.2,
+            )
+        ]
+    )
+    assert decide(scored, unit_vectors(1)).decisions["kept"].to_list() == [True]
+
+
+def test_null_metrics_never_fail() -> None:
+    """QC-only data without annotations: every annotation metric and relevance is null."""
+    nulls = dict.fromkeys(
+        [
+            "format_valid",
+            "chair_i",
+            "negative_consistency",
+            "count_consistency",
+            "region_name_match",
+            "answer_words_min",
+            "n_turns",
+            "relevance",
+            "norm_text_hash",
+        ]
+    )
+    scored = frame([row("conv_a", **nulls), row("conv_b", **nulls, instruction_type="region")])
+    vectors = unit_vectors(2)
+    vectors[1] = np.nan  # a conversation without turn vectors is never a near duplicate
+    sel = decide(scored, vectors)
+    assert sel.decisions["kept"].to_list() == [True, True]
+    assert sel.decisions["cluster_id"].to_list() == ["conv_a", "conv_b"]
+    assert sel.decisions["exact_representative_id"].to_list() == ["conv_a", "conv_b"]
+
+
+def test_switched_off_thresholds_keep_their_defects() -> None:
+    scored = frame(
+        [
+            row("conv_fmt", format_valid=False),
+            row("conv_region", region_name_match=False),
+            row("conv_rel", relevance=-0.3),
+        ]
+    )
+    loose = Thresholds(
+        require_format_valid=False,
+        require_region_name_match=False,
+        min_relevance=None,
+        neardup_threshold=None,
+    )
+    assert decide(scored, None, loose).decisions["kept"].all()
+    assert not decide(scored, None, NO_DEDUP).decisions["kept"].any()
+
+
+def test_a_row_lists_every_rule_it_fails_in_rule_order() -> None:
+    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=0.0, n_turns=1)
+    sel = decide(frame([row("conv_good"), bad]), unit_vectors(2))
+    d = by_id(sel.decisions)["conv_bad"]
+    assert d["failing_rules"] == [
+        "hallucination",
+        "answers_too_short",
+        "too_few_turns",
+        "low_relevance",
+    ]
+    assert d["first_failing_rule"] == "hallucination"
+    assert sel.report["rows_failing_rule"]["low_relevance"] == 1
+    assert sel.report["drops_by_first_rule"]["low_relevance"] == 0
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def test_exact_duplicates_keep_the_best_ranked_copy() -> None:
+    rows = [
+        row("conv_a", norm_text_hash="same", chair_i=0.5, relevance=0.9),  # fails a rule
+        row("conv_b", norm_text_hash="same", relevance=0.4),
+        row("conv_c", norm_text_hash="same", relevance=0.6),
+        row("conv_d"),
+    ]
+    sel = decide(frame(rows), unit_vectors(4))
+    d = by_id(sel.decisions)
+    assert [cid for cid, r in d.items() if r["kept"]] == ["conv_c", "conv_d"]
+    assert d["conv_a"]["failing_rules"] == ["hallucination", "exact_duplicate"]
+    assert d["conv_b"]["failing_rules"] == ["exact_duplicate"]
+    assert {d[c]["exact_representative_id"] for c in ("conv_a", "conv_b", "conv_c")} == {"conv_c"}
+    assert d["conv_d"]["exact_representative_id"] == "conv_d"
+    keep_copies = Thresholds(drop_exact_duplicates=False)
+    assert decide(frame(rows), unit_vectors(4), keep_copies).kept.height == 3
+
+
+def test_near_duplicate_cluster_keeps_one_representative_by_the_documented_rule() -> None:
+    # fewest failing rules, then highest relevance, then most turns, then smallest id
+    rows = [
+        row("conv_a", image_id="img_1", chair_i=0.5, relevance=0.95, n_turns=5),
+        row("conv_b", image_id="img_1", relevance=0.5, n_turns=3),
+        row("conv_e", image_id="img_1", relevance=0.5, n_turns=4),
+        row("conv_d", image_id="img_1", relevance=0.5, n_turns=4),
+        row("conv_z", image_id="img_1"),
+    ]
+    v = unit_vectors(5)
+    for k in range(1, 4):
+        v[k] = near(v[0], seed=k)
+    sel = decide(frame(rows), v)
+    d = by_id(sel.decisions)
+    cluster = ["conv_a", "conv_b", "conv_e", "conv_d"]
+    assert {d[c]["cluster_id"] for c in cluster} == {"conv_a"}
+    assert {d[c]["representative_id"] for c in cluster} == {"conv_d"}
+    assert d["conv_d"]["kept"] and d["conv_z"]["kept"]
+    assert d["conv_z"]["cluster_id"] == d["conv_z"]["representative_id"] == "conv_z"
+    assert d["conv_a"]["failing_rules"] == ["hallucination", "near_duplicate"]
+    for c in ("conv_b", "conv_e"):
+        assert d[c]["failing_rules"] == ["near_duplicate"]
+    assert sel.report["neardup"]["clusters_with_copies"] == 1
+    assert sel.report["neardup"]["rows_in_clusters_with_copies"] == 4
+
+
+def test_near_duplicates_are_grouped_by_the_within_column_across_sources() -> None:
+    rows = [
+        row("conv_a", source="s1", image_id="img_s1_1", image_sha256="abc"),
+        row("conv_b", source="s2", image_id="img_s2_1", image_sha256="abc"),
+        row("conv_c", source="s2", image_id="img_s2_2", image_sha256="def"),
+    ]
+    scored = frame(rows).with_columns(pl.Series("image_sha256", [r["image_sha256"] for r in rows]))
+    v = unit_vectors(3)
+    v[1] = near(v[0], 1)
+    v[2] = near(v[0], 2)
+    by_image_id = decide(scored, v)  # default: same image_id only, so nothing pairs
+    assert by_image_id.kept.height == 3
+    by_content = decide(scored, v, Thresholds(neardup_within="image_sha256"))
+    assert sorted(by_content.kept["conversation_id"]) == ["conv_a", "conv_c"]
+    text_only = decide(scored, v, Thresholds(neardup_within=None))
+    assert text_only.kept["conversation_id"].to_list() == ["conv_a"]
+    assert text_only.decisions["cluster_id"].to_list() == ["conv_a"] * 3
+
+
+def test_near_duplicate_selection_needs_matching_vectors() -> None:
+    scored = frame([row("conv_a"), row("conv_b")])
+    with pytest.raises(ValueError, match="neardup_threshold=None"):
+        decide(scored, None)
+    with pytest.raises(ValueError, match="one row per scored row"):
+        decide(scored, unit_vectors(3))
+    not_unit = unit_vectors(2) * 2
+    with pytest.raises(ValueError, match="conv_a"):
+        decide(scored, not_unit)
+    assert decide(scored, None, NO_DEDUP).kept.height == 2
+
+
+# --------------------------------------------------------------------------- balancing
+
+
+def test_category_cap_limits_rows_per_category() -> None:
+    rows = [row(f"conv_dog{i:02d}", mentioned_categories=["dog"]) for i in range(10)]
+    rows += [row(f"conv_cat{i}", mentioned_categories=["cat"]) for i in range(3)]
+    rows += [row("conv_both", mentioned_categories=["cat", "dog"])]
+    rows += [row("conv_none", mentioned_categories=[])]
+    sel = decide(frame(rows), None, NO_DEDUP, Balance(max_per_category=4))
+    hist = sel.report["histograms"]["category"]
+    assert hist["before_balance"]["dog"] == 11
+    assert hist["after"]["dog"] == 4
+    assert hist["after"]["cat"] == 4 or hist["after"]["cat"] == 3
+    assert max(hist["after"].values()) <= 4
+    assert "conv_none" in sel.kept["conversation_id"].to_list()
+    dropped = sel.decisions.filter(~pl.col("kept"))
+    assert set(dropped["first_failing_rule"]) == {"category_cap"}
+    assert (
+        sel.report["drops_by_first_rule"]["category_cap"] == dropped.height == 15 - sel.kept.height
+    )
+
+
+def test_type_share_cap() -> None:
+    rows = [row(f"conv_g{i:02d}") for i in range(20)]
+    rows += [row(f"conv_n{i}", instruction_type="negative") for i in range(5)]
+    rows += [row(f"conv_r{i}", instruction_type="region") for i in range(5)]
+    sel = decide(frame(rows), None, NO_DEDUP, Balance(max_share_per_type=0.5))
+    types = sel.report["histograms"]["instruction_type"]
+    assert types["before_balance"] == {"global": 20, "negative": 5, "region": 5}
+    assert types["after"] == {"global": 10, "negative": 5, "region": 5}
+    assert sel.report["drops_by_first_rule"]["type_share_cap"] == 10
+    with pytest.raises(ValueError, match="unreachable"):
+        decide(frame(rows), None, NO_DEDUP, Balance(max_share_per_type=0.3))
+
+
+def test_target_type_mix() -> None:
+    rows = [row(f"conv_g{i:02d}") for i in range(20)]
+    rows += [row(f"conv_n{i:02d}", instruction_type="negative") for i in range(10)]
+    rows += [row(f"conv_r{i}", instruction_type="region") for i in range(6)]
+    rows += [row(f"conv_u{i}", instruction_type="unlabelled") for i in range(3)]
+    mix = {"global": 2, "negative": 1, "region": 1}
+    sel = decide(frame(rows), None, NO_DEDUP, Balance(target_type_mix=mix))
+    types = sel.report["histograms"]["instruction_type"]
+    assert types["before_balance"]["unlabelled"] == 3
+    assert types["after"] == {"global": 12, "negative": 6, "region": 6}
+    assert sel.report["drops_by_first_rule"]["type_mix"] == 39 - 24
+    with pytest.raises(ValueError, match="region"):
+        decide(frame(rows[:30]), None, NO_DEDUP, Balance(target_type_mix=mix))
+
+
+def test_balancing_is_deterministic_for_a_seed_and_ignores_row_order() -> None:
+    rows = [row(f"conv_g{i:02d}") for i in range(30)]
+    rows += [row(f"conv_n{i:02d}", instruction_type="negative") for i in range(10)]
+    cap = Balance(max_share_per_type=0.5, seed=7)
+    first = decide(frame(rows), None, NO_DEDUP, cap).decisions.sort("conversation_id")
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    again = decide(frame(shuffled), None, NO_DEDUP, cap).decisions.sort("conversation_id")
+    assert first.equals(again)
+    other_seed = decide(frame(rows), None, NO_DEDUP, Balance(max_share_per_type=0.5, seed=8))
+    kept_7 = set(first.filter("kept")["conversation_id"])
+    kept_8 = set(other_seed.kept["conversation_id"])
+    assert len(kept_7) == len(kept_8) == 20
+    assert kept_7 != kept_8
+
+
+# --------------------------------------------------------------------------- whole decision
+
+
+def test_drop_counts_add_up_and_decisions_have_the_schema() -> None:
+    rows = [row(f"conv_{i:02d}") for i in range(12)]
+    rows += [row(f"conv_bad{k}", **defect) for k, (defect, _) in enumerate(DEFECTS)]
+    rows += [row("conv_copy", norm_text_hash="hash_conv_00", chair_i=0.5)]
+    rows += [row(f"conv_neg{i}", instruction_type="negative") for i in range(2)]
+    v = unit_vectors(len(rows))
+    v[1] = near(v[0], 1)
+    rows[1]["image_id"] = rows[0]["image_id"]
+    sel = decide(frame(rows), v, Thresholds(), Balance(max_share_per_type=0.6))
+    d = sel.decisions
+    assert d.schema == pl.Schema(DECISIONS_SCHEMA)
+    assert d.height == len(rows)
+    dropped = d.filter(~pl.col("kept"))
+    drops = sel.report["drops_by_first_rule"]
+    assert list(drops) == list(RULES)
+    assert sum(drops.values()) == dropped.height == sel.report["counts"]["dropped"]
+    observed = dict(dropped.group_by("first_failing_rule").len().iter_rows())
+    assert {k: v for k, v in drops.items() if v} == observed
+    assert drops["near_duplicate"] == 1 and drops["type_share_cap"] > 0
+    assert sel.report["counts"]["kept"] + dropped.height == len(rows)
+    assert d.filter("kept")["split"].is_in(["train", "val"]).all()
+    assert sel.kept["split"].to_list() == d.filter("kept")["split"].to_list()
+    assert sel.report["settings"]["thresholds"] == asdict(Thresholds())
+
+
+def test_report_shows_metrics_before_and_after() -> None:
+    rows = [row(f"conv_{i}") for i in range(4)] + [row("conv_h", chair_i=0.5, n_hallucinated=3)]
+    sel = decide(frame(rows), unit_vectors(5))
+    before, after = sel.report["metrics"]["before"], sel.report["metrics"]["after"]
+    assert before["chair_i"] > 0 and after["chair_i"] == 0
+    assert before["n_conversations"] == 5 and after["n_conversations"] == 4
+    assert 0 < after["semantic_spread"] <= 2
+    dist = sel.report["distributions"]["relevance"]
+    assert sum(dist["before"]["counts"]) == 5 and sum(dist["after"]["counts"]) == 4
+
+
+def test_bad_input_is_refused_with_the_column_or_id() -> None:
+    scored = frame([row("conv_a"), row("conv_a")])
+    with pytest.raises(ValueError, match="conv_a"):
+        decide(scored, None, NO_DEDUP)
+    with pytest.raises(ValueError, match="relevance"):
+        decide(frame([row("conv_a")]).drop("relevance"), None, NO_DEDUP)
+    with pytest.raises(ValueError, match="max_chair_i"):
+        Thresholds(max_chair_i=1.5)
+    with pytest.raises(ValueError, match="max_share_per_type"):
+        Balance(max_share_per_type=0.0)
+    with pytest.raises(ValueError, match="val_ratio"):
+        SplitConfig(val_ratio=1.0)
+
+
+# --------------------------------------------------------------------------- split
+
+
+def test_split_of_old_ids_is_unchanged_when_rows_are_added() -> None:
+    cfg = SplitConfig(val_ratio=0.2)
+    old = pl.Series([f"conv_{i:04d}" for i in range(500)])
+    added = pl.concat([pl.Series([f"conv_new{i:04d}" for i in range(500)]), old.reverse()])
+    before = dict(zip(old, assign_split(old, cfg), strict=True))
+    after = dict(zip(added, assign_split(added, cfg), strict=True))
+    assert all(after[cid] == split for cid, split in before.items())
+    share = sum(s == "val" for s in after.values()) / len(after)
+    assert 0.15 < share < 0.25
+    other_salt = assign_split(old, SplitConfig(val_ratio=0.2, salt="other"))
+    assert other_salt.to_list() != list(before.values())
+
+
+def test_decided_splits_survive_a_new_batch() -> None:
+    batch1 = [row(f"conv_a{i:03d}") for i in range(60)]
+    batch2 = [row(f"conv_b{i:03d}", source="s2") for i in range(60)]
+    cfg = SplitConfig(val_ratio=0.3)
+    first = decide(frame(batch1), None, NO_DEDUP, split=cfg).decisions
+    both = decide(frame(batch2 + batch1), None, NO_DEDUP, split=cfg).decisions
+    old = first.select("conversation_id", "split").join(
+        both.select("conversation_id", "split"), on="conversation_id", suffix="_later"
+    )
+    assert old.height == 60
+    assert (old["split"] == old["split_later"]).all()
+    assert set(first["split"]) == {"train", "val"}
+
+
+def test_split_by_image_keeps_an_image_together() -> None:
+    rows = [row(f"conv_{img}_{k}", image_id=f"img_{img}") for img in range(40) for k in range(3)]
+    sel = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(val_ratio=0.3, key="image_id"))
+    per_image = sel.kept.group_by("image_id").agg(pl.col("split").n_unique().alias("n"))
+    assert (per_image["n"] == 1).all()
+    assert set(sel.kept["split"]) == {"train", "val"}
