@@ -12,7 +12,7 @@ from pathlib import Path
 from vlit_assets.resources import PROJECT_ROOT
 
 # In pipeline order; `--stage X` runs X and everything before it (definitions.SOURCE_STAGES).
-STAGES = ("raw", "generated", "scored")
+STAGES = ("raw", "generated", "scored")  # then the final stage across all sources
 
 
 def _load_env_file(path: Path) -> None:
@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vlit_assets.core import sources
     from vlit_assets.definitions import SOURCE_STAGES
     from vlit_assets.resources import resolve_path
-    from vlit_assets.runner import run_source
+    from vlit_assets.runner import run_final, run_source
 
     if args.source:
         root = Path(args.source).expanduser().resolve()
@@ -110,7 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         stages=stages,
         tags={"vlit/entry": "cli"},
     )
-    return print_summary(result, name)
+    code = print_summary(result, name)
+    if args.stage or code != 0:
+        if code != 0:
+            print("\nfinal stage not run: this source's run or a blocking check failed")
+        return code
+    final = run_final(dg.DagsterInstance.get(), tags={"vlit/entry": "cli"})
+    return print_final_summary(final)
 
 
 def print_summary(result, source: str) -> int:
@@ -162,6 +168,42 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             return 1
     print(json.dumps(chain, default=str, indent=2) if args.json else lineage.render(chain))
     return 0
+
+
+def print_final_summary(result) -> int:
+    from vlit_assets.core import warehouse
+    from vlit_assets.resources import resolve_path
+
+    print(f"\nfinal run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
+    db_path = resolve_path(os.environ["VLIT_DB_PATH"])
+    with warehouse.connect(db_path, read_only=True) as con:
+        if warehouse.table_exists(con, "final__decisions"):
+            for kept, rule, n in con.execute(
+                "SELECT kept, coalesce(first_failing_rule, ''), count(*) FROM final__decisions "
+                "GROUP BY ALL ORDER BY 1 DESC, 3 DESC"
+            ).fetchall():
+                label = "kept" if kept else f"dropped: {rule}"
+                print(f"  {label:<28} {n:>9,}")
+        if warehouse.table_exists(con, "final__conversations"):
+            for split, n in con.execute(
+                "SELECT split, count(*) FROM final__conversations GROUP BY 1 ORDER BY 1"
+            ).fetchall():
+                print(f"  split {split:<22} {n:>9,}")
+    failed = 0
+    for ev in result.get_asset_check_evaluations():
+        failed += not ev.passed
+        print(f"  {ev.check_name:<28} {'passed' if ev.passed else 'FAILED'}")
+        if not ev.passed and ev.description:
+            print(f"    {ev.description}")
+    for mat in result.get_asset_materialization_events():
+        if mat.asset_key.to_user_string() == "final__export":
+            meta = mat.materialization.metadata
+            print(
+                f"\nexport {meta['version'].value}: {meta['path'].value} ({meta['status'].value})"
+            )
+    if failed:
+        print("\nexport not written: the final suite failed")
+    return 0 if result.success and not failed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vlit_assets.defs import automation, generated, raw, scored
+from vlit_assets.defs import automation, final, generated, raw, scored
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import (
     EmbedderResource,
@@ -22,14 +22,36 @@ source_job = dg.define_asset_job(
     description="Every per-source stage for one source partition, with their blocking checks.",
 )
 
+final_job = dg.define_asset_job(
+    "final_job",
+    selection=dg.AssetSelection.groups("final"),
+    description="Decisions, split and export across every source, behind the final suite.",
+)
+
+final_schedule = dg.ScheduleDefinition(
+    name="final_nightly",
+    job=final_job,
+    cron_schedule="0 3 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Rebuild the final split and export from every source's scores each night.",
+)
+
 defs = dg.Definitions(
-    assets=[raw.raw, generated.generated__conversations, scored.scored__conversations],
+    assets=[
+        raw.raw,
+        generated.generated__conversations,
+        scored.scored__conversations,
+        final.final,
+        final.final__export,
+    ],
     asset_checks=[
         raw.raw_suite_check,
         generated.generated_suite_check,
         scored.scored_suite_check,
+        final.final_suite_check,
     ],
-    jobs=[source_job],
+    jobs=[source_job, final_job],
+    schedules=[final_schedule],
     sensors=[automation.incoming_batches_sensor],
     resources={
         # Paths and secrets are read when a run starts, never at import (see .env.example).

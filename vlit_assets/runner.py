@@ -61,3 +61,20 @@ def run_source(
         raise_on_error=False,
         tags={"vlit/source": source, **(tags or {})},
     )
+
+
+def run_final(
+    instance: dg.DagsterInstance,
+    *,
+    op_config: Mapping[str, Mapping[str, Any]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    log_level: str = "INFO",
+) -> dg.ExecuteInProcessResult:
+    """Materialize the final stage (all sources) with its blocking suite, then the export."""
+    ops = {name: {"config": dict(cfg)} for name, cfg in (op_config or {}).items()}
+    return defs.resolve_job_def("final_job").execute_in_process(
+        run_config={"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=instance,
+        raise_on_error=False,
+        tags=dict(tags or {}),
+    )

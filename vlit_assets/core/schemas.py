@@ -290,6 +290,49 @@ SCORED_CONVERSATIONS = Table(
     "One row per generated conversation with every per-sample metric; nothing is dropped.",
 )
 
+FINAL_DECISIONS = Table(
+    "final__decisions",
+    {
+        "conversation_id": "VARCHAR",
+        "source": "VARCHAR",
+        "kept": "BOOLEAN",
+        "first_failing_rule": "VARCHAR",  # the first rule (core/select.RULES order) it failed
+        "failing_rules": "VARCHAR[]",  # every rule it failed
+        "split": "VARCHAR",  # train | val; null when dropped
+        "cluster_id": "VARCHAR",  # near-duplicate group across all sources
+        "representative_id": "VARCHAR",
+        "exact_representative_id": "VARCHAR",
+        "run_id": "VARCHAR",
+    },
+    ("conversation_id",),
+    "One row per scored conversation: kept or dropped, and every reason.",
+    partitioned=False,
+)
+
+FINAL_CONVERSATIONS = Table(
+    "final__conversations",
+    {**SCORED_CONVERSATIONS.columns, "split": "VARCHAR", "final_run_id": "VARCHAR"},
+    ("conversation_id",),
+    "One row per kept conversation with its split and every metric: what ships.",
+    partitioned=False,
+)
+
+FINAL_EXPORT_FILES = Table(
+    "final__export_files",
+    {
+        "version": "VARCHAR",
+        "format": "VARCHAR",  # llava | paper | parquet | manifest | card | ...
+        "split": "VARCHAR",  # train | val | null for files covering both
+        "path": "VARCHAR",
+        "sha256": "VARCHAR",
+        "run_id": "VARCHAR",
+        "created_at": "TIMESTAMP",
+    },
+    ("version", "path"),
+    "One row per exported file of every export version.",
+    partitioned=False,
+)
+
 META_SOURCES = Table(
     "meta__sources",
     {
@@ -355,6 +398,9 @@ TABLES: dict[str, Table] = {
         RAW_CONVERSATIONS,
         GENERATED_CONVERSATIONS,
         SCORED_CONVERSATIONS,
+        FINAL_DECISIONS,
+        FINAL_CONVERSATIONS,
+        FINAL_EXPORT_FILES,
         META_SOURCES,
         META_CHECK_RESULTS,
         META_DATASET_METRICS,

@@ -1,0 +1,352 @@
+"""Final stage: scored conversations of every source -> decisions, the split, and the export."""
+
+import hashlib
+import json
+import subprocess
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from vlit_assets.checks.factory import build_suite_check
+from vlit_assets.checks.scored_suite import (
+    PrincipleThresholds,
+    stored_dataset_figures,
+    validate_scored,
+)
+from vlit_assets.core import warehouse
+from vlit_assets.core.collect import find_coco_files
+from vlit_assets.core.embed import EmbeddingCache, conversation_vectors
+from vlit_assets.core.export import write_export
+from vlit_assets.core.generate import TEMPLATE_VERSION
+from vlit_assets.core.imports import image_root_of
+from vlit_assets.core.prompts import PROMPT_VERSION
+from vlit_assets.core.schemas import (
+    FINAL_CONVERSATIONS,
+    FINAL_DECISIONS,
+    FINAL_EXPORT_FILES,
+    META_SOURCES,
+    SCORED_CONVERSATIONS,
+)
+from vlit_assets.core.select import Balance, SplitConfig, Thresholds, decide
+from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.defs.scored import record_dataset_metrics
+from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
+
+ALL_SOURCES = "*"
+
+
+GATING_CHECK = "principles_suite"
+
+
+def failing_sources(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Sources whose latest principles check failed: their rows stay out of what ships."""
+    if not warehouse.table_exists(con, "meta__check_results"):
+        return set()
+    rows = con.execute(
+        """
+        WITH runs AS (
+            SELECT source, run_id, bool_and(success) AS passed, max(evaluated_at) AS at
+            FROM meta__check_results WHERE check_name = ? GROUP BY source, run_id
+        )
+        SELECT source FROM runs QUALIFY row_number() OVER (PARTITION BY source ORDER BY at DESC) = 1
+            AND NOT passed
+        """,
+        [GATING_CHECK],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+class FinalConfig(dg.Config):
+    """Thresholds and balance (core/select.py, docs/selection.md); None switches a rule off."""
+
+    max_chair_i: float = 0.0
+    require_format_valid: bool = True
+    min_negative_consistency: float = 1.0
+    min_count_consistency: float = 1.0
+    require_region_name_match: bool = True
+    min_relevance: float | None = 0.2
+    min_answer_words_min: int = 2
+    min_turns: int = 2
+    drop_exact_duplicates: bool = True
+    neardup_threshold: float | None = 0.95
+    neardup_within: str | None = "image_id"
+    max_share_per_type: float | None = None
+    target_type_mix: dict[str, float] | None = None
+    max_per_category: int | None = None
+    balance_seed: int = 0
+    val_ratio: float = 0.05
+    split_salt: str = "vlit-split-v1"
+
+    def thresholds(self) -> Thresholds:
+        names = Thresholds.__dataclass_fields__
+        return Thresholds(**{k: v for k, v in self.model_dump().items() if k in names})
+
+    def balance(self) -> Balance:
+        return Balance(
+            max_share_per_type=self.max_share_per_type,
+            target_type_mix=self.target_type_mix,
+            max_per_category=self.max_per_category,
+            seed=self.balance_seed,
+        )
+
+    def split(self) -> SplitConfig:
+        return SplitConfig(val_ratio=self.val_ratio, salt=self.split_salt)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            FINAL_DECISIONS.name,
+            group_name="final",
+            description=FINAL_DECISIONS.doc,
+            deps=[SCORED_CONVERSATIONS.name],
+            kinds={"duckdb", "polars"},
+        ),
+        dg.AssetSpec(
+            FINAL_CONVERSATIONS.name,
+            group_name="final",
+            description=FINAL_CONVERSATIONS.doc,
+            deps=[SCORED_CONVERSATIONS.name],
+            kinds={"duckdb", "polars"},
+        ),
+    ],
+    pool=WRITER_POOL,
+)
+def final(
+    context: dg.AssetExecutionContext,
+    config: FinalConfig,
+    warehouse_db: WarehouseResource,
+    embedder: EmbedderResource,
+):
+    """One decision per scored conversation of every source; the kept rows with their split."""
+    with warehouse_db.connect() as con:
+        gated = failing_sources(con)
+        scored = (
+            warehouse.read_source(con, SCORED_CONVERSATIONS)
+            .filter(~pl.col("source").is_in(sorted(gated)))
+            .sort("conversation_id")
+        )
+        cache = EmbeddingCache(con)
+        # Stored vectors only: thresholds change without re-embedding (counted below).
+        vectors = conversation_vectors(scored, embedder.get(), cache).conversation
+        selection = decide(scored, vectors, config.thresholds(), config.balance(), config.split())
+        run_id = context.run_id
+        decisions = selection.decisions.with_columns(pl.lit(run_id).alias("run_id"))
+        kept = selection.kept.with_columns(pl.lit(run_id).alias("final_run_id"))
+        warehouse.replace_all(con, FINAL_DECISIONS, decisions)
+        warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
+        figures = stored_dataset_figures(kept.drop("split", "final_run_id"))
+        record_dataset_metrics(
+            con, figures, run_id=run_id, asset=FINAL_CONVERSATIONS.name, source=ALL_SOURCES
+        )
+    drops = decisions.filter(~pl.col("kept")).group_by("first_failing_rule").len()
+    splits = kept.group_by("split").len()
+    yield dg.MaterializeResult(
+        asset_key=FINAL_DECISIONS.name,
+        metadata={
+            "dagster/row_count": decisions.height,
+            "dropped": decisions.height - kept.height,
+            "texts_embedded": cache.encoded,
+            "sources_held_back": ", ".join(sorted(gated)) or "none",
+            **{f"drops/{rule}": n for rule, n in drops.sort("first_failing_rule").iter_rows()},
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=FINAL_CONVERSATIONS.name,
+        metadata={
+            "dagster/row_count": kept.height,
+            **{f"split/{s}": n for s, n in splits.sort("split").iter_rows()},
+            **{f"metric/{k}": float(v) for k, v in figures.items() if v is not None},
+            "selection_report": dg.MetadataValue.json(selection.report),
+        },
+    )
+
+
+class FinalSuiteConfig(dg.Config):
+    """Stricter bands than the scored stage: what ships must hold the principles."""
+
+    max_chair_s_rate: float = 0.0
+    min_negative_consistency: float = 1.0
+    min_count_consistency: float = 1.0
+    min_region_name_match: float = 1.0
+    min_format_valid_rate: float = 1.0
+    min_type_entropy_norm: float = 0.85
+    min_category_entropy_norm: float | None = 0.50
+    yes_ratio_min: float = 0.35
+    yes_ratio_max: float = 0.65
+    max_near_duplicate_rate: float = 0.35
+    max_exact_duplicate_share: float = 0.0
+    min_relevance_mean: float | None = 0.30
+    min_answer_words_mean: float = 5.0
+    min_turns_mean: float = 2.0
+    min_tags_per_conversation_mean: float = 1.0
+    max_one_word_answer_share: float = 0.0
+
+
+def validate_final(con: duckdb.DuckDBPyConnection, _source: str, config: FinalSuiteConfig):
+    rows = warehouse.read_source(con, FINAL_CONVERSATIONS).drop("split", "final_run_id")
+    return validate_scored(
+        rows, stored_dataset_figures(rows), PrincipleThresholds(**config.model_dump())
+    )
+
+
+final_suite_check = build_suite_check(
+    name="final_suite",
+    asset=FINAL_CONVERSATIONS.name,
+    validate=validate_final,
+    description="GX principle suite on what ships, with stricter bounds; blocks the export.",
+    config_cls=FinalSuiteConfig,
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_files(record: dict) -> dict[str, str]:
+    """sha256 of the annotation or instruction files a source was read from."""
+    root = Path(record["root"])
+    if record["kind"] == "import":
+        files = sorted(p for p in root.iterdir() if p.suffix in {".json", ".jsonl"})
+    else:
+        files = sorted((root / "annotations").glob("*.json"))
+    return {str(p.relative_to(root)): _sha256(p) for p in files if p.is_file()}
+
+
+def _code_version() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return f"vlit_assets {package_version('vlit_assets')} ({commit})"
+
+
+def _image_root(record: dict) -> Path:
+    root = Path(record["root"])
+    if record["kind"] == "import":
+        return image_root_of(root)
+    return find_coco_files(root, record["split"]).image_dir
+
+
+def export_version(kept: pl.DataFrame, settings: dict) -> str:
+    """Content-addressed: the same rows, splits and settings always give the same version."""
+    digest = hashlib.blake2b(digest_size=6)
+    for cid, split in kept.select("conversation_id", "split").sort("conversation_id").iter_rows():
+        digest.update(f"{cid}:{split}\n".encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return f"v-{digest.hexdigest()}"
+
+
+@dg.asset(
+    name="final__export",
+    group_name="final",
+    deps=[FINAL_CONVERSATIONS.name, FINAL_DECISIONS.name],
+    pool=WRITER_POOL,
+    kinds={"json", "parquet"},
+)
+def final__export(
+    context: dg.AssetExecutionContext,
+    warehouse_db: WarehouseResource,
+    paths: ProjectPaths,
+) -> dg.MaterializeResult:
+    """One folder per export version: LLaVA JSON, paper format, Parquet, manifest and card."""
+    with warehouse_db.connect() as con:
+        kept = warehouse.read_source(con, FINAL_CONVERSATIONS)
+        decisions = warehouse.read_source(con, FINAL_DECISIONS)
+        sources = warehouse.read_source(con, META_SOURCES).to_dicts()
+        report = _latest_report(context)
+        used = set(kept["source"].unique().to_list())
+        records = [r for r in sources if r["source"] in used]
+        settings = report.get("settings", {}) if isinstance(report, dict) else {}
+        version = export_version(kept, settings)
+        target = paths.exports_dir / version
+        if target.exists():
+            status = "unchanged: this version was already exported"
+        else:
+            result = write_export(
+                kept.drop("final_run_id"),
+                decisions.drop("run_id"),
+                out_dir=paths.exports_dir,
+                version=version,
+                image_root_by_source={r["source"]: _image_root(r) for r in records},
+                manifest_extra={
+                    "sources": [
+                        {
+                            "source": r["source"],
+                            "kind": r["kind"],
+                            "root": r["root"],
+                            "files": _source_files(r),
+                        }
+                        for r in records
+                    ],
+                    "code_version": _code_version(),
+                    "template_version": TEMPLATE_VERSION,
+                    "prompt_version": PROMPT_VERSION,
+                    "image_source": "; ".join(sorted(used)),
+                },
+                report=report,
+            )
+            now = datetime.now(UTC).replace(tzinfo=None)
+            files = [*result.files.items(), ("manifest.json", result.version_dir / "manifest.json")]
+            rows = pl.DataFrame(
+                [
+                    {
+                        "version": version,
+                        "format": _format_of(name),
+                        "split": _split_of(name),
+                        "path": str(path),
+                        "sha256": _sha256(path),
+                        "run_id": context.run_id,
+                        "created_at": now,
+                    }
+                    for name, path in files
+                ],
+                schema=FINAL_EXPORT_FILES.polars_schema,
+            )
+            warehouse.upsert(con, FINAL_EXPORT_FILES, rows)
+            status = f"written: {len(files)} files"
+    return dg.MaterializeResult(
+        metadata={
+            "version": version,
+            "path": dg.MetadataValue.path(str(target)),
+            "status": status,
+            "conversations": kept.height,
+        }
+    )
+
+
+def _latest_report(context: dg.AssetExecutionContext) -> dict:
+    """The selection report of the latest final__conversations materialization."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(FINAL_CONVERSATIONS.name))
+    if event is None or event.asset_materialization is None:
+        return {}
+    value = event.asset_materialization.metadata.get("selection_report")
+    return dict(value.value) if value is not None else {}
+
+
+def _format_of(name: str) -> str:
+    for prefix, kind in (("llava", "llava"), ("paper", "paper"), ("charts/", "chart")):
+        if name.startswith(prefix):
+            return kind
+    return {".parquet": "parquet", ".md": "card", ".json": "manifest"}.get(
+        Path(name).suffix, "other"
+    )
+
+
+def _split_of(name: str) -> str | None:
+    stem = Path(name).stem
+    return next((s for s in ("train", "val") if stem.endswith(f"_{s}")), None)

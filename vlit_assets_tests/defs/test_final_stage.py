@@ -1,0 +1,112 @@
+"""The final stage through Dagster: decisions, a stable split, a gated export that round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from vlit_assets.core.formats import load_instruction_file
+from vlit_assets.runner import run_final, run_source
+from vlit_assets_tests.pipeline import REPO, pipeline_env
+
+SAMPLE = REPO / "data" / "sample"
+
+
+def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    (mat,) = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
+    ]
+    return {k: v.value for k, v in mat.materialization.metadata.items()}
+
+
+def _check(result: dg.ExecuteInProcessResult, name: str):
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def test_sample_ends_in_an_export_that_agrees_with_final_conversations(tmp_path, monkeypatch):
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        assert run_source(env.instance, "sample", SAMPLE).success
+        final = run_final(env.instance)
+        assert final.success and _check(final, "final_suite").passed
+        decisions = _meta(final, "final__decisions")
+        dropped_by_rule = sum(v for k, v in decisions.items() if k.startswith("drops/"))
+        assert dropped_by_rule == decisions["dropped"]
+        assert decisions["texts_embedded"] == 0  # stored vectors only
+
+        export = _meta(final, "final__export")
+        folder = env.output_dir / "exports" / export["version"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        kept = env.query("SELECT conversation_id, split FROM final__conversations")
+        splits = {}
+        for _, split in kept:
+            splits[split] = splits.get(split, 0) + 1
+        llava = {
+            split: json.loads((folder / f"llava_{split}.json").read_text()) for split in splits
+        }
+        assert {s: len(v) for s, v in llava.items()} == splits
+        assert sum(splits.values()) == len(kept) > 0
+        assert manifest["code_version"].startswith("vlit_assets")
+        assert [s["source"] for s in manifest["sources"]] == ["sample"]
+        files = env.query("SELECT path, sha256 FROM final__export_files")
+        assert len(files) >= 5
+        import hashlib
+
+        for path, digest in files:
+            assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+
+        # Re-import (QC-only mode) gives back the same conversations.
+        back = load_instruction_file(folder / "llava_train.json", source="reimport")
+        assert back.rejects.height == 0
+        exported = {
+            tuple((t["from"], t["value"]) for t in r["turns"]) for r in back.rows.to_dicts()
+        }
+        stored = {
+            tuple((t["from"], t["value"]) for t in turns)
+            for (turns,) in env.query(
+                "SELECT turns FROM final__conversations WHERE split = 'train'"
+            )
+        }
+        assert exported == stored
+
+
+def test_threshold_change_reuses_scores_and_adding_a_batch_keeps_splits(
+    coco_mini, tmp_path, monkeypatch
+):
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        assert run_source(env.instance, "sample", SAMPLE).success
+        assert run_final(env.instance).success
+        before = dict(env.query("SELECT conversation_id, split FROM final__conversations"))
+        embedded = env.scalar("SELECT count(*) FROM embed__cache")
+
+        stricter = {"final": {"min_relevance": 0.4}}
+        result = run_final(env.instance, op_config=stricter)
+        assert _meta(result, "final__decisions")["texts_embedded"] == 0
+        assert env.scalar("SELECT count(*) FROM embed__cache") == embedded
+        dropped = env.scalar(
+            "SELECT count(*) FROM final__decisions WHERE first_failing_rule = 'min_relevance'"
+        )
+        assert dropped > 0
+
+        assert run_source(env.instance, "coco-mini", coco_mini).success
+        assert run_final(env.instance).success
+        after = dict(env.query("SELECT conversation_id, split FROM final__conversations"))
+        assert len(after) > len(before)
+        moved = [c for c, s in before.items() if c in after and after[c] != s]
+        assert moved == []
+
+
+def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        assert run_source(env.instance, "sample", SAMPLE).success
+        impossible = {"final__conversations_final_suite": {"min_answer_words_mean": 500.0}}
+        result = run_final(env.instance, op_config=impossible)
+        assert not _check(result, "final_suite").passed
+        assert not result.success
+        assert not (env.output_dir / "exports").exists() or not any(
+            (env.output_dir / "exports").iterdir()
+        )
+        assert "final__export" not in {
+            m.asset_key.to_user_string() for m in result.get_asset_materialization_events()
+        }
