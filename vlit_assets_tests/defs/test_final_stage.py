@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -51,10 +53,8 @@ def test_sample_ends_in_an_export_that_agrees_with_final_conversations(tmp_path,
         assert [s["source"] for s in manifest["sources"]] == ["sample"]
         files = env.query("SELECT path, sha256 FROM final__export_files")
         assert len(files) >= 5
-        import hashlib
-
         for path, digest in files:
-            assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+            assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
 
         # Re-import (QC-only mode) gives back the same conversations.
         back = load_instruction_file(folder / "llava_train.json", source="reimport")
