@@ -42,3 +42,17 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[En
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         yield Env(instance, db_path, output_dir)
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    """The metadata values of the single materialization of ``key`` in a run."""
+    (mat,) = [
+        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
+    ]
+    return {k: v.value for k, v in mat.materialization.metadata.items()}
+
+
+def check_evaluation(result: dg.ExecuteInProcessResult, name: str):
+    """The single evaluation of the check ``name`` in a run."""
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation

@@ -88,77 +88,70 @@ def _conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
     return df.select(list(table.columns))
 
 
+def _write(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    df: pl.DataFrame,
+    delete_sql: str,
+    params: list[object],
+) -> int:
+    """Delete what ``delete_sql`` selects and insert ``df``, in one transaction."""
+    df = _conform(table, df)
+    ensure_table(con, table)
+    con.register("incoming_rows", df.to_arrow())
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(delete_sql, params)
+        if df.height:
+            con.execute(
+                f'INSERT INTO "{table.name}" {_column_list(table)} '
+                f"{_select_cast(table, 'incoming_rows')}"
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("incoming_rows")
+    return df.height
+
+
+def _table(table: Table | str) -> Table:
+    return TABLES[table] if isinstance(table, str) else table
+
+
 def replace_source(
     con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame, source: str
 ) -> int:
     """Replace exactly the rows of ``source`` in ``table`` with ``df``, in one transaction."""
-    table = TABLES[table] if isinstance(table, str) else table
+    table = _table(table)
     if not table.partitioned:
         raise ValueError(f"{table.name} is not partitioned by source")
-    df = _conform(table, df)
     if df.height and (df["source"] != source).any():
         raise ValueError(f"{table.name}: frame holds rows of sources other than {source!r}")
-    ensure_table(con, table)
-    arrow = df.to_arrow()  # noqa: F841  (read by DuckDB's replacement scan below)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f'DELETE FROM "{table.name}" WHERE source = ?', [source])
-        if df.height:
-            con.execute(
-                f'INSERT INTO "{table.name}" {_column_list(table)} {_select_cast(table, "arrow")}'
-            )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return df.height
+    return _write(con, table, df, f'DELETE FROM "{table.name}" WHERE source = ?', [source])
 
 
 def replace_all(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame) -> int:
     """Replace the whole of an unpartitioned table (or every source of a partitioned one)."""
-    table = TABLES[table] if isinstance(table, str) else table
-    df = _conform(table, df)
-    ensure_table(con, table)
-    arrow = df.to_arrow()  # noqa: F841
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f'DELETE FROM "{table.name}"')
-        if df.height:
-            con.execute(
-                f'INSERT INTO "{table.name}" {_column_list(table)} {_select_cast(table, "arrow")}'
-            )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return df.height
+    table = _table(table)
+    return _write(con, table, df, f'DELETE FROM "{table.name}"', [])
 
 
 def upsert(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame) -> int:
     """Insert rows, replacing those with the same key."""
-    table = TABLES[table] if isinstance(table, str) else table
-    df = _conform(table, df)
-    ensure_table(con, table)
-    arrow = df.to_arrow()  # noqa: F841
+    table = _table(table)
     on = " AND ".join(f't."{k}" = a."{k}"' for k in table.key)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f'DELETE FROM "{table.name}" t USING arrow a WHERE {on}')
-        con.execute(
-            f'INSERT INTO "{table.name}" {_column_list(table)} {_select_cast(table, "arrow")}'
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return df.height
+    return _write(
+        con, table, df, f'DELETE FROM "{table.name}" t USING incoming_rows a WHERE {on}', []
+    )
 
 
 def read_source(
     con: duckdb.DuckDBPyConnection, table: Table | str, source: str | None = None
 ) -> pl.DataFrame:
     """Rows of ``source`` (or all rows) as polars; an absent table reads as an empty frame."""
-    table = TABLES[table] if isinstance(table, str) else table
+    table = _table(table)
     if not _columns(con, table.name):
         return table.empty_frame()
     ensure_table(con, table)

@@ -33,7 +33,7 @@ from vlit_assets.core.schemas import (
 )
 from vlit_assets.core.select import Balance, SplitConfig, Thresholds, decide
 from vlit_assets.defs.partitions import WRITER_POOL
-from vlit_assets.defs.scored import record_dataset_metrics
+from vlit_assets.defs.scored import PrincipleThresholdsConfig, record_dataset_metrics
 from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
 
 ALL_SOURCES = "*"
@@ -166,24 +166,17 @@ def final(
     )
 
 
-class FinalSuiteConfig(dg.Config):
+class FinalSuiteConfig(PrincipleThresholdsConfig):
     """Stricter bands than the scored stage: what ships must hold the principles."""
 
     max_chair_s_rate: float = 0.0
-    min_negative_consistency: float = 1.0
-    min_count_consistency: float = 1.0
     min_region_name_match: float = 1.0
     min_format_valid_rate: float = 1.0
+    min_negative_consistency: float = 1.0
+    min_count_consistency: float = 1.0
     min_type_entropy_norm: float = 0.85
-    min_category_entropy_norm: float | None = 0.50
-    yes_ratio_min: float = 0.35
-    yes_ratio_max: float = 0.65
-    max_near_duplicate_rate: float = 0.35
     max_exact_duplicate_share: float = 0.0
     min_relevance_mean: float | None = 0.30
-    min_answer_words_mean: float = 5.0
-    min_turns_mean: float = 2.0
-    min_tags_per_conversation_mean: float = 1.0
     max_one_word_answer_share: float = 0.0
 
 

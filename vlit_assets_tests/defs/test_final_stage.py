@@ -6,38 +6,29 @@ import hashlib
 import json
 from pathlib import Path
 
-import dagster as dg
-
 from vlit_assets.core.formats import load_instruction_file
 from vlit_assets.runner import run_final, run_source
-from vlit_assets_tests.pipeline import REPO, pipeline_env
+from vlit_assets_tests.pipeline import (
+    REPO,
+    check_evaluation,
+    materialization_metadata,
+    pipeline_env,
+)
 
 SAMPLE = REPO / "data" / "sample"
-
-
-def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    (mat,) = [
-        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
-    ]
-    return {k: v.value for k, v in mat.materialization.metadata.items()}
-
-
-def _check(result: dg.ExecuteInProcessResult, name: str):
-    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
-    return evaluation
 
 
 def test_sample_ends_in_an_export_that_agrees_with_final_conversations(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "sample", SAMPLE).success
         final = run_final(env.instance)
-        assert final.success and _check(final, "final_suite").passed
-        decisions = _meta(final, "final__decisions")
+        assert final.success and check_evaluation(final, "final_suite").passed
+        decisions = materialization_metadata(final, "final__decisions")
         dropped_by_rule = sum(v for k, v in decisions.items() if k.startswith("drops/"))
         assert dropped_by_rule == decisions["dropped"]
         assert decisions["texts_embedded"] == 0  # stored vectors only
 
-        export = _meta(final, "final__export")
+        export = materialization_metadata(final, "final__export")
         folder = env.output_dir / "exports" / export["version"]
         manifest = json.loads((folder / "manifest.json").read_text())
         kept = env.query("SELECT conversation_id, split FROM final__conversations")
@@ -82,7 +73,7 @@ def test_threshold_change_reuses_scores_and_adding_a_batch_keeps_splits(
 
         stricter = {"final": {"min_relevance": 0.4}}
         result = run_final(env.instance, op_config=stricter)
-        assert _meta(result, "final__decisions")["texts_embedded"] == 0
+        assert materialization_metadata(result, "final__decisions")["texts_embedded"] == 0
         assert env.scalar("SELECT count(*) FROM embed__cache") == embedded
         dropped = env.scalar(
             "SELECT count(*) FROM final__decisions WHERE first_failing_rule = 'min_relevance'"
@@ -102,7 +93,7 @@ def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
         assert run_source(env.instance, "sample", SAMPLE).success
         impossible = {"final__conversations_final_suite": {"min_answer_words_mean": 500.0}}
         result = run_final(env.instance, op_config=impossible)
-        assert not _check(result, "final_suite").passed
+        assert not check_evaluation(result, "final_suite").passed
         assert not result.success
         assert not (env.output_dir / "exports").exists() or not any(
             (env.output_dir / "exports").iterdir()

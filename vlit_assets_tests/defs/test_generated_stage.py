@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import dagster as dg
 from PIL import Image
 
 from vlit_assets.runner import run_source
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
-from vlit_assets_tests.pipeline import REPO, pipeline_env
+from vlit_assets_tests.pipeline import (
+    REPO,
+    check_evaluation,
+    materialization_metadata,
+    pipeline_env,
+)
 
 STAGES = ("raw", "generated")
 SECRET = "sk-test-never-store-this-0123456789"
-
-
-def _evaluation(result: dg.ExecuteInProcessResult, name: str):
-    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
-    return evaluation
-
-
-def _materialization_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    (mat,) = [
-        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
-    ]
-    return {k: v.value for k, v in mat.materialization.metadata.items()}
 
 
 def test_sample_generates_all_three_types_with_templates_only(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "sample", REPO / "data" / "sample", stages=STAGES)
         assert result.success
-        assert _evaluation(result, "generated_suite").passed
+        assert check_evaluation(result, "generated_suite").passed
         types = dict(
             env.query(
                 "SELECT instruction_type, count(*) FROM generated__conversations "
@@ -38,7 +30,7 @@ def test_sample_generates_all_three_types_with_templates_only(tmp_path, monkeypa
         )
         assert set(types) == {"global", "negative", "region"} and min(types.values()) > 0
         assert env.scalar("SELECT count(DISTINCT generator) FROM generated__conversations") == 1
-        metadata = _materialization_metadata(result, "generated__conversations")
+        metadata = materialization_metadata(result, "generated__conversations")
         assert metadata["generators"].startswith("template only")
         for (path,) in env.query(
             "SELECT image_path FROM generated__conversations WHERE instruction_type = 'region'"
@@ -54,7 +46,7 @@ def test_coco_mini_generates_all_types_and_passes_the_blocking_check(
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "coco-mini", coco_mini, stages=STAGES)
         assert result.success
-        assert _evaluation(result, "generated_suite").passed
+        assert check_evaluation(result, "generated_suite").passed
         n_types = env.scalar(
             "SELECT count(DISTINCT instruction_type) FROM generated__conversations "
             "WHERE drop_reason IS NULL"
@@ -86,7 +78,7 @@ def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
             "WHERE generator = 'llm' AND drop_reason IS NULL"
         )
         assert usable_llm > 0
-        metadata = _materialization_metadata(result, "generated__conversations")
+        metadata = materialization_metadata(result, "generated__conversations")
         assert metadata["llm/requests"] == rows["llm"]
         assert metadata["llm/prompt_tokens"] > 0
         # The secret is in no table and no event of the run.
@@ -110,7 +102,7 @@ def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
             "WHERE generator = 'llm' AND drop_reason LIKE 'llm_error:%'"
         )
         assert resent <= failed_before
-        hits = _materialization_metadata(again, "generated__conversations")["llm/cache_hits"]
+        hits = materialization_metadata(again, "generated__conversations")["llm/cache_hits"]
         assert hits >= usable_llm
 
 

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import pytest
 
 from vlit_assets.runner import run_source
 from vlit_assets_tests.corrupt import build_corrupted_coco
-from vlit_assets_tests.pipeline import pipeline_env
-
-
-def _check(result: dg.ExecuteInProcessResult, name: str):
-    evaluations = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
-    assert len(evaluations) == 1, [e.check_name for e in result.get_asset_check_evaluations()]
-    return evaluations[0]
+from vlit_assets_tests.pipeline import check_evaluation, pipeline_env
 
 
 def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
@@ -24,7 +17,7 @@ def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "coco-mini", coco_mini, stages=("raw",))
         assert result.success
-        assert _check(result, "raw_suite").passed
+        assert check_evaluation(result, "raw_suite").passed
         q = "SELECT count(*) FROM {} WHERE source = 'coco-mini'"
         assert env.scalar(q.format("raw__images")) == len(captions["images"]) == 80
         assert env.scalar(q.format("raw__captions")) == len(captions["annotations"]) == 400
@@ -64,7 +57,7 @@ def test_corrupted_copy_rejects_each_fault_once_and_keeps_good_records(
         for fault in planted:
             hits = [r for r in rejects if r[0] == fault.reason and r[1] == str(fault.record_id)]
             assert len(hits) == 1, (fault, rejects)
-        assert _check(result, "raw_suite").passed  # what was kept satisfies the suite
+        assert check_evaluation(result, "raw_suite").passed  # what was kept satisfies the suite
 
 
 def test_not_coco_shaped_file_fails_the_run_naming_file_and_key(coco_mini, tmp_path, monkeypatch):
@@ -94,6 +87,6 @@ def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, st
     (empty / "annotations/captions_train.json").write_text(json.dumps(doc))
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "noimages", empty, stages=(stage,))
-        evaluation = _check(result, "raw_suite")
+        evaluation = check_evaluation(result, "raw_suite")
         assert not evaluation.passed
         assert env.scalar("SELECT count(*) FROM raw__rejects WHERE reason = 'image_missing'") == 1

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
 from vlit_assets.runner import run_source
-from vlit_assets_tests.pipeline import REPO, pipeline_env
+from vlit_assets_tests.pipeline import REPO, materialization_metadata, pipeline_env
 
 STAGES = ("raw", "generated", "scored")
-
-
-def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    (mat,) = [
-        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
-    ]
-    return {k: v.value for k, v in mat.materialization.metadata.items()}
 
 
 def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypatch):
@@ -23,7 +14,7 @@ def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypat
         assert first.success
         generated = env.scalar("SELECT count(*) FROM generated__conversations")
         assert env.scalar("SELECT count(*) FROM scored__conversations") == generated
-        meta = _metadata(first, "scored__conversations")
+        meta = materialization_metadata(first, "scored__conversations")
         assert meta["texts_embedded"] > 0
         assert 0.0 < meta["metric/relevance_mean"] <= 1.0
         # Template answers are true of the annotations: no hallucination, consistent negatives.
@@ -39,7 +30,7 @@ def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypat
 
         again = run_source(env.instance, "sample", None, stages=("scored",))
         assert again.success
-        assert _metadata(again, "scored__conversations")["texts_embedded"] == 0
+        assert materialization_metadata(again, "scored__conversations")["texts_embedded"] == 0
         runs = env.scalar("SELECT count(DISTINCT run_id) FROM meta__dataset_metrics")
         assert runs == 2
 
