@@ -17,14 +17,25 @@ decide what may be said are these (the tests check them on coco-mini):
   area. Coordinates are those of the stored pixels, as COCO boxes are. Region objects are the
   largest non-crowd boxes covering at least ``region_min_area_frac`` of the image, distinct
   categories first; the count answer gives the total with the boxed one ("three bananas in
-  all: the boxed one and two others").
+  all: the boxed one and two others"), never "N other <noun>", which reads as a count of N.
+  Yes/no region questions ask the true position or the opposite third, the relation that
+  holds or its opposite, "the only one?" or "any others?"; the answer states the truth.
 - Negative questions about absent objects use the top of the ``raw__tags.absent`` ranking
-  (co-occurring, so plausible), minus anything annotated in the image; the answer denies and
+  (co-occurring, so plausible), minus anything annotated in the image or named by one of its
+  captions (``score.caption_mentions``: CHAIR counts those as present); the answer denies and
   then lists what is annotated. False counts ask for the true count plus 1 to 3 and answer
   with the true count; false relations ask the opposite of a relation that holds.
+- Balance (POPE): a negative conversation opens with a denial (an absent object when the
+  ranking has one) and then alternates confirmations and denials, the last side drawn with
+  "no" twice as likely (global conversations add yes-answers). Confirmations ask about an
+  annotated category, its true count or a relation that holds, in the same question forms as
+  the denials, so the form never gives the answer away. A negative conversation without a
+  denial is not made (``too_few_facts``).
 - Captions are quoted (whitespace tidied, first letter capitalised, a full stop added), never
   attributed; they are the only text not derived from boxes, so a caption may name something
-  the boxes lack. Attributes (adjective + category) are not generated yet.
+  the boxes lack. A caption stating a count the boxes contradict ("two giraffes" over two
+  zebras) is never quoted (``quotable_captions``). Attributes (adjective + category) are not
+  generated yet.
 - A conversation needs ``MIN_PAIRS`` question/answer pairs; one the annotations cannot fill is
   kept as a row with empty turns and ``drop_reason`` "too_few_facts: ...". A region image that
   fails to render keeps its turns and gets ``drop_reason`` "region_render_failed: ...".
@@ -50,8 +61,10 @@ import pyarrow as pa
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.regions import RenderJob, render_regions
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
+from vlit_assets.core.score import caption_mentions, stated_counts, turns_long
+from vlit_assets.core.vocab import NUMBER_WORDS
 
-TEMPLATE_VERSION = "template-2"  # bump whenever a template, rule or selection changes
+TEMPLATE_VERSION = "template-3"  # bump whenever a template, rule or selection changes
 GENERATOR = "template"
 SPATIAL_MARGIN = 0.10
 SIZE_RATIO = 2.0
@@ -113,7 +126,8 @@ _PLURAL_IRREGULAR = {
     "scissors": "scissors",
     "broccoli": "broccoli",
 }
-_PAIRED = frozenset({"skis", "scissors"})  # one COCO box is one pair
+_PAIRED = frozenset({"skis", "scissors"})
+_NUMBER_HINT = r"(?i)[0-9]|\b(?:" + "|".join(NUMBER_WORDS) + r")\b"  # one COCO box is one pair
 _NUMBER_WORDS = (
     "zero",
     "one",
@@ -327,6 +341,24 @@ ABSENT_Q = (
     "Can you point out the {x} in the picture?",
     "Does the picture include {a}?",
     "How many {cn} are in the image?",
+    "And is there {a}?",  # last: never the opening question (see _n_absent)
+)
+# POPE-style probes about present objects. The polar forms are those of ABSENT_Q, so the
+# wording of a question never tells whether the answer is yes or no.
+CONFIRM_Q = (
+    "Is there {a} in the image?",
+    "Can you see any {pl} in this picture?",
+    "Does the picture include {a}?",
+    "And is there {a}?",
+)
+CONFIRM_A = (
+    "Yes, there {be} {cp} in the image.",
+    "Yes. I can see {cp}.",
+    "Yes, the picture includes {cp}.",
+)
+CONFIRM_CROWD_A = (
+    "Yes, there is {crowd} in the image.",
+    "Yes. I can see {crowd}, too many to count exactly.",
 )
 ABSENT_A = (
     "No, there are no {pl} in this image.",
@@ -340,8 +372,9 @@ INVENTORY_TAIL = (
     " What it does show is {inv}.",
     " The image contains {inv}.",
 )
+# Asked with the true count too (TRUE_COUNT_A), so a stated number does not give the answer away.
 FALSE_COUNT_Q = (
-    "Are there {mcp} in the image?",
+    "{Be} there {mcp} in the image?",
     "Can you count {mcp} in this picture?",
     "I think I see {mcp}. Is that right?",
     "Does the photo show {mcp}?",
@@ -355,6 +388,17 @@ FALSE_RELATION_Q = (
     "{Be} {a} {frel} {b}?",
     "Is it true that {a} {be} {frel} {b}?",
     "Would you say {a} {be} {frel} {b}?",
+)
+TRUE_COUNT_A = (
+    "Yes, there {be} exactly {cp}.",
+    "Yes, that is right: I count {cp}.",
+    "Yes. The image shows {cp}.",
+)
+# FALSE_RELATION_Q is asked with the relation that holds too, answered by TRUE_RELATION_A.
+TRUE_RELATION_A = (
+    "Yes, {a} {be} {rel} {b}.",
+    "Yes. In the picture, {a} {be} {rel} {b}.",
+    "Yes, that is right: {a} {be} {rel} {b}.",
 )
 FALSE_RELATION_A = (
     "No, {a} {be} {rel} {b}, not {frel} {pron}.",
@@ -388,6 +432,21 @@ REGION_WHERE_A = (
     "{The} sits in the {loc} of the picture.",
     "You can find it in the {loc} of the frame.",
 )
+# Asked with the true position or a clearly wrong one (the opposite third); answers state
+# only the true position.
+REGION_WHERE_POLAR_Q = (
+    "Is the boxed {x} in the {qloc} of the image?",
+    "Would you say the outlined {x} is in the {qloc} of the picture?",
+    "Does the highlighted {x} appear in the {qloc} of the frame?",
+)
+REGION_WHERE_YES_A = (
+    "Yes, it is in the {loc} of the image.",
+    "Yes. {The} sits in the {loc} of the picture.",
+)
+REGION_WHERE_NO_A = (
+    "No, it is in the {loc} of the image.",
+    "No. {The} sits in the {loc} of the picture instead.",
+)
 REGION_REL_Q = (
     "How does the boxed {x} relate to the other objects?",
     "Where is the boxed {x} compared with the other things in the picture?",
@@ -401,6 +460,20 @@ REGION_REL_A = (
     "In the picture, {the} {be} {rel} {b}.",
 )
 REGION_REL_MORE = " It is also {rel} {b}."
+# Asked with the relation that holds or its opposite; the answer states the one that holds.
+REGION_REL_POLAR_Q = (
+    "Is the boxed {x} {qrel} {b}?",
+    "Would you say the outlined {x} is {qrel} {b}?",
+    "Is it true that the highlighted {x} is {qrel} {b}?",
+)
+REGION_REL_YES_A = (
+    "Yes, {the} {be} {rel} {b}.",
+    "Yes. In the picture, {the} {be} {rel} {b}.",
+)
+REGION_REL_NO_A = (
+    "No, {the} {be} {rel} {b}.",
+    "No. Actually, {the} {be} {rel} {b}.",
+)
 REGION_SIZE_Q = (
     "How much of the image does the boxed {x} take up?",
     "How large is the boxed {x} in the picture?",
@@ -412,9 +485,8 @@ REGION_SIZE_A = (
 )
 REGION_COUNT_Q = (
     "How many other {cn} are there in the image?",
-    "Are there more {cn} besides the boxed one?",
     "How many {cn} apart from the boxed one can you see?",
-    "Is the highlighted one the only {x} here, or are there others?",
+    "How many {cn} does the picture hold besides the outlined one?",
 )
 REGION_COUNT_A = (
     "There {be} {cp} in all: the boxed one and {k} {others}.",
@@ -426,9 +498,38 @@ REGION_ONLY_A = (
     "No others; {the} is the only {x} in the picture.",
 )
 REGION_CROWD_A = (
-    "Yes, there is {crowd} besides the boxed one, too many to count exactly.",
     "Besides the boxed one there is {crowd}, too many to count exactly.",
+    "Too many to count exactly: there is {crowd} besides the boxed one.",
 )
+# Two polar forms whose yes/no answers swap meaning, so neither answer is the habit.
+REGION_MORE_Q = (
+    "Are there more {cn} besides the boxed one?",
+    "Are there any other {cn} in the image?",
+)
+# "{k} more" and "{k} {others}", never "two other dogs": a number before a noun reads as
+# the count of that category.
+REGION_MORE_YES_A = (
+    "Yes, {k} more: there are {cp} in all.",
+    "Yes. Apart from the boxed one I can see {k} more, so {cp} in total.",
+)
+REGION_MORE_CROWD_A = ("Yes, there is {crowd} besides the boxed one, too many to count exactly.",)
+REGION_MORE_NO_A = (
+    "No, {the} is the only {x} in the image.",
+    "No. It is the only {x} in the picture.",
+)
+REGION_ALONE_Q = (
+    "Is the boxed {x} the only {x} in the image?",
+    "Is the highlighted one the only {x} here?",
+)
+REGION_ALONE_YES_A = (
+    "Yes, it is the only {x} in the image.",
+    "Yes. {The} is the only {x} in the picture.",
+)
+REGION_ALONE_NO_A = (
+    "No, there are {cp} in all: the boxed one and {k} {others}.",
+    "No. Besides the boxed one I can see {k} more, so {cp} in total.",
+)
+REGION_ALONE_CROWD_A = ("No, there is also {crowd}, too many to count exactly.",)
 
 # --------------------------------------------------------------------------- per-image facts
 
@@ -716,8 +817,10 @@ def _n_absent(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
     if not pool:
         return None
     x = d.pick(pool)
+    # "And is there ...?" cannot open a conversation; nothing is used before the first pair.
+    questions = ABSENT_Q if used else ABSENT_Q[:-1]
     used.add(x)
-    q = d.pick(ABSENT_Q).format(a=a_phrase(x), pl=plural(x), x=x, cn=count_noun(x))
+    q = d.pick(questions).format(a=a_phrase(x), pl=plural(x), x=x, cn=count_noun(x))
     a = d.pick(ABSENT_A).format(pl=plural(x))
     ids: list[str] = []
     if s.cats:
@@ -733,7 +836,7 @@ def _n_false_count(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
     c = d.pick(cats)
     used.add("#" + c.name)
     m = c.n + 1 + d.below(3)
-    q = d.pick(FALSE_COUNT_Q).format(mcp=count_phrase(m, c.name))
+    q = d.pick(FALSE_COUNT_Q).format(mcp=count_phrase(m, c.name), Be="Are")
     a = d.pick(FALSE_COUNT_A).format(
         be="is" if c.n == 1 else "are", cp=count_phrase(c.n, c.name), m=number_word(m)
     )
@@ -759,14 +862,88 @@ def _n_false_relation(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
     return (q, ans), [*a.ids, *b.ids]
 
 
+def _n_confirm(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
+    cats = [c for c in s.cats if c.name not in used]
+    if not cats:
+        return None
+    c = d.pick(cats)
+    used.add(c.name)
+    q = d.pick(CONFIRM_Q).format(a=a_phrase(c.name), pl=plural(c.name))
+    if c.crowd:
+        a = d.pick(CONFIRM_CROWD_A).format(crowd=crowd_phrase(c.name))
+    else:
+        a = d.pick(CONFIRM_A).format(be="is" if c.n == 1 else "are", cp=count_phrase(c.n, c.name))
+    return (q, a), list(c.ids)
+
+
+def _n_true_count(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
+    # Its own key: the true count and a false one are both fair probes of one category, and a
+    # small scene needs both to fill a conversation.
+    cats = [c for c in s.countable if ("=" + c.name) not in used]
+    if not cats:
+        return None
+    c = d.pick(cats)
+    used.update((c.name, "=" + c.name))
+    cp = count_phrase(c.n, c.name)
+    be = "is" if c.n == 1 else "are"
+    q = d.pick(FALSE_COUNT_Q).format(mcp=cp, Be=_cap(be))
+    return (q, d.pick(TRUE_COUNT_A).format(be=be, cp=cp)), list(c.ids)
+
+
+def _n_true_relation(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
+    rels = s.relations
+    if not rels or "#rel" in used:
+        return None
+    used.add("#rel")
+    a, b, rel = d.pick(rels)
+    if d.below(2):
+        a, b, rel = b, a, OPPOSITE[rel]
+    an, be = the_phrase(a.name, a.n)
+    bn, _ = the_phrase(b.name, b.n)
+    q = d.pick(FALSE_RELATION_Q).format(a=an, b=bn, be=be, Be=_cap(be), frel=REL_TEXT[rel])
+    ans = d.pick(TRUE_RELATION_A).format(a=an, b=bn, be=be, rel=REL_TEXT[rel])
+    return (q, ans), [*a.ids, *b.ids]
+
+
+def _take(d: _Draw, s: _Scene, used: set[str], queue: list[_Builder]) -> _Fact | None:
+    while queue:
+        fact = queue.pop()(d, s, used)
+        if fact is not None:
+            return fact
+    return None
+
+
 def build_negative(d: _Draw, s: _Scene) -> tuple[list[_Pair], list[str]]:
-    return _assemble(
-        d,
-        s,
-        (_n_absent,),
-        (_n_false_count, _n_false_relation, _n_absent),
-        (_n_absent, _n_absent, _n_false_count, _n_false_count),
-    )
+    """Denials interleaved with confirmations of what is there, as POPE samples them.
+
+    The first pair denies (an absent object when the ranking has one); then confirmations and
+    denials alternate, the last pair's side drawn, so a model meets "yes" and "no" to the same
+    question forms. A side that runs out of facts yields its turn to the other; a conversation
+    with no denial at all has no pairs (it is not a negative conversation).
+    """
+    # Queues pop from the end: the first builder to try is the last element.
+    denials: list[_Builder] = [_n_false_count, _n_absent, _n_absent]
+    denials += d.shuffled((_n_false_count, _n_false_relation, _n_absent))
+    denials.append(_n_absent)
+    confirms: list[_Builder] = [_n_true_count, _n_confirm]
+    confirms += d.shuffled((_n_confirm, _n_true_count, _n_true_relation))
+    pairs: list[_Pair] = []
+    ids: list[str] = []
+    used: set[str] = set()
+    denied = 0
+    # The last side leans to "no": global conversations add yes-answers of their own.
+    for want_yes in (False, True, False, d.below(3) == 0):
+        first, second = (confirms, denials) if want_yes else (denials, confirms)
+        fact = _take(d, s, used, first)
+        if fact is None:
+            fact = _take(d, s, used, second)
+            want_yes = not want_yes
+        if fact is None:
+            break
+        denied += not want_yes
+        pairs.append(fact[0])
+        ids.extend(fact[1])
+    return (pairs, ids) if denied else ([], [])
 
 
 # --------------------------------------------------------------------------- region
@@ -796,30 +973,79 @@ def choose_regions(
     return [o[:6] for o in chosen]
 
 
-def _thirds(s: _Scene, x: float, y: float, w: float, h: float) -> str:
+_Obj = tuple[str, str, float, float, float, float]  # object_id, name, x, y, w, h
+_FLIP = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+_CORNERS = (("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right"))
+
+
+def _cells(s: _Scene, x: float, y: float, w: float, h: float) -> tuple[str, str]:
+    """(row, column) of the image third holding the box centre."""
     cx, cy = (x + w / 2) / s.img.width, (y + h / 2) / s.img.height
     col = "left" if cx < 1 / 3 else "centre" if cx < 2 / 3 else "right"
     row = "top" if cy < 1 / 3 else "middle" if cy < 2 / 3 else "bottom"
+    return row, col
+
+
+def _loc(row: str, col: str) -> str:
     return "centre" if (row, col) == ("middle", "centre") else f"{row}-{col} part"
 
 
-def build_region(
-    d: _Draw, s: _Scene, obj: tuple[str, str, float, float, float, float]
-) -> tuple[list[_Pair], list[str]]:
-    oid, name, x, y, w, h = obj
+def _thirds(s: _Scene, x: float, y: float, w: float, h: float) -> str:
+    return _loc(*_cells(s, x, y, w, h))
+
+
+def _wrong_cell(d: _Draw, row: str, col: str) -> tuple[str, str]:
+    """A third the centre is clearly not in: across the image, never a neighbouring third."""
+    if col != "centre":
+        return row, _FLIP[col]
+    if row != "middle":
+        return _FLIP[row], col
+    return d.pick(_CORNERS)
+
+
+def build_region(d: _Draw, s: _Scene, obj: _Obj) -> tuple[list[_Pair], list[str]]:
+    """What is boxed, then its relations and two of position, count and size (all three when
+    no relation holds).
+
+    Which kinds appear, and whether each is asked openly or as a yes/no question, is drawn, so
+    conversations about same-category boxes of different photos do not share one shape.
+    """
+    oid, name, *_ = obj
     the, be = the_phrase(name, 1, boxed=True)
-    own = s.by_name[name]
     pairs: list[_Pair] = [(d.pick(REGION_WHAT_Q), d.pick(REGION_WHAT_A).format(a=a_phrase(name)))]
     ids = [oid]
-    rest: list[tuple[_Pair, list[str]]] = []
-    where_a = d.pick(REGION_WHERE_A).format(loc=_thirds(s, x, y, w, h), The=_cap(the))
-    rest.append(((d.pick(REGION_WHERE_Q).format(x=name), where_a), []))
-    rest.append(_region_relation(d, s, obj, the, be))
-    rest.append(_region_count(d, own, name, the))
+    related = _region_relation(d, s, obj, the, be)
+    kinds = _REGION_KINDS if related is None else d.shuffled(_REGION_KINDS)[:2]
+    rest = [kind(d, s, obj, the) for kind in kinds]
+    if related is not None:
+        rest.append(related)
     for pair, extra in d.shuffled(rest):
         pairs.append(pair)
         ids.extend(i for i in extra if i not in ids)
     return pairs, ids
+
+
+def _region_where(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list[str]]:
+    _, name, x, y, w, h = obj
+    row, col = _cells(s, x, y, w, h)
+    loc, The = _loc(row, col), _cap(the)
+    kind = d.below(3)
+    if kind == 0:
+        return (
+            d.pick(REGION_WHERE_Q).format(x=name),
+            d.pick(REGION_WHERE_A).format(loc=loc, The=The),
+        ), []
+    qloc = loc if kind == 1 else _loc(*_wrong_cell(d, row, col))
+    answers = REGION_WHERE_YES_A if kind == 1 else REGION_WHERE_NO_A
+    q = d.pick(REGION_WHERE_POLAR_Q).format(x=name, qloc=qloc)
+    return (q, d.pick(answers).format(loc=loc, The=The)), []
+
+
+def _region_size(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list[str]]:
+    _, name, _, _, w, h = obj
+    p = max(1, round(100 * w * h / (s.img.width * s.img.height)))
+    q = d.pick(REGION_SIZE_Q).format(x=name)
+    return (q, d.pick(REGION_SIZE_A).format(p=p, The=_cap(the))), []
 
 
 def _box_relations(
@@ -849,9 +1075,10 @@ def _box_relations(
 
 
 def _region_relation(
-    d: _Draw, s: _Scene, obj: tuple[str, str, float, float, float, float], the: str, be: str
-) -> tuple[_Pair, list[str]]:
-    oid, name, x, y, w, h = obj
+    d: _Draw, s: _Scene, obj: _Obj, the: str, be: str
+) -> tuple[_Pair, list[str]] | None:
+    """The box against other categories, asked openly or as yes/no; None when nothing holds."""
+    _, name, x, y, w, h = obj
     box = (x, y, w, h)
     width, height = s.img.width, s.img.height
     found: list[tuple[_Cat, str]] = []
@@ -860,12 +1087,16 @@ def _region_relation(
             for rel in _box_relations(box, other, width, height):
                 found.append((other, rel))
     if not found:
-        p = max(1, round(100 * w * h / (s.img.width * s.img.height)))
-        q = d.pick(REGION_SIZE_Q).format(x=name)
-        return (q, d.pick(REGION_SIZE_A).format(p=p, The=_cap(the))), []
+        return None
     picked = [found[i] for i in sorted(d.shuffled(range(len(found)))[:2])]
     other, rel = picked[0]
     bn, _ = the_phrase(other.name, other.n)
+    kind = d.below(3)
+    if kind:
+        qrel = REL_TEXT[rel if kind == 1 else OPPOSITE[rel]]
+        q = d.pick(REGION_REL_POLAR_Q).format(x=name, qrel=qrel, b=bn)
+        answers = REGION_REL_YES_A if kind == 1 else REGION_REL_NO_A
+        return (q, d.pick(answers).format(the=the, be=be, rel=REL_TEXT[rel], b=bn)), list(other.ids)
     ans = d.pick(REGION_REL_A).format(the=the, The=_cap(the), be=be, rel=REL_TEXT[rel], b=bn)
     ans = _cap(ans)
     ids = list(other.ids)
@@ -877,20 +1108,36 @@ def _region_relation(
     return (d.pick(REGION_REL_Q).format(x=name), ans), ids
 
 
-def _region_count(d: _Draw, own: _Cat, name: str, the: str) -> tuple[_Pair, list[str]]:
-    q = d.pick(REGION_COUNT_Q).format(cn=count_noun(name), x=name)
+def _region_count(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list[str]]:
+    """Other boxes of the boxed category: "how many", "are there more" or "is it the only"."""
+    name = obj[1]
+    own = s.by_name[name]
+    kind = d.below(3)
+    cn = count_noun(name)
+    if kind == 0:
+        q = d.pick(REGION_COUNT_Q).format(cn=cn)
+        crowd_a, alone_a, more_a = REGION_CROWD_A, REGION_ONLY_A, REGION_COUNT_A
+    elif kind == 1:
+        q = d.pick(REGION_MORE_Q).format(cn=cn)
+        crowd_a, alone_a, more_a = REGION_MORE_CROWD_A, REGION_MORE_NO_A, REGION_MORE_YES_A
+    else:
+        q = d.pick(REGION_ALONE_Q).format(x=name)
+        crowd_a, alone_a, more_a = REGION_ALONE_CROWD_A, REGION_ALONE_YES_A, REGION_ALONE_NO_A
     if own.crowd:
-        a = d.pick(REGION_CROWD_A).format(crowd=crowd_phrase(name, other=True))
+        a = d.pick(crowd_a).format(crowd=crowd_phrase(name, other=True))
     elif own.n == 1:
-        a = d.pick(REGION_ONLY_A).format(x=name, the=the)
+        a = d.pick(alone_a).format(x=name, the=the, The=_cap(the))
     else:
         k = own.n - 1
         cp = count_phrase(own.n, name)
-        a = d.pick(REGION_COUNT_A).format(
+        a = d.pick(more_a).format(
             be="are", cp=cp, Cp=_cap(cp), k=number_word(k), others="other" if k == 1 else "others"
         )
     return (q, a), list(own.ids)
 
+
+_RegionKind = Callable[[_Draw, _Scene, _Obj, str], tuple[_Pair, list[str]]]
+_REGION_KINDS: tuple[_RegionKind, ...] = (_region_where, _region_count, _region_size)
 
 # --------------------------------------------------------------------------- frames
 
@@ -1030,8 +1277,53 @@ def prepare_frames(
     return _Frames(images, captions, objects, tags.filter(of_source))
 
 
-def _to_images(frames: _Frames) -> list[_Image]:
-    """Per-image Python records from prepared frames (sorted by image id)."""
+def quotable_captions(
+    captions: pl.DataFrame, objects: pl.DataFrame, categories: pl.Series
+) -> pl.DataFrame:
+    """The captions minus those stating a count the boxes contradict ("two giraffes" of zebras).
+
+    Counts are read as the scorer reads them (``score.stated_counts``) and judged as it judges
+    them: only for the source's ``categories``, never for a category with a crowd box, and an
+    unboxed category counts zero.
+    """
+    # Only a caption holding a digit or a number word can state a count.
+    maybe = captions.filter(pl.col("caption").str.contains(_NUMBER_HINT))
+    if maybe.is_empty():
+        return captions
+    quoted = maybe.select(
+        conversation_id="caption_id",
+        image_id="image_id",
+        turns=pl.concat_list(
+            pl.struct(pl.lit("gpt").alias("from"), pl.col("caption").alias("value"))
+        ),
+    )
+    counts = stated_counts(turns_long(quoted)).filter(
+        pl.col("category").is_in(categories.implode())
+    )
+    if counts.is_empty():
+        return captions
+    # Casts: a frame built from empty Python lists has Null columns.
+    crowd = pl.col("iscrowd").cast(pl.Boolean)
+    boxes = objects.group_by(
+        pl.col("image_id").cast(pl.String),
+        pl.col("category_name").cast(pl.String).alias("category"),
+    ).agg(n=(~crowd).sum().cast(pl.Int64), crowd=crowd.any())
+    wrong = (
+        counts.join(boxes, on=["image_id", "category"], how="left")
+        .filter(~pl.col("crowd").fill_null(False) & (pl.col("stated") != pl.col("n").fill_null(0)))
+        .get_column("conversation_id")
+    )
+    if wrong.is_empty():
+        return captions
+    return captions.filter(~pl.col("caption_id").is_in(wrong.implode()))
+
+
+def _to_images(frames: _Frames, named: pl.DataFrame) -> list[_Image]:
+    """Per-image Python records from prepared frames (sorted by image id).
+
+    ``named`` (image_id, category) are categories the captions name; they leave the absent
+    candidates.
+    """
     images, captions, objects, tags = frames
     cap_rows = list(
         zip(captions["caption_id"].to_list(), captions["caption"].to_list(), strict=True)
@@ -1056,6 +1348,12 @@ def _to_images(frames: _Frames) -> list[_Image]:
     absent = dict(
         zip(absent_names["image_id"].to_list(), absent_names["names"].to_list(), strict=True)
     )
+    by_image: dict[str, set[str]] = {}
+    for image_id, category in named.iter_rows():
+        by_image.setdefault(image_id, set()).add(category)
+    for image_id, names_of in by_image.items():
+        if absent.get(image_id):
+            absent[image_id] = [n for n in absent[image_id] if n not in names_of]
     out = []
     none = (0, 0)
     for image_id, file_name, width, height in images.select(
@@ -1224,9 +1522,14 @@ def generate_templates(
     gc.disable()
     try:
         frames = prepare_frames(images, captions, objects, categories, tags, source)
+        names = categories.filter(pl.col("source") == source).get_column("name")
+        # Captions are ground truth for presence (score.py's CHAIR reads them too), so what
+        # they name is never denied, even where COCO drew no box.
+        named = caption_mentions(frames.captions)
+        frames = frames._replace(captions=quotable_captions(frames.captions, frames.objects, names))
         stems = _region_stems(frames.images) if "region" in config.types else {}
         paths = (str(Path(image_root).resolve()), str(Path(regions_dir).resolve() / source))
-        df, jobs = _generate(frames, stems, paths, source, config, run_id)
+        df, jobs = _generate(frames, named, stems, paths, source, config, run_id)
         if config.render_regions and jobs:
             df = _render(df, jobs, config.render_workers)
         return df
@@ -1240,13 +1543,14 @@ _Job = tuple[int, RenderJob]  # output row, what to render
 
 def _generate(
     frames: _Frames,
+    named: pl.DataFrame,
     stems: dict[str, str],
     paths: tuple[str, str],
     source: str,
     config: TemplateConfig,
     run_id: str,
 ) -> tuple[pl.DataFrame, list[_Job]]:
-    rows, jobs = _template_rows(_to_images(frames), source, paths, stems, config)
+    rows, jobs = _template_rows(_to_images(frames, named), source, paths, stems, config)
     return rows.frame(source, run_id), jobs
 
 

@@ -78,7 +78,7 @@ def score_conversations(
 ) -> QualityResult:
     """Score every conversation; annotation-based metrics are null where annotations are absent."""
     encoded_before = cache.encoded if cache is not None else 0
-    rules = score_rules(conversations, objects, tags, categories)
+    rules = score_rules(conversations, objects, tags, categories, captions)
     vectors = conversation_vectors(conversations, embedder, cache)
     captions = (
         captions

@@ -7,7 +7,9 @@ and null semantics are in docs/metrics.md.
 
 Scoring never drops a row. A metric whose inputs are missing is null, never zero: CHAIR needs
 the image's object annotations (an image is *annotated* when it has a ``raw__tags`` row or at
-least one ``raw__objects`` row), region matching needs the boxed object, and so on.
+least one ``raw__objects`` row), region matching needs the boxed object, and so on. Captions,
+when given, add to what CHAIR counts as present, as in the original CHAIR; they never make an
+image annotated, since a caption cannot prove that something is absent.
 
 Everything is columnar (polars string kernels over an exploded turn frame) except the
 exact-duplicate hash, which uses :func:`vlit_assets.core.ids.text_hash` so that keys stay
@@ -50,14 +52,17 @@ FORMAT_ERRORS = {
     "image_token_misplaced": "the image token is not at the start or end of the first turn",
 }
 
-# Polar (yes/no) questions open with an auxiliary verb; requests phrased as questions
-# ("Can you describe ...?") are not polar.
+# Polar (yes/no) questions open with an auxiliary verb, after at most one linking word
+# ("And is there a truck?"); requests phrased as questions ("Can you describe ...?") are not
+# polar.
+_LEAD = r"^(?:(?:and|so|but|then|also|now|okay|ok|well),? )?"
 POLAR_PATTERN = (
-    r"^(?:is|are|was|were|do|does|did|can|could|will|would|has|have|had|should|shall|may|"
-    r"might|must|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|can't|won't|hasn't|haven't)\b"
+    _LEAD + r"(?:is|are|was|were|do|does|did|can|could|will|would|has|have|had|should|shall|"
+    r"may|might|must|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|can't|won't|hasn't|"
+    r"haven't)\b"
 )
 REQUEST_PATTERN = (
-    r"^(?:can|could|would|will) you (?:please )?(?:describe|tell|explain|list|give|provide|"
+    _LEAD + r"(?:can|could|would|will) you (?:please )?(?:describe|tell|explain|list|give|provide|"
     r"identify|name|show|point|count|share|summarize|write|detail|elaborate|help|talk|analyze)\b"
 )
 REASONING_PATTERN = (
@@ -95,6 +100,7 @@ class Annotations:
     present: pl.DataFrame  # image_id, category, n (non-crowd objects), crowd (any crowd box)
     regions: pl.DataFrame  # object_id, region_category
     judged: pl.DataFrame | None  # source, category: categories a source annotates (None: all)
+    captions: pl.DataFrame | None  # image_id, caption: read for CHAIR (None: not given)
 
 
 def _require(df: pl.DataFrame, name: str, columns: Collection[str]) -> None:
@@ -103,16 +109,36 @@ def _require(df: pl.DataFrame, name: str, columns: Collection[str]) -> None:
         raise ValueError(f"{name}: missing columns {missing} (has {df.columns})")
 
 
+def caption_mentions(captions: pl.DataFrame) -> pl.DataFrame:
+    """image_id, category: each category an image's captions name outside negation, once.
+
+    The same vocabulary and negation scopes as the mentions in conversations: "a man walks a
+    dog" names person and dog, "a street with no cars" names no car.
+    """
+    _require(captions, "raw__captions", ("image_id", "caption"))
+    affirmed = _normalized_text(pl.col("caption").cast(pl.String)).str.replace_all(
+        _rx(NEGATION_SCOPE_PATTERN), " . "
+    )
+    forms = captions.select(
+        image_id=pl.col("image_id").cast(pl.String),
+        form=affirmed.str.extract_all(_rx(MENTION_PATTERN)),
+    ).explode("form", keep_nulls=False)
+    return _with_category(forms, "form").select("image_id", "category").unique(maintain_order=True)
+
+
 def image_annotations(
     objects: pl.DataFrame | None,
     tags: pl.DataFrame | None,
     categories: pl.DataFrame | None = None,
+    captions: pl.DataFrame | None = None,
 ) -> Annotations:
     """Per-image category presence and counts from ``raw__objects`` / ``raw__tags`` frames.
 
     Counts come from objects (non-crowd boxes; a crowd box makes the count unknowable); when
     only tags are given, from ``present[].count``. ``categories`` (raw__categories: source,
-    name) limits judging to the categories each source annotates.
+    name) limits judging to the categories each source annotates. ``captions``
+    (raw__captions: image_id, caption) adds the categories they name to what CHAIR counts as
+    present (see :func:`caption_mentions`).
     """
     ids: list[pl.DataFrame] = []
     present = pl.DataFrame(
@@ -152,7 +178,10 @@ def image_annotations(
     if categories is not None:
         _require(categories, "raw__categories", ("source", "name"))
         judged = categories.select("source", category=pl.col("name")).unique()
-    return Annotations(annotated, present, regions, judged)
+    if captions is not None:
+        _require(captions, "raw__captions", ("image_id", "caption"))
+        captions = captions.select(pl.col("image_id", "caption").cast(pl.String))
+    return Annotations(annotated, present, regions, judged, captions)
 
 
 def _normalized_text(value: pl.Expr) -> pl.Expr:
@@ -302,10 +331,14 @@ def hallucination(
 ) -> pl.DataFrame:
     """CHAIR per conversation over the affirmed (non-negated) mentions in gpt turns.
 
-    chair_i = hallucinated mentions / mentions; chair_s = any hallucinated mention.
+    chair_i = hallucinated mentions / mentions; chair_s = any hallucinated mention. A mention
+    is a hallucination when its category is neither annotated in the image nor named by one of
+    the image's captions (when captions were given).
     """
     claimed = mentions.filter((pl.col("role") == "gpt") & ~pl.col("negated"))
-    claimed = _with_presence(_judged(claimed, conversations, ann), ann)
+    claimed = _with_caption_presence(
+        _with_presence(_judged(claimed, conversations, ann), ann), ann.captions
+    )
     per_conv = claimed.group_by("conversation_id").agg(
         n_object_mentions=pl.len().cast(pl.Int64),
         n_hallucinated=(~pl.col("is_present")).sum().cast(pl.Int64),
@@ -320,6 +353,23 @@ def hallucination(
             pl.col("hallucinated_objects").fill_null(empty)
         ),
     )
+
+
+def _with_caption_presence(claimed: pl.DataFrame, captions: pl.DataFrame | None) -> pl.DataFrame:
+    """``is_present`` also where the image's captions name the category.
+
+    Only the captions of images with an unboxed claim are read: on grounded data that is a few
+    percent of them, so captions cost almost nothing.
+    """
+    if captions is None:
+        return claimed
+    suspects = claimed.filter(~pl.col("is_present")).select("image_id").unique()
+    if suspects.is_empty():
+        return claimed
+    named = caption_mentions(captions.join(suspects, on="image_id", how="semi"))
+    return claimed.join(
+        named.with_columns(captioned=pl.lit(True)), on=["image_id", "category"], how="left"
+    ).with_columns(is_present=pl.col("is_present") | pl.col("captioned").fill_null(False))
 
 
 def negative_consistency(
@@ -616,14 +666,16 @@ def score_rules(
     objects: pl.DataFrame | None = None,
     tags: pl.DataFrame | None = None,
     categories: pl.DataFrame | None = None,
+    captions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Every rule-based per-conversation metric: one row per input row, in input order.
 
-    ``objects``/``tags``/``categories`` are raw__objects / raw__tags / raw__categories frames
-    (any may be None: QC-only mode on imported data, where annotation metrics are null).
+    ``objects``/``tags``/``categories``/``captions`` are raw__objects / raw__tags /
+    raw__categories / raw__captions frames (any may be None: QC-only mode on imported data,
+    where annotation metrics are null). Captions only widen what CHAIR counts as present.
     """
     _check_conversations(conversations)
-    ann = image_annotations(objects, tags, categories)
+    ann = image_annotations(objects, tags, categories, captions)
     # Work on row numbers: grouping and joining 600k turn rows on a u32 is several times
     # cheaper than on the id strings, which are put back at the end.
     conv = conversations.with_columns(conversation_id=pl.int_range(pl.len(), dtype=pl.UInt32))

@@ -174,8 +174,77 @@ def test_absent_candidates_that_are_annotated_are_skipped(tmp_path: Path) -> Non
     frames = _frames([("dog", 10, 10, 200, 200, False)], absent=("dog", "cat", "bird", "cow"))
     for seed in range(20):
         for answer in _answers(_run(frames, tmp_path, seed=seed), "negative"):
-            assert answer.startswith("No")
+            assert answer.startswith(("No", "Yes"))
             assert "no dogs" not in answer and "any dogs" not in answer
+
+
+def test_negative_conversations_deny_first_and_also_confirm(tmp_path: Path) -> None:
+    frames = _frames(
+        [("dog", 10, 10, 200, 200, False), ("dog", 300, 10, 200, 200, False),
+         ("cat", 700, 500, 250, 250, False)]
+    )  # fmt: skip
+    sides: dict[str, int] = {"Yes": 0, "No": 0}
+    for seed in range(40):
+        (row,) = _run(frames, tmp_path, seed=seed, types=("negative",))["turns"].to_list()
+        answers = [t["value"] for t in row[1::2]]
+        questions = [t["value"] for t in row[0::2]]
+        assert answers[0].startswith("No") and not questions[0].startswith("And")
+        for q, a in zip(questions, answers, strict=True):
+            side = "Yes" if a.startswith("Yes") else "No"
+            assert a.startswith(side)
+            sides[side] += 1
+            if side == "Yes":  # a confirmation names only annotated things, truthfully
+                assert not re.search(r"giraffe|zebra|kite|clock", q + a)
+                assert not re.search(r"\b(one|three|four|five) dogs?\b|\b(two|three) cats?\b", a)
+    # the last pair leans to "no": about 2.3 denials to 1.7 confirmations per conversation
+    assert 0.3 < sides["Yes"] / (sides["Yes"] + sides["No"]) < 0.5, sides
+
+
+def test_negative_conversation_without_a_denial_is_not_made(tmp_path: Path) -> None:
+    # Only crowds and nothing ranked absent: no count, relation or absent object to deny, and
+    # confirmations alone do not make a negative conversation.
+    frames = _frames(
+        [("person", 10, 10, 300, 300, True), ("boat", 500, 10, 300, 300, True),
+         ("car", 10, 500, 300, 200, True)],
+        absent=(),
+    )  # fmt: skip
+    for seed in range(10):
+        df = _run(frames, tmp_path, seed=seed, types=("negative",))
+        assert df["drop_reason"][0].startswith("too_few_facts")
+        assert df["turns"][0].len() == 0
+
+
+def test_what_a_caption_names_is_never_denied(tmp_path: Path) -> None:
+    # COCO drew no cat box, but a caption names one: CHAIR counts it present, so no denial.
+    frames = _frames(
+        [("dog", 10, 10, 200, 200, False)],
+        captions=("A dog and a kitten on a rug.", "A dog with no giraffe nearby."),
+        absent=("cat", "giraffe"),
+    )
+    text = "\n".join(
+        "\n".join(_answers(_run(frames, tmp_path, seed=s, types=("negative",)), "negative"))
+        for s in range(20)
+    )
+    assert "giraffes" in text  # a negated mention leaves it deniable
+    assert "cat" not in text
+
+
+def test_captions_with_contradicted_counts_are_not_quoted(tmp_path: Path) -> None:
+    frames = _frames(
+        [("zebra", 10, 10, 300, 300, False), ("zebra", 600, 300, 300, 300, False),
+         ("person", 10, 500, 100, 200, True)],
+        captions=("Two giraffes eating grass.", "Three zebras in a field.",
+                  "Two zebras grazing.", "A crowd of 5 people near two zebras."),
+    )  # fmt: skip
+    text = "\n".join(_all_text(_run(frames, tmp_path, seed=s)) for s in range(30))
+    assert "Two giraffes" not in text and "Three zebras" not in text
+    assert "Two zebras grazing." in text  # true count
+    assert "A crowd of 5 people near two zebras." in text  # a crowd cannot be contradicted
+    images, caps, objs, cats, _ = frames
+    kept = gen.quotable_captions(caps, objs, cats["name"])
+    assert kept["caption_id"].to_list() == ["cap_2", "cap_3"]
+    only_dogs = gen.quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
+    assert only_dogs["caption_id"].to_list() == ["cap_0", "cap_2", "cap_3"]  # giraffe: not judged
 
 
 def test_too_few_facts_is_a_row_with_a_reason(tmp_path: Path) -> None:
@@ -450,7 +519,46 @@ def test_every_stated_relation_is_true_of_the_boxes(mini: Mini) -> None:
     assert checked >= 60
 
 
-def test_negative_questions_are_denied_and_absent_objects_never_affirmed(mini: Mini) -> None:
+OPPOSITE_REL = {
+    "to the left of": "to the right of",
+    "above": "below",
+    "larger than": "smaller than",
+}
+OPPOSITE_REL |= {v: k for k, v in OPPOSITE_REL.items()}
+
+
+def _check_negative_pair(truth: Truth, absent: set[str], question: str, answer: str) -> bool:
+    """Hold one negative-conversation pair against the boxes; True when it asks about an absent
+    object. A "No" answers a false premise and a "Yes" a true one, never the other way."""
+    yes = answer.startswith("Yes")
+    assert yes or answer.startswith("No"), answer
+    named = {NOUNS[m] for m in MENTION_RE.findall(question)}
+    missing = named - truth.names
+    if missing:
+        assert not yes and missing <= absent and len(named) == 1, (question, answer)
+    if yes:
+        assert named and named <= truth.names, (question, answer)
+    for match in MENTION_RE.finditer(answer):
+        name = NOUNS[match.group(1)]
+        denied = answer[: match.start()].split()[-1:] in (["no"], ["any"])
+        assert denied == (name not in truth.names), answer
+    for number, _, noun in COUNT_RE.findall(question):
+        n = int(number) if number.isdigit() else NUMBERS[number.lower()]
+        name = NOUNS[noun.lower()]
+        assert not truth.has_crowd(name)
+        assert (n == truth.count(name)) == yes, (question, answer)  # a true or a false count
+    for subj, rel, obj in re.findall(
+        rf"the ({NOUN_RE}) (?:is |are )?({REL}) the ({NOUN_RE})", question
+    ):
+        a_boxes, b_boxes = truth.boxes(NOUNS[subj]), truth.boxes(NOUNS[obj])
+        assert truth.holds(a_boxes, b_boxes, rel) == yes, (question, answer)
+        assert truth.holds(a_boxes, b_boxes, rel if yes else OPPOSITE_REL[rel])
+    return bool(missing)
+
+
+def test_negative_questions_are_answered_truly_and_absent_objects_never_affirmed(
+    mini: Mini,
+) -> None:
     truths = _truths(mini)
     absent_ranked = {
         image_id: set(names)
@@ -460,37 +568,55 @@ def test_negative_questions_are_denied_and_absent_objects_never_affirmed(mini: M
     }
     negative = mini.df.filter(pl.col("instruction_type") == "negative")
     absent_questions = 0
+    sides = {"Yes": 0, "No": 0}
     for image_id, turns in negative.select("image_id", "turns").iter_rows():
         truth = truths[image_id]
         asked_absent = 0
+        assert turns[1]["value"].startswith("No")  # every negative conversation opens denying
         for q, a in zip(turns[::2], turns[1::2], strict=True):
-            answer = a["value"]
-            assert answer.startswith("No"), answer
-            named = {NOUNS[m] for m in MENTION_RE.findall(q["value"])}
-            missing = named - truth.names
-            if missing:
-                asked_absent += 1
-                assert missing <= absent_ranked[image_id]
-                assert len(named) == 1
-            for match in MENTION_RE.finditer(answer):
-                name = NOUNS[match.group(1)]
-                denied = answer[: match.start()].split()[-1:] in (["no"], ["any"])
-                assert denied == (name not in truth.names), answer
-            for number, _, noun in COUNT_RE.findall(q["value"]):
-                n = int(number) if number.isdigit() else NUMBERS[number.lower()]
-                assert n != truth.count(NOUNS[noun.lower()])  # a false count is asked
-            for subj, rel, obj in re.findall(
-                rf"the ({NOUN_RE}) (?:is |are )?({REL}) the ({NOUN_RE})", q["value"]
-            ):
-                a_boxes, b_boxes = truth.boxes(NOUNS[subj]), truth.boxes(NOUNS[obj])
-                assert not truth.holds(a_boxes, b_boxes, rel)  # a false relation is asked
-                opposite = {"to the left of": "to the right of", "above": "below",
-                            "larger than": "smaller than"}  # fmt: skip
-                opposite |= {v: k for k, v in opposite.items()}
-                assert truth.holds(a_boxes, b_boxes, opposite[rel])
+            asked_absent += _check_negative_pair(
+                truth, absent_ranked[image_id], q["value"], a["value"]
+            )
+            sides["Yes" if a["value"].startswith("Yes") else "No"] += 1
         assert asked_absent >= 1
         absent_questions += asked_absent
     assert absent_questions >= 120
+    assert sides["Yes"] >= 100 and sides["No"] >= 160, sides
+
+
+REGION_WHERE_POLAR_RE = re.compile(
+    r"\b(?:boxed|outlined|highlighted) .* in the (?:(top|middle|bottom)-(left|centre|right) "
+    r"part|(centre)) of the"
+)
+REGION_REL_POLAR_RE = re.compile(
+    rf"\b(?:boxed|outlined|highlighted) (?:pair of )?(?:{NOUN_RE}) (?:is )?({REL}) "
+    rf"the (?:pair of )?({NOUN_RE})\?"
+)
+
+
+def _check_region_polar(truth: Truth, oid: str, name: str, cell: tuple[int, int], q: str,
+                        a: str) -> bool:  # fmt: skip
+    """Hold a yes/no region question's answer against the boxes; True when it was one."""
+    if not re.match(r"(Is|Are|Does|Would) ", q):
+        return False
+    yes = a.startswith("Yes")
+    assert yes or a.startswith("No"), (q, a)
+    where = REGION_WHERE_POLAR_RE.search(q)
+    rel = REGION_REL_POLAR_RE.search(q)
+    if where:
+        row, col, centre = where.groups()
+        asked = (1, 1) if centre else (["top", "middle", "bottom"].index(row),
+                                       ["left", "centre", "right"].index(col))  # fmt: skip
+        assert (asked == cell) == yes, (q, a)
+    elif rel:
+        holds = truth.holds([truth.box(oid)], truth.boxes(NOUNS[rel.group(2)]), rel.group(1))
+        assert holds == yes, (q, a)
+    elif "the only" in q:
+        assert (truth.count(name) == 1 and not truth.has_crowd(name)) == yes, (q, a)
+    else:
+        assert re.match(r"Are there (more|any other) ", q), q
+        assert (truth.count(name) > 1 or truth.has_crowd(name)) == yes, (q, a)
+    return True
 
 
 def test_region_answers_match_the_boxed_object(mini: Mini) -> None:
@@ -498,6 +624,7 @@ def test_region_answers_match_the_boxed_object(mini: Mini) -> None:
     regions = mini.df.filter(pl.col("instruction_type") == "region")
     area = dict(mini.objects.select("object_id", pl.col("bbox_w") * pl.col("bbox_h")).iter_rows())
     sizes = {i: (w, h) for i, w, h in mini.images.select("image_id", "width", "height").rows()}
+    polar = {True: 0, False: 0}
     for image_id, oid, turns in regions.select("image_id", "region_object_id", "turns").rows():
         truth = truths[image_id]
         name = next(r[1] for r in truth.rows if r[0] == oid)
@@ -507,6 +634,9 @@ def test_region_answers_match_the_boxed_object(mini: Mini) -> None:
         assert {NOUNS[m] for m in MENTION_RE.findall(turns[1]["value"])} == {name}
         x, y, bw, bh = truth.box(oid)
         cx, cy = (x + bw / 2) / w, (y + bh / 2) / h
+        cell = (min(2, int(cy * 3)), min(2, int(cx * 3)))
+        for q, a in zip(turns[2::2], turns[3::2], strict=True):
+            polar[_check_region_polar(truth, oid, name, cell, q["value"], a["value"])] += 1
         for turn in turns[1::2]:
             for row, col, centre in THIRDS_RE.findall(turn["value"]):
                 if centre:
@@ -518,6 +648,7 @@ def test_region_answers_match_the_boxed_object(mini: Mini) -> None:
                 assert abs(int(pct) - 100 * area[oid] / (w * h)) <= 0.5 + 1e-9
     per_image = regions.group_by("image_id").len()["len"]
     assert per_image.max() <= 2
+    assert polar[True] >= 150 and polar[False] >= 150, polar
 
 
 def _is_red(pixel: tuple[int, int, int]) -> bool:

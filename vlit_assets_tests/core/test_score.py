@@ -12,6 +12,7 @@ import pytest
 from vlit_assets.core.score import (
     FORMAT_ERRORS,
     SCORE_COLUMNS,
+    caption_mentions,
     dataset_metrics,
     distinct_n,
     histogram_balance,
@@ -127,6 +128,69 @@ def test_image_with_no_objects_is_annotated_and_empty() -> None:
     assert s["chair_i"] == 1.0 and s["hallucinated_objects"] == ["dog"]
 
 
+# --- correctness: CHAIR with captions as ground truth ----------------------------------------
+
+# img_a's captions name a cat (no cat box) and deny a television; img_x has a caption but no
+# annotations at all.
+CAPTIONS = pl.DataFrame(
+    {
+        "image_id": ["img_a", "img_a", "img_x"],
+        "caption": ["Three dogs and a kitten on a sofa.", "A room with no television.", "A horse."],
+    }
+)
+
+
+def test_caption_mentions_are_affirmed_categories_once() -> None:
+    got = caption_mentions(CAPTIONS).sort("image_id", "category").rows()
+    assert got == [("img_a", "cat"), ("img_a", "couch"), ("img_a", "dog"), ("img_x", "horse")]
+
+
+@pytest.mark.parametrize(
+    ("answer", "chair_i", "chair_s", "hallucinated"),
+    [
+        ("A cat lies on the couch.", 0.0, False, []),  # the caption's kitten
+        ("A cat and a horse.", 0.5, True, ["horse"]),  # another image's caption does not count
+        ("A tv is on.", 1.0, True, ["tv"]),  # the caption denies it
+        ("Three dogs rest.", 0.0, False, []),
+    ],
+)
+def test_chair_counts_caption_mentions_as_present(
+    answer: str, chair_i: float, chair_s: bool, hallucinated: list[str]
+) -> None:
+    row = score_rules(frame(conv("What do you see?", answer)), OBJECTS, TAGS, captions=CAPTIONS)
+    s = row.row(0, named=True)
+    assert (s["chair_i"], s["chair_s"], s["hallucinated_objects"]) == (
+        pytest.approx(chair_i),
+        chair_s,
+        hallucinated,
+    )
+    without = score_one(conv("What do you see?", answer))
+    assert without["n_object_mentions"] == s["n_object_mentions"]
+    assert without["n_hallucinated"] >= s["n_hallucinated"]
+
+
+def test_captions_do_not_make_an_image_annotated_nor_change_counts_or_denials() -> None:
+    rows = frame(
+        conv("What is there?", "A horse.", cid="x", image="img_x"),
+        conv("How many cats?", "Two cats.", cid="count"),
+        conv("Is there a cat?", "No, there is no cat.", cid="deny", itype="negative"),
+    )
+    s = {
+        r["conversation_id"]: r for r in score_rules(rows, OBJECTS, TAGS, None, CAPTIONS).to_dicts()
+    }
+    assert s["x"]["chair_s"] is None and s["x"]["chair_i"] is None  # still not annotated
+    assert s["count"]["count_consistency"] == 0.0  # counts come from boxes only
+    assert s["count"]["chair_s"] is False
+    assert s["deny"]["negative_consistency"] == 1.0  # denials are judged against boxes
+    alone = score_rules(rows, None, None, None, CAPTIONS)
+    assert alone["chair_s"].null_count() == 3  # captions alone judge nothing
+
+
+def test_bad_captions_frame_names_the_table() -> None:
+    with pytest.raises(ValueError, match=r"raw__captions: missing columns \['caption'\]"):
+        score_rules(frame(conv("Q?", "A.")), OBJECTS, TAGS, captions=CAPTIONS.drop("caption"))
+
+
 # --- correctness: negative answers ----------------------------------------------------------
 
 
@@ -147,6 +211,20 @@ def test_image_with_no_objects_is_annotated_and_empty() -> None:
 def test_negative_consistency(question: str, answer: str, expected: float | None) -> None:
     s = score_one(conv(question, answer, itype="negative"))
     assert s["negative_consistency"] == expected
+
+
+@pytest.mark.parametrize(
+    ("question", "polar"),
+    [
+        ("And is there a cat?", True),
+        ("So, are there any cats?", True),
+        ("And can you describe the cat?", False),  # a request
+        ("Andrew is there?", False),
+        ("Where is the cat?", False),
+    ],
+)
+def test_polar_questions_may_open_with_a_linking_word(question: str, polar: bool) -> None:
+    assert score_one(conv(question, "No, there is no cat."))["n_polar"] == int(polar)
 
 
 def test_negative_consistency_pools_questions() -> None:
