@@ -75,7 +75,10 @@ class PrincipleThresholds:
     min_answer_words_mean: float = 5.0  # 10.7 | 10.3
     min_turns_mean: float = 2.0  # 4.0 | 3.92
     min_tags_per_conversation_mean: float = 1.0  # 3.76 | 3.02
-    max_one_word_answer_share: float = 0.05  # 0 | 0 (answer_words_min is 4 at least)
+    max_one_word_answer_share: float = 0.05
+    # Distribution figures (entropies, yes-ratio, duplicate rate) of fewer conversations than
+    # this say little about a dataset; they are reported as "not judged" instead of gating.
+    min_samples_for_distribution: int = 30  # 0 | 0 (answer_words_min is 4 at least)
 
 
 # Which principle each dataset figure and per-sample column speaks for (reporting and tests).
@@ -178,14 +181,21 @@ def scored_expectations(t: PrincipleThresholds = PrincipleThresholds()) -> dict[
     return {SAMPLES: _sample_expectations(t), DATASET: _dataset_expectations(t)}
 
 
-def _not_judged(expectation: Any) -> ExpectationOutcome:
+DISTRIBUTION_FIGURES = frozenset(
+    {"instruction_type_entropy_norm", "category_entropy_norm", "yes_ratio", "near_duplicate_rate"}
+)
+
+
+def _not_judged(
+    expectation: Any, why: str = "the figure is undefined on this data"
+) -> ExpectationOutcome:
     return ExpectationOutcome(
         frame=DATASET,
         expectation=expectation.expectation_type,
         column=expectation.column,
         success=True,
         observed=None,
-        observed_text="not judged: the figure is undefined on this data",
+        observed_text=f"not judged: {why}",
         unexpected_count=None,
         element_count=None,
     )
@@ -200,12 +210,20 @@ def validate_scored(
     frames = scored_frames(scored, dataset)
     expectations = scored_expectations(thresholds)
     row = frames[DATASET].iloc[0] if len(frames[DATASET].columns) else pd.Series(dtype=float)
-    judged, undefined = [], []
+    small = scored.height < thresholds.min_samples_for_distribution
+    judged, undefined, too_few = [], [], []
     for expectation in expectations[DATASET]:
         value = row.get(expectation.column, math.nan)
-        (undefined if np.isnan(value) else judged).append(expectation)
+        if np.isnan(value):
+            undefined.append(expectation)
+        elif small and expectation.column in DISTRIBUTION_FIGURES:
+            too_few.append(expectation)
+        else:
+            judged.append(expectation)
     outcome = run_suite(SUITE_NAME, frames, {SAMPLES: expectations[SAMPLES], DATASET: judged})
     outcome.outcomes.extend(_not_judged(e) for e in undefined)
+    why = f"{scored.height} conversations, fewer than {thresholds.min_samples_for_distribution}"
+    outcome.outcomes.extend(_not_judged(e, why) for e in too_few)
     return outcome
 
 

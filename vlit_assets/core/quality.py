@@ -46,9 +46,7 @@ def exact_duplicate_of() -> pl.Expr:
     )
 
 
-def _image_text_scores(
-    conversations: pl.DataFrame, scorer: ImageTextScorer | None
-) -> pl.Series:
+def _image_text_scores(conversations: pl.DataFrame, scorer: ImageTextScorer | None) -> pl.Series:
     if scorer is None or conversations.is_empty():
         return pl.Series("image_text_score", [None] * conversations.height, pl.Float64)
     from pathlib import Path

@@ -49,11 +49,13 @@ def failing_sources(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute(
         """
         WITH runs AS (
-            SELECT source, run_id, bool_and(success) AS passed, max(evaluated_at) AS at
+            SELECT source, run_id, bool_and(success) AS passed, max(evaluated_at) AS checked_at
             FROM meta__check_results WHERE check_name = ? GROUP BY source, run_id
+        ), latest AS (
+            SELECT source, passed FROM runs
+            QUALIFY row_number() OVER (PARTITION BY source ORDER BY checked_at DESC) = 1
         )
-        SELECT source FROM runs QUALIFY row_number() OVER (PARTITION BY source ORDER BY at DESC) = 1
-            AND NOT passed
+        SELECT source FROM latest WHERE NOT passed
         """,
         [GATING_CHECK],
     ).fetchall()

@@ -164,6 +164,7 @@ class PrincipleThresholdsConfig(dg.Config):
     min_turns_mean: float = 2.0
     min_tags_per_conversation_mean: float = 1.0
     max_one_word_answer_share: float = 0.05
+    min_samples_for_distribution: int = 30
 
 
 def _validate_principles(con, source: str, config: PrincipleThresholdsConfig):

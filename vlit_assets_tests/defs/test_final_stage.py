@@ -76,7 +76,7 @@ def test_threshold_change_reuses_scores_and_adding_a_batch_keeps_splits(
         assert materialization_metadata(result, "final__decisions")["texts_embedded"] == 0
         assert env.scalar("SELECT count(*) FROM embed__cache") == embedded
         dropped = env.scalar(
-            "SELECT count(*) FROM final__decisions WHERE first_failing_rule = 'min_relevance'"
+            "SELECT count(*) FROM final__decisions WHERE first_failing_rule = 'low_relevance'"
         )
         assert dropped > 0
 
