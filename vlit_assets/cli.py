@@ -127,17 +127,18 @@ def print_summary(result, source: str) -> int:
     print(f"\nrun {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
     print("\nrows per table")
     for name, n in counts.items():
-        print(f"  {name:<28} {n:>9,}")
+        print(f"  {name:<50} {n:>9,}")
     print("\nrejects per reason" + ("" if rejects else ": none"))
     for reason, n in rejects.items():
-        print(f"  {reason:<28} {n:>9,}")
+        print(f"  {reason:<50} {n:>9,}")
     evaluations = result.get_asset_check_evaluations()
     print("\nchecks")
     failed_checks = 0
     for ev in evaluations:
         status = "passed" if ev.passed else "FAILED"
         failed_checks += not ev.passed
-        print(f"  {ev.asset_key.to_user_string()}:{ev.check_name:<20} {status}")
+        label = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+        print(f"  {label:<50} {status}")
         if not ev.passed and ev.description:
             print(f"    {ev.description}")
     if not result.success:
@@ -183,16 +184,17 @@ def print_final_summary(result) -> int:
                 "GROUP BY ALL ORDER BY 1 DESC, 3 DESC"
             ).fetchall():
                 label = "kept" if kept else f"dropped: {rule}"
-                print(f"  {label:<28} {n:>9,}")
+                print(f"  {label:<50} {n:>9,}")
         if warehouse.table_exists(con, "final__conversations"):
             for split, n in con.execute(
                 "SELECT split, count(*) FROM final__conversations GROUP BY 1 ORDER BY 1"
             ).fetchall():
-                print(f"  split {split:<22} {n:>9,}")
+                print(f"  {'split ' + str(split):<50} {n:>9,}")
     failed = 0
     for ev in result.get_asset_check_evaluations():
         failed += not ev.passed
-        print(f"  {ev.check_name:<28} {'passed' if ev.passed else 'FAILED'}")
+        label = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+        print(f"  {label:<50} {'passed' if ev.passed else 'FAILED'}")
         if not ev.passed and ev.description:
             print(f"    {ev.description}")
     for mat in result.get_asset_materialization_events():
