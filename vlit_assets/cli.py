@@ -46,11 +46,26 @@ def prepare_environment(db: str | None = None) -> Path:
     home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
     os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
-    target = home / "dagster.yaml"
-    source = PROJECT_ROOT / "dagster.yaml"
-    if not target.exists() or target.read_bytes() != source.read_bytes():
-        shutil.copyfile(source, target)
     return home
+
+
+def open_instance(home: Path):
+    """The Dagster instance in ``home``, created under a file lock.
+
+    Two processes creating a new DAGSTER_HOME's SQLite storage at the same moment corrupt its
+    migration history, so first-time creation (and the dagster.yaml refresh) is serialised.
+    """
+    import fcntl
+
+    import dagster as dg
+
+    with (home / ".vlit-init.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        target = home / "dagster.yaml"
+        source = PROJECT_ROOT / "dagster.yaml"
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, target)
+        return dg.DagsterInstance.get()
 
 
 def _summary_rows(db_path: Path, source: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -79,8 +94,7 @@ def _summary_rows(db_path: Path, source: str) -> tuple[dict[str, int], dict[str,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    prepare_environment(args.db)
-    import dagster as dg
+    home = prepare_environment(args.db)
 
     from vlit_assets.core import sources
     from vlit_assets.definitions import SOURCE_STAGES
@@ -101,8 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"vlit: source {name!r} <- {root}")
     print(f"vlit: DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     print(f"vlit: db={resolve_path(os.environ['VLIT_DB_PATH'])}")
+    instance = open_instance(home)
     result = run_source(
-        dg.DagsterInstance.get(),
+        instance,
         name,
         root,
         split=args.split,
@@ -115,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if code != 0:
             print("\nfinal stage not run: this source's run or a blocking check failed")
         return code
-    final = run_final(dg.DagsterInstance.get(), tags={"vlit/entry": "cli"})
+    final = run_final(instance, tags={"vlit/entry": "cli"})
     return print_final_summary(final)
 
 
