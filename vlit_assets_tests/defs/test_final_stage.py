@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlit_assets.core.formats import load_instruction_file
 from vlit_assets.runner import run_final, run_source
+from vlit_assets_tests.openai_server import FakeOpenAIServer
 from vlit_assets_tests.pipeline import (
     REPO,
     check_evaluation,
@@ -65,22 +66,31 @@ def test_sample_ends_in_an_export_that_agrees_with_final_conversations(tmp_path,
 def test_threshold_change_reuses_scores_and_adding_a_batch_keeps_splits(
     coco_mini, tmp_path, monkeypatch
 ):
-    with pipeline_env(tmp_path, monkeypatch) as env:
-        assert run_source(env.instance, "sample", SAMPLE).success
+    with FakeOpenAIServer() as server, pipeline_env(tmp_path, monkeypatch) as env:
+        # An LLM endpoint is configured, so the sample also gets self-instruct rows.
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "test-model")
+        llm_types = {"generated__conversations": {"llm_types": ["global"]}}
+        assert run_source(env.instance, "sample", SAMPLE, op_config=llm_types).success
         assert run_final(env.instance).success
         before = dict(env.query("SELECT conversation_id, split FROM final__conversations"))
         embedded = env.scalar("SELECT count(*) FROM embed__cache")
+        requests = len(server.log)
+        assert requests > 0
 
         stricter = {"final": {"min_relevance": 0.4}}
         result = run_final(env.instance, op_config=stricter)
+        # Re-deciding re-uses stored scores: no text embedded, no LLM request sent.
         assert materialization_metadata(result, "final__decisions")["texts_embedded"] == 0
         assert env.scalar("SELECT count(*) FROM embed__cache") == embedded
+        assert len(server.log) == requests
         dropped = env.scalar(
             "SELECT count(*) FROM final__decisions WHERE first_failing_rule = 'low_relevance'"
         )
         assert dropped > 0
 
-        assert run_source(env.instance, "coco-mini", coco_mini).success
+        templates_only = {"generated__conversations": {"use_llm": False}}
+        assert run_source(env.instance, "coco-mini", coco_mini, op_config=templates_only).success
         assert run_final(env.instance).success
         after = dict(env.query("SELECT conversation_id, split FROM final__conversations"))
         assert len(after) > len(before)
