@@ -8,10 +8,12 @@ from typing import Any
 
 import dagster as dg
 
+from vlit_assets.core.sources import check_source_name
 from vlit_assets.definitions import SOURCE_STAGES, defs
 
 
 def ensure_partition(instance: dg.DagsterInstance, source: str) -> None:
+    check_source_name(source)  # before it becomes a permanent partition key
     if not instance.has_dynamic_partition("sources", source):
         instance.add_dynamic_partitions("sources", [source])
 

@@ -38,6 +38,7 @@ def conversation_frame(rows: pl.DataFrame) -> pd.DataFrame:
         pl.col("turns").list.len().alias("n_messages"),
         (froms.list.first() == "human").fill_null(False).alias("starts_with_human"),
         froms.list.eval(pl.element() == expected).list.all().alias("alternates"),
+        (froms.list.last() == "gpt").fill_null(False).alias("ends_with_answer"),
         pl.col("turns")
         .list.eval(pl.element().struct.field("value").str.strip_chars().str.len_chars())
         .list.min()
@@ -78,6 +79,7 @@ def generated_expectations() -> dict[str, list[Any]]:
             gxe.ExpectColumnValuesToBeBetween(column="n_messages", min_value=2),
             gxe.ExpectColumnValuesToBeInSet(column="starts_with_human", value_set=[True]),
             gxe.ExpectColumnValuesToBeInSet(column="alternates", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="ends_with_answer", value_set=[True]),
             gxe.ExpectColumnValuesToBeBetween(column="min_text_chars", min_value=1),
             # null for global/negative rows; GX skips nulls in value-set expectations
             gxe.ExpectColumnValuesToBeInSet(column="region_image_exists", value_set=[True]),

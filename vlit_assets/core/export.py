@@ -190,7 +190,7 @@ def _write_json(path: Path, doc: object) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -531,14 +531,14 @@ def write_export(
         names = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest["files"] = {
             name: {
-                "sha256": _sha256(tmp / name),
+                "sha256": sha256_file(tmp / name),
                 "bytes": (tmp / name).stat().st_size,
                 **({"records": records[name]} if name in records else {}),
             }
             for name in names
         }
         _write_json(tmp / "manifest.json", manifest)
-        manifest_sha = _sha256(tmp / "manifest.json")
+        manifest_sha = sha256_file(tmp / "manifest.json")
     final = out_dir / version
     return ExportResult(
         version_dir=final,

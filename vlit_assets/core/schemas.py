@@ -62,7 +62,7 @@ def polars_dtype(duck: str) -> pl.DataType:
     return _SCALARS[duck]
 
 
-TURN = "STRUCT(\"from\" VARCHAR, \"value\" VARCHAR)"
+TURN = 'STRUCT("from" VARCHAR, "value" VARCHAR)'
 PRESENT_TAG = "STRUCT(category_id INTEGER, name VARCHAR, count INTEGER)"
 ABSENT_TAG = "STRUCT(category_id INTEGER, name VARCHAR, score DOUBLE)"
 

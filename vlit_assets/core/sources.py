@@ -50,11 +50,19 @@ def register(
     split: str | None,
     kind: str,
     annotations_source: str | None = None,
+    replace_root: bool = False,
 ) -> SourceRecord:
     check_source_name(source)
     if annotations_source is not None:
         check_source_name(annotations_source)
     record = SourceRecord(source, root.resolve(), split, kind, annotations_source)
+    known = lookup(con, source)
+    if known is not None and known.root != record.root and not replace_root:
+        # Same name, other folder: re-registering would overwrite the first dataset's rows.
+        raise ValueError(
+            f"source {source!r} is registered to {known.root}, not {record.root}; "
+            "choose another name (vlit run --name) or set replace_root to re-point it"
+        )
     frame = pl.DataFrame(
         {
             "source": [source],

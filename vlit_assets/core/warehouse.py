@@ -150,14 +150,28 @@ def upsert(con: duckdb.DuckDBPyConnection, table: Table | str, df: pl.DataFrame)
 def read_source(
     con: duckdb.DuckDBPyConnection, table: Table | str, source: str | None = None
 ) -> pl.DataFrame:
-    """Rows of ``source`` (or all rows) as polars; an absent table reads as an empty frame."""
+    """Rows of ``source`` (or all rows) as polars; an absent table reads as an empty frame.
+
+    Columns a newer schema added are migrated on a writable connection; on a read-only one
+    they read as typed nulls, so readers never need a writer to have run first.
+    """
     table = _table(table)
-    if not _columns(con, table.name):
+    have = _columns(con, table.name)
+    if not have:
         return table.empty_frame()
-    ensure_table(con, table)
-    if source is None:
-        return con.execute(f'SELECT * FROM "{table.name}"').pl()
-    return con.execute(f'SELECT * FROM "{table.name}" WHERE source = ?', [source]).pl()
+    missing = [c for c in table.columns if c not in have]
+    if missing:
+        try:
+            ensure_table(con, table)
+            missing = []
+        except duckdb.Error:
+            pass  # read-only: fill the missing columns below
+    cols = ", ".join(
+        f'CAST(NULL AS {table.columns[c]}) AS "{c}"' if c in missing else f'"{c}"'
+        for c in table.columns
+    )
+    where, params = ("WHERE source = ?", [source]) if source is not None else ("", [])
+    return con.execute(f'SELECT {cols} FROM "{table.name}" {where}', params).pl()
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:

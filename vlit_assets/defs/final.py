@@ -20,7 +20,7 @@ from vlit_assets.checks.scored_suite import (
 from vlit_assets.core import warehouse
 from vlit_assets.core.collect import find_coco_files
 from vlit_assets.core.embed import EmbeddingCache, conversation_vectors
-from vlit_assets.core.export import write_export
+from vlit_assets.core.export import sha256_file, write_export
 from vlit_assets.core.generate import TEMPLATE_VERSION
 from vlit_assets.core.imports import image_root_of
 from vlit_assets.core.prompts import PROMPT_VERSION
@@ -31,7 +31,7 @@ from vlit_assets.core.schemas import (
     META_SOURCES,
     SCORED_CONVERSATIONS,
 )
-from vlit_assets.core.select import Balance, SplitConfig, Thresholds, decide
+from vlit_assets.core.select import DECISIONS_SCHEMA, Balance, SplitConfig, Thresholds, decide
 from vlit_assets.defs.partitions import WRITER_POOL
 from vlit_assets.defs.scored import PrincipleThresholdsConfig, record_dataset_metrics
 from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
@@ -62,6 +62,24 @@ def failing_sources(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in rows}
 
 
+HELD_BACK_RULE = "source_held_back"
+
+
+def held_back_decisions(held: pl.DataFrame) -> pl.DataFrame:
+    """A decision row for each conversation of a held-back source, so none vanishes unexplained."""
+    return held.select(
+        "conversation_id",
+        "source",
+        pl.lit(False).alias("kept"),
+        pl.lit(HELD_BACK_RULE).alias("first_failing_rule"),
+        pl.lit([HELD_BACK_RULE]).alias("failing_rules"),
+        pl.lit(None, pl.String).alias("split"),
+        pl.lit(None, pl.String).alias("cluster_id"),
+        pl.lit(None, pl.String).alias("representative_id"),
+        pl.lit(None, pl.String).alias("exact_representative_id"),
+    ).cast(DECISIONS_SCHEMA)
+
+
 class FinalConfig(dg.Config):
     """Thresholds and balance (core/select.py, docs/selection.md); None switches a rule off."""
 
@@ -82,6 +100,9 @@ class FinalConfig(dg.Config):
     balance_seed: int = 0
     val_ratio: float = 0.05
     split_salt: str = "vlit-split-v1"
+    # What the split hashes: conversation_id (default), or image_id to keep every
+    # conversation about one image (and its region crops) in the same split.
+    split_key: str = "conversation_id"
 
     def thresholds(self) -> Thresholds:
         names = Thresholds.__dataclass_fields__
@@ -96,7 +117,7 @@ class FinalConfig(dg.Config):
         )
 
     def split(self) -> SplitConfig:
-        return SplitConfig(val_ratio=self.val_ratio, salt=self.split_salt)
+        return SplitConfig(val_ratio=self.val_ratio, salt=self.split_salt, key=self.split_key)
 
 
 @dg.multi_asset(
@@ -127,17 +148,17 @@ def final(
     """One decision per scored conversation of every source; the kept rows with their split."""
     with warehouse_db.connect() as con:
         gated = failing_sources(con)
-        scored = (
-            warehouse.read_source(con, SCORED_CONVERSATIONS)
-            .filter(~pl.col("source").is_in(sorted(gated)))
-            .sort("conversation_id")
-        )
+        everything = warehouse.read_source(con, SCORED_CONVERSATIONS)
+        held = everything.filter(pl.col("source").is_in(sorted(gated)))
+        scored = everything.filter(~pl.col("source").is_in(sorted(gated))).sort("conversation_id")
         cache = EmbeddingCache(con)
         # Stored vectors only: thresholds change without re-embedding (counted below).
         vectors = conversation_vectors(scored, embedder.get(), cache).conversation
         selection = decide(scored, vectors, config.thresholds(), config.balance(), config.split())
         run_id = context.run_id
-        decisions = selection.decisions.with_columns(pl.lit(run_id).alias("run_id"))
+        decisions = pl.concat(
+            [selection.decisions, held_back_decisions(held)], how="vertical"
+        ).with_columns(pl.lit(run_id).alias("run_id"))
         kept = selection.kept.with_columns(pl.lit(run_id).alias("final_run_id"))
         warehouse.replace_all(con, FINAL_DECISIONS, decisions)
         warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
@@ -198,14 +219,6 @@ final_suite_check = build_suite_check(
 )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_files(record: dict) -> dict[str, str]:
     """sha256 of the annotation or instruction files a source was read from."""
     root = Path(record["root"])
@@ -213,7 +226,7 @@ def _source_files(record: dict) -> dict[str, str]:
         files = sorted(p for p in root.iterdir() if p.suffix in {".json", ".jsonl"})
     else:
         files = sorted((root / "annotations").glob("*.json"))
-    return {str(p.relative_to(root)): _sha256(p) for p in files if p.is_file()}
+    return {str(p.relative_to(root)): sha256_file(p) for p in files if p.is_file()}
 
 
 def _code_version() -> str:
@@ -238,10 +251,12 @@ def _image_root(record: dict) -> Path:
 
 
 def export_version(kept: pl.DataFrame, settings: dict) -> str:
-    """Content-addressed: the same rows, splits and settings always give the same version."""
+    """Content-addressed: the same rows, texts, splits and settings give the same version."""
     digest = hashlib.blake2b(digest_size=6)
-    for cid, split in kept.select("conversation_id", "split").sort("conversation_id").iter_rows():
-        digest.update(f"{cid}:{split}\n".encode())
+    rows = kept.select("conversation_id", "split", "norm_text_hash", "image_path")
+    for cid, split, text, image in rows.sort("conversation_id").iter_rows():
+        # Ids alone are not enough: a new seed or model changes the text under the same id.
+        digest.update(f"{cid}:{split}:{text}:{image}\n".encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return f"v-{digest.hexdigest()}"
 
@@ -304,7 +319,7 @@ def final__export(
                         "format": _format_of(name),
                         "split": _split_of(name),
                         "path": str(path),
-                        "sha256": _sha256(path),
+                        "sha256": sha256_file(path),
                         "run_id": context.run_id,
                         "created_at": now,
                     }

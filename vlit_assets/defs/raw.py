@@ -43,6 +43,8 @@ class RawConfig(dg.Config):
     # Import (QC-only) sources: a registered COCO source whose annotations cover their images,
     # so correctness metrics can use them; without one those metrics are null.
     annotations_source: str | None = None
+    # A source name keeps its folder; set this to re-point an existing source to source_dir.
+    replace_root: bool = False
 
 
 def resolve_source(
@@ -62,6 +64,7 @@ def resolve_source(
             split=config.split,
             kind=kind,
             annotations_source=config.annotations_source,
+            replace_root=config.replace_root,
         )
     known = sources.lookup(con, source)
     if known is not None:
@@ -128,7 +131,10 @@ def raw(
     """One row per image, caption, object, category, tag set and reject of the source."""
     source = context.partition_key
     with warehouse_db.connect() as con:
-        record = resolve_source(con, paths, source, config)
+        try:
+            record = resolve_source(con, paths, source, config)
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
     try:
         tables, rejects_by_reason = _collect(source, record, config, context.run_id)
     except (SourceFormatError, InstructionFormatError, FileNotFoundError) as exc:

@@ -60,3 +60,18 @@ def test_reading_an_absent_table_on_a_read_only_connection_gives_an_empty_frame(
     with warehouse.connect(path, read_only=True) as con:
         frame = warehouse.read_source(con, RAW_CATEGORIES, "a")
     assert frame.height == 0 and frame.columns == list(RAW_CATEGORIES.columns)
+
+
+def test_a_read_only_reader_of_an_older_table_gets_nulls_for_new_columns(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with warehouse.connect(path) as con:
+        con.execute(
+            "CREATE TABLE meta__sources (source VARCHAR, root VARCHAR, split VARCHAR, "
+            "kind VARCHAR, registered_at TIMESTAMP)"
+        )
+        con.execute("INSERT INTO meta__sources VALUES ('s', '/r', NULL, 'coco', NULL)")
+    with warehouse.connect(path, read_only=True) as con:
+        frame = warehouse.read_source(con, META_SOURCES)
+    assert frame.columns == list(META_SOURCES.columns)
+    assert frame["annotations_source"].to_list() == [None]
+    assert frame["kind"].to_list() == ["coco"]

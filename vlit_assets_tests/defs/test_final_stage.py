@@ -111,3 +111,16 @@ def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
         assert "final__export" not in {
             m.asset_key.to_user_string() for m in result.get_asset_materialization_events()
         }
+
+
+def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatch):
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        strict = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        assert not run_source(env.instance, "sample", SAMPLE, op_config=strict).success
+        run_final(env.instance)
+        rows = env.query(
+            "SELECT kept, first_failing_rule, count(*) FROM final__decisions GROUP BY ALL"
+        )
+        scored = env.scalar("SELECT count(*) FROM scored__conversations")
+        assert rows == [(False, "source_held_back", scored)]
+        assert env.scalar("SELECT count(*) FROM final__conversations") == 0

@@ -90,3 +90,17 @@ def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, st
         evaluation = check_evaluation(result, "raw_suite")
         assert not evaluation.passed
         assert env.scalar("SELECT count(*) FROM raw__rejects WHERE reason = 'image_missing'") == 1
+
+
+def test_a_second_folder_under_a_known_name_is_refused_not_overwritten(
+    coco_mini, tmp_path, monkeypatch
+):
+    from vlit_assets_tests.pipeline import REPO
+
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        assert run_source(env.instance, "data", REPO / "data" / "sample", stages=("raw",)).success
+        result = run_source(env.instance, "data", coco_mini, stages=("raw",))
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert "is registered to" in failure.step_failure_data.error.message
+        assert env.scalar("SELECT count(*) FROM raw__images WHERE source = 'data'") == 24
