@@ -45,6 +45,7 @@ _SCALARS: dict[str, pl.DataType] = {
     "FLOAT": pl.Float32(),
     "BOOLEAN": pl.Boolean(),
     "TIMESTAMP": pl.Datetime("us"),
+    "JSON": pl.String(),
 }
 
 
@@ -317,6 +318,19 @@ FINAL_CONVERSATIONS = Table(
     partitioned=False,
 )
 
+FINAL_RUNS = Table(
+    "final__runs",
+    {
+        "final_run_id": "VARCHAR",
+        "report": "JSON",  # core/select.Selection.report: settings, drops, metrics before/after
+        "held_back": "VARCHAR[]",  # sources kept out of the selection, with the reason
+        "created_at": "TIMESTAMP",
+    },
+    ("final_run_id",),
+    "One row per final-stage run: the selection report the export and card are built from.",
+    partitioned=False,
+)
+
 FINAL_EXPORT_FILES = Table(
     "final__export_files",
     {
@@ -400,6 +414,7 @@ TABLES: dict[str, Table] = {
         SCORED_CONVERSATIONS,
         FINAL_DECISIONS,
         FINAL_CONVERSATIONS,
+        FINAL_RUNS,
         FINAL_EXPORT_FILES,
         META_SOURCES,
         META_CHECK_RESULTS,

@@ -28,6 +28,7 @@ from vlit_assets.core.schemas import (
     FINAL_CONVERSATIONS,
     FINAL_DECISIONS,
     FINAL_EXPORT_FILES,
+    FINAL_RUNS,
     META_SOURCES,
     SCORED_CONVERSATIONS,
 )
@@ -42,24 +43,47 @@ ALL_SOURCES = "*"
 GATING_CHECK = "principles_suite"
 
 
-def failing_sources(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Sources whose latest principles check failed: their rows stay out of what ships."""
+def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Sources whose rows must not ship, with why.
+
+    A source ships only when its principles check passed in the run that wrote its current
+    scores, and the latest raw and generated suites of the source did not fail (a blocked run
+    leaves the previous scores in place, which no longer match the data).
+    """
+    if not warehouse.table_exists(con, "scored__conversations"):
+        return {}
     if not warehouse.table_exists(con, "meta__check_results"):
-        return set()
+        sources = con.execute("SELECT DISTINCT source FROM scored__conversations").fetchall()
+        return {s: "no check results recorded" for (s,) in sources}
     rows = con.execute(
         """
         WITH runs AS (
-            SELECT source, run_id, bool_and(success) AS passed, max(evaluated_at) AS checked_at
-            FROM meta__check_results WHERE check_name = ? GROUP BY source, run_id
+            SELECT source, run_id, check_name, bool_and(success) AS passed,
+                   max(evaluated_at) AS checked_at
+            FROM meta__check_results GROUP BY ALL
         ), latest AS (
-            SELECT source, passed FROM runs
-            QUALIFY row_number() OVER (PARTITION BY source ORDER BY checked_at DESC) = 1
+            SELECT source, check_name, passed FROM runs
+            QUALIFY row_number() OVER (PARTITION BY source, check_name ORDER BY checked_at DESC) = 1
+        ), scored AS (
+            SELECT source, any_value(scored_run_id) AS scored_run_id
+            FROM scored__conversations GROUP BY source
         )
-        SELECT source FROM latest WHERE NOT passed
+        SELECT s.source,
+               CASE
+                 WHEN EXISTS (SELECT 1 FROM latest l WHERE l.source = s.source
+                              AND l.check_name IN ('raw_suite', 'generated_suite')
+                              AND NOT l.passed)
+                   THEN 'its latest raw or generated suite failed'
+                 WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.source = s.source
+                                  AND r.check_name = ? AND r.run_id = s.scored_run_id
+                                  AND r.passed)
+                   THEN 'its principles check did not pass for its current scores'
+               END AS reason
+        FROM scored s
         """,
         [GATING_CHECK],
     ).fetchall()
-    return {r[0] for r in rows}
+    return {source: reason for source, reason in rows if reason is not None}
 
 
 HELD_BACK_RULE = "source_held_back"
@@ -150,6 +174,8 @@ def final(
         gated = failing_sources(con)
         everything = warehouse.read_source(con, SCORED_CONVERSATIONS)
         held = everything.filter(pl.col("source").is_in(sorted(gated)))
+        for source, why in sorted(gated.items()):
+            context.log.warning(f"source {source!r} held back: {why}")
         scored = everything.filter(~pl.col("source").is_in(sorted(gated))).sort("conversation_id")
         cache = EmbeddingCache(con)
         # Stored vectors only: thresholds change without re-embedding (counted below).
@@ -162,6 +188,19 @@ def final(
         kept = selection.kept.with_columns(pl.lit(run_id).alias("final_run_id"))
         warehouse.replace_all(con, FINAL_DECISIONS, decisions)
         warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
+        warehouse.upsert(
+            con,
+            FINAL_RUNS,
+            pl.DataFrame(
+                {
+                    "final_run_id": [run_id],
+                    "report": [json.dumps(selection.report, default=str)],
+                    "held_back": [[f"{k}: {v}" for k, v in sorted(gated.items())]],
+                    "created_at": [datetime.now(UTC).replace(tzinfo=None)],
+                },
+                schema=FINAL_RUNS.polars_schema,
+            ),
+        )
         figures = stored_dataset_figures(kept.drop("split", "final_run_id"))
         record_dataset_metrics(
             con, figures, run_id=run_id, asset=FINAL_CONVERSATIONS.name, source=ALL_SOURCES
@@ -174,7 +213,7 @@ def final(
             "dagster/row_count": decisions.height,
             "dropped": decisions.height - kept.height,
             "texts_embedded": cache.encoded,
-            "sources_held_back": ", ".join(sorted(gated)) or "none",
+            "sources_held_back": "; ".join(f"{k}: {v}" for k, v in sorted(gated.items())) or "none",
             **{f"drops/{rule}": n for rule, n in drops.sort("first_failing_rule").iter_rows()},
         },
     )
@@ -184,7 +223,9 @@ def final(
             "dagster/row_count": kept.height,
             **{f"split/{s}": n for s, n in splits.sort("split").iter_rows()},
             **{f"metric/{k}": float(v) for k, v in figures.items() if v is not None},
-            "selection_report": dg.MetadataValue.json(selection.report),
+            "selection_report": dg.MetadataValue.json(
+                json.loads(json.dumps(selection.report, default=str))
+            ),
         },
     )
 
@@ -278,7 +319,7 @@ def final__export(
         kept = warehouse.read_source(con, FINAL_CONVERSATIONS)
         decisions = warehouse.read_source(con, FINAL_DECISIONS)
         sources = warehouse.read_source(con, META_SOURCES).to_dicts()
-        report = _latest_report(context)
+        report = _report_of(con, kept)
         used = set(kept["source"].unique().to_list())
         records = [r for r in sources if r["source"] in used]
         settings = report.get("settings", {}) if isinstance(report, dict) else {}
@@ -339,13 +380,15 @@ def final__export(
     )
 
 
-def _latest_report(context: dg.AssetExecutionContext) -> dict:
-    """The selection report of the latest final__conversations materialization."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(FINAL_CONVERSATIONS.name))
-    if event is None or event.asset_materialization is None:
+def _report_of(con: duckdb.DuckDBPyConnection, kept: pl.DataFrame) -> dict:
+    """The selection report of the final run that wrote the kept rows (from DuckDB)."""
+    run_ids = kept["final_run_id"].unique().to_list()
+    if len(run_ids) != 1 or not warehouse.table_exists(con, FINAL_RUNS.name):
         return {}
-    value = event.asset_materialization.metadata.get("selection_report")
-    return dict(value.value) if value is not None else {}
+    row = con.execute(
+        "SELECT report FROM final__runs WHERE final_run_id = ?", [run_ids[0]]
+    ).fetchone()
+    return json.loads(row[0]) if row else {}
 
 
 def _format_of(name: str) -> str:

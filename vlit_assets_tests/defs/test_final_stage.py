@@ -124,3 +124,20 @@ def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatc
         scored = env.scalar("SELECT count(*) FROM scored__conversations")
         assert rows == [(False, "source_held_back", scored)]
         assert env.scalar("SELECT count(*) FROM final__conversations") == 0
+
+
+def test_scores_left_behind_by_a_blocked_run_do_not_ship(tmp_path, monkeypatch):
+    """A later run whose raw suite fails keeps the old scores in place; they must be held back."""
+    import shutil
+
+    batch = tmp_path / "batch"
+    shutil.copytree(SAMPLE, batch)
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        assert run_source(env.instance, "batch", batch).success
+        # Every image of the batch is now missing: the raw suite fails and blocks scoring.
+        for image in (batch / "train").iterdir():
+            image.unlink()
+        assert not run_source(env.instance, "batch", batch).success
+        run_final(env.instance)
+        reasons = env.query("SELECT DISTINCT first_failing_rule FROM final__decisions")
+        assert reasons == [("source_held_back",)]
