@@ -1,5 +1,7 @@
 """Sensors and schedules: new batches in data/incoming/ flow through the per-source stages."""
 
+import time
+
 import dagster as dg
 
 from vlit_assets.core.sources import check_source_name
@@ -23,10 +25,20 @@ class AutomationSettings(dg.ConfigurableResource):
         )
 
 
-def batch_ready(path) -> bool:
-    """A batch folder is ready once its captions file exists (copy images first, then it)."""
+SETTLE_SECONDS = 10.0
+
+
+def batch_ready(path, *, now: float | None = None, settle_s: float = SETTLE_SECONDS) -> bool:
+    """Ready once a captions file exists and no annotation file changed for ``settle_s``.
+
+    Copy images first and annotations last; the settle time keeps a file that is still being
+    written from being read half-way.
+    """
     annotations = path / "annotations"
-    return annotations.is_dir() and any(annotations.glob("captions_*.json"))
+    if not annotations.is_dir() or not any(annotations.glob("captions_*.json")):
+        return False
+    now = time.time() if now is None else now
+    return all(now - f.stat().st_mtime >= settle_s for f in annotations.glob("*.json"))
 
 
 def new_batches(paths: ProjectPaths, known: set[str]) -> tuple[list[str], list[str]]:
@@ -44,7 +56,7 @@ def new_batches(paths: ProjectPaths, known: set[str]) -> tuple[list[str], list[s
             skipped.append(f"{name}: {exc}")
             continue
         if not batch_ready(folder):
-            skipped.append(f"{name}: no annotations/captions_*.json yet")
+            skipped.append(f"{name}: no annotations/captions_*.json yet, or still changing")
             continue
         ready.append(name)
     return ready, skipped

@@ -22,9 +22,32 @@ def _evaluate(instance, data_dir, settings: AutomationSettings):
     return incoming_batches_sensor(context)
 
 
+def _settled(folder):
+    """Backdate the annotation files, as if the copy finished a minute ago."""
+    import os
+    import time
+
+    for f in (folder / "annotations").glob("*.json"):
+        os.utime(f, (time.time() - 60, time.time() - 60))
+
+
+def test_a_batch_whose_annotations_are_still_changing_waits(tmp_path):
+    incoming = tmp_path / "data" / "incoming"
+    shutil.copytree(REPO / "data" / "sample", incoming / "fresh")
+    (incoming / "fresh" / "annotations" / "captions_train.json").touch()
+    with dg.instance_for_test() as instance:
+        assert isinstance(
+            _evaluate(instance, tmp_path / "data", AutomationSettings()), dg.SkipReason
+        )
+        _settled(incoming / "fresh")
+        result = _evaluate(instance, tmp_path / "data", AutomationSettings())
+        assert [r.partition_key for r in result.run_requests] == ["fresh"]
+
+
 def test_new_ready_batches_are_registered_and_requested_without_llm(tmp_path):
     incoming = tmp_path / "data" / "incoming"
     shutil.copytree(REPO / "data" / "sample", incoming / "batch-001")
+    _settled(incoming / "batch-001")
     (incoming / "batch-002" / "annotations").mkdir(parents=True)  # still being copied
     (incoming / "Bad Name").mkdir()
     with dg.instance_for_test() as instance:
@@ -44,6 +67,7 @@ def test_new_ready_batches_are_registered_and_requested_without_llm(tmp_path):
 def test_llm_on_file_drop_needs_both_the_setting_and_a_budget(tmp_path):
     incoming = tmp_path / "data" / "incoming"
     shutil.copytree(REPO / "data" / "sample", incoming / "batch-001")
+    _settled(incoming / "batch-001")
     with dg.instance_for_test() as instance:
         allowed_no_budget = AutomationSettings(llm_on_file_drop=True)
         result = _evaluate(instance, tmp_path / "data", allowed_no_budget)
