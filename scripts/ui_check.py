@@ -288,13 +288,23 @@ class UI:
     """The few UI gestures the check needs, each waiting (bounded) for what it expects."""
 
     def __init__(self, driver: Any, base_url: str, out_dir: Path, report: Report) -> None:
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver = driver
         self.base = base_url
         self.out_dir = out_dir
         self.report = report
-        self.wait = WebDriverWait(driver, UI_TIMEOUT, poll_frequency=0.25)
+        # React re-renders replace elements under us: a stale reference means "look again".
+        self.wait = WebDriverWait(
+            driver,
+            UI_TIMEOUT,
+            poll_frequency=0.25,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
 
     def until(self, condition: Any, what: str) -> Any:
         """WebDriverWait.until, failing with what was awaited (Selenium's own message is empty)."""
@@ -311,14 +321,18 @@ class UI:
 
     def dismiss_welcome(self) -> None:
         """A fresh profile gets the 'Join the Dagster community' dialog once; skip it."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
 
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             buttons = self.driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']")
-            if buttons:
-                buttons[0].click()
-                return
+            try:
+                if buttons:
+                    buttons[0].click()
+                    return
+            except StaleElementReferenceException:
+                continue  # re-rendered between find and click: look again
             time.sleep(0.25)
 
     def find(self, xpath: str, root: Any = None) -> Any:
@@ -387,19 +401,22 @@ def launch_sample_from_group(ui: UI) -> str:
     ui.find("//*[normalize-space()='raw__images']")
     ui.shot("01_raw_group")
     ui.click("//button[contains(normalize-space(), 'Materialize all')]")
-    dialog = ui.find("//*[@role='dialog'][contains(., 'Launch runs to materialize')]")
-    ui.click(".//*[normalize-space()='Select a partition or create one']", dialog)
+    # The dialog re-renders while it loads partitions: address its parts by absolute XPath each
+    # time instead of holding an element that may go stale.
+    dialog = "//*[@role='dialog'][contains(., 'Launch runs to materialize')]"
+    ui.find(dialog)
+    ui.click(f"{dialog}//*[normalize-space()='Select a partition or create one']")
     ui.click(f"//*[@role='menuitem'][contains(normalize-space(.), '{PARTITION}')]")
     # Close the partition menu by clicking the dialog's title, not Escape (that closes the dialog).
-    ui.click(".//*[contains(text(), 'Launch runs to materialize')]", dialog)
-    ui.find(".//button[normalize-space()='Launch 1 run']", dialog)
+    ui.click(f"{dialog}//*[contains(text(), 'Launch runs to materialize')]")
+    ui.find(f"{dialog}//button[normalize-space()='Launch 1 run']")
     ui.until(
         lambda d: not d.find_elements("css selector", ".dagster-popover[data-state='open']"),
         "the partition menu closed",
     )
     time.sleep(0.5)  # the menu fades out
     ui.shot("02_launch_dialog")
-    ui.click(".//button[normalize-space()='Launch 1 run']", dialog)
+    ui.click(f"{dialog}//button[normalize-space()='Launch 1 run']")
     ui.find("//*[contains(normalize-space(), 'Launched run')]")
     ui.click(
         "//*[contains(normalize-space(), 'Launched run')]//*[self::a or self::button]"
