@@ -59,7 +59,7 @@ import polars as pl
 import pyarrow as pa
 
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.regions import RenderJob, render_regions
+from vlit_assets.core.regions import RenderJob, choose_regions, region_stems, render_regions
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
 from vlit_assets.core.score import caption_mentions, stated_counts, turns_long
 from vlit_assets.core.vocab import NUMBER_WORDS
@@ -949,30 +949,6 @@ def build_negative(d: _Draw, s: _Scene) -> tuple[list[_Pair], list[str]]:
 # --------------------------------------------------------------------------- region
 
 
-def choose_regions(
-    s: _Scene, min_area_frac: float, limit: int
-) -> list[tuple[str, str, float, float, float, float]]:
-    """Largest non-crowd boxes above the area threshold, distinct categories first."""
-    img = s.img
-    floor = min_area_frac * img.width * img.height
-    eligible = sorted(
-        (o for o in img.objects if not o[6] and o[4] * o[5] >= floor),
-        key=lambda o: (-(o[4] * o[5]), o[0]),
-    )
-    chosen: list = []
-    names: set[str] = set()
-    for o in eligible:
-        if len(chosen) < limit and o[1] not in names:
-            chosen.append(o)
-            names.add(o[1])
-    for o in eligible:
-        if len(chosen) >= limit:
-            break
-        if o not in chosen:
-            chosen.append(o)
-    return [o[:6] for o in chosen]
-
-
 _Obj = tuple[str, str, float, float, float, float]  # object_id, name, x, y, w, h
 _FLIP = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 _CORNERS = (("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right"))
@@ -1467,22 +1443,6 @@ class _Rows:
         ).select(pl.col(c).cast(t) for c, t in OUTPUT_SCHEMA.items())
 
 
-def _region_stems(images: pl.DataFrame) -> dict[str, str]:
-    # Two images may share a stem in different folders; only those get an id suffix, so the
-    # documented <stem>_<k>.jpg name holds for every other image.
-    stems = {
-        image_id: os.path.splitext(os.path.basename(file_name))[0]
-        for image_id, file_name in images.select("image_id", "file_name").iter_rows()
-    }
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    return {
-        image_id: stem if counts[stem] == 1 else f"{stem}-{image_id}"
-        for image_id, stem in stems.items()
-    }
-
-
 def _check_config(config: TemplateConfig) -> None:
     unknown = [t for t in config.types if t not in INSTRUCTION_TYPES]
     if unknown:
@@ -1527,7 +1487,11 @@ def generate_templates(
         # they name is never denied, even where COCO drew no box.
         named = caption_mentions(frames.captions)
         frames = frames._replace(captions=quotable_captions(frames.captions, frames.objects, names))
-        stems = _region_stems(frames.images) if "region" in config.types else {}
+        stems = (
+            region_stems(frames.images.select("image_id", "file_name").iter_rows())
+            if "region" in config.types
+            else {}
+        )
         paths = (str(Path(image_root).resolve()), str(Path(regions_dir).resolve() / source))
         df, jobs = _generate(frames, named, stems, paths, source, config, run_id)
         if config.render_regions and jobs:
@@ -1583,10 +1547,13 @@ def _template_rows(
         image_path = os.path.join(root, img.file_name)
         for itype in config.types:
             if itype == "region":
-                regions = choose_regions(
-                    scene, config.region_min_area_frac, config.max_regions_per_image
+                area = img.width * img.height
+                picked = choose_regions(
+                    [(o[0], o[1], o[4] * o[5] / area, o[6]) for o in img.objects],
+                    config.region_min_area_frac,
+                    config.max_regions_per_image,
                 )
-                for k, obj in enumerate(regions):
+                for k, obj in enumerate(img.objects[i][:6] for i in picked):
                     conv_id = stable_id(
                         "conv", source, img.image_id, itype, GENERATOR, TEMPLATE_VERSION, k
                     )

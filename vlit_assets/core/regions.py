@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,47 @@ class RenderResult:
     out_path: str
     status: str  # rendered | skipped | failed
     error: str | None = None
+
+
+def choose_regions(
+    objects: Sequence[tuple[str, str, float, bool]], min_area_frac: float, limit: int
+) -> list[int]:
+    """Positions in ``objects`` that get a region conversation, region ``k`` first.
+
+    Each object is ``(object_id, category name, box area / image area, crowd)``. Crowd boxes and
+    boxes under ``min_area_frac`` are never chosen; of the rest, the largest box of each
+    category comes first (larger first, ties by object id), then the next largest boxes. Both
+    generators call this, so region ``k`` of an image is the same object for either.
+    """
+    eligible = sorted(
+        (i for i, (_, _, frac, crowd) in enumerate(objects) if not crowd and frac >= min_area_frac),
+        key=lambda i: (-objects[i][2], objects[i][0]),
+    )
+    chosen: list[int] = []
+    names: set[str] = set()
+    for i in eligible:
+        if len(chosen) < limit and objects[i][1] not in names:
+            chosen.append(i)
+            names.add(objects[i][1])
+    taken = set(chosen)
+    chosen += [i for i in eligible if i not in taken][: max(0, limit - len(chosen))]
+    return chosen
+
+
+def region_stems(images: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Image id -> file stem of its region images (``<stem>_<k>.jpg``), from (image id, file name).
+
+    Two images of a source may share a stem in different folders; only those get ``-<image id>``
+    appended, so the documented name holds for every other image.
+    """
+    stems = {image_id: Path(file_name).stem for image_id, file_name in images}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {
+        image_id: stem if counts[stem] == 1 else f"{stem}-{image_id}"
+        for image_id, stem in stems.items()
+    }
 
 
 def line_width_for(width: int, height: int) -> int:

@@ -10,7 +10,6 @@ on which object ``_k`` is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from vlit_assets.core.llm import (
     run_requests_sync,
 )
 from vlit_assets.core.prompts import PROMPT_VERSION, build_messages, parse_reply
-from vlit_assets.core.regions import RenderJob, render_regions
+from vlit_assets.core.regions import RenderJob, choose_regions, region_stems, render_regions
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
 
 GENERATOR = "llm"
@@ -136,37 +135,6 @@ def _load(
     return out
 
 
-def choose_regions(objects: Sequence[_Object], min_area_frac: float, limit: int) -> list[_Object]:
-    """Largest non-crowd boxes above the area threshold, distinct categories first.
-
-    The same rule as the template generator's, so region ``k`` is the same object for both.
-    """
-    eligible = sorted(
-        (o for o in objects if not o.crowd and o.area_frac >= min_area_frac),
-        key=lambda o: (-o.area_frac, o.object_id),
-    )
-    chosen: list[_Object] = []
-    for o in eligible:
-        if len(chosen) < limit and o.name not in {c.name for c in chosen}:
-            chosen.append(o)
-    chosen += [o for o in eligible if o not in chosen][: max(0, limit - len(chosen))]
-    return chosen
-
-
-def _region_stems(imgs: list[_Image]) -> dict[str, str]:
-    # Two images of a source may share a stem in different folders; only those get the image
-    # id appended, as the template generator does.
-    counts: dict[str, int] = {}
-    for img in imgs:
-        counts[Path(img.file_name).stem] = counts.get(Path(img.file_name).stem, 0) + 1
-    return {
-        img.image_id: Path(img.file_name).stem
-        if counts[Path(img.file_name).stem] == 1
-        else f"{Path(img.file_name).stem}-{img.image_id}"
-        for img in imgs
-    }
-
-
 def _sampling_seed(seed: int, conversation_id: str) -> int:
     return int(stable_id("seed", seed, conversation_id)[5:], 16) % (2**31)
 
@@ -237,14 +205,17 @@ def plan_requests(
         raise ValueError(f"region_min_area_frac must be in [0, 1), got {region_min_area_frac}")
     imgs = _load(images, captions, objects, tags)
     root, region_root = Path(image_root).resolve(), Path(regions_dir).resolve()
-    stems = _region_stems(imgs)
+    stems = region_stems((img.image_id, img.file_name) for img in imgs)
     plan: list[LLMRequest] = []
     for img in imgs:
         for itype in types:
             if itype == "region":
-                for k, obj in enumerate(
-                    choose_regions(img.objects, region_min_area_frac, per_image)
-                ):
+                picked = choose_regions(
+                    [(o.object_id, o.name, o.area_frac, o.crowd) for o in img.objects],
+                    region_min_area_frac,
+                    per_image,
+                )
+                for k, obj in enumerate(img.objects[i] for i in picked):
                     path = str(region_root / img.source / f"{stems[img.image_id]}_{k}.jpg")
                     plan.append(_request(img, itype, k, seed=seed, image_path=path, region=obj))
                 continue

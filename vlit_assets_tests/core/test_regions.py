@@ -146,3 +146,27 @@ def test_process_pool_renders_every_job_in_order(tmp_path: Path) -> None:
     assert [r.status for r in results] == ["rendered"] * 40 + ["failed"]
     again = render_regions(jobs[:40], workers=2, chunksize=4)
     assert {r.status for r in again} == {"skipped"}
+
+
+def test_choose_regions_takes_one_box_per_category_first_then_the_next_largest():
+    from vlit_assets.core.regions import choose_regions
+
+    objects = [
+        ("o1", "dog", 0.30, False),
+        ("o2", "dog", 0.25, False),
+        ("o3", "cat", 0.10, False),
+        ("o4", "person", 0.50, True),  # crowd: never
+        ("o5", "cup", 0.01, False),  # under the area floor
+        ("o6", "cat", 0.10, False),  # ties with o3; the lower id wins
+    ]
+    assert choose_regions(objects, 0.02, 2) == [0, 2]
+    assert choose_regions(objects, 0.02, 4) == [0, 2, 1, 5]
+    assert choose_regions(objects, 0.02, 0) == []
+    assert choose_regions(objects, 0.6, 3) == []
+
+
+def test_region_stems_suffix_only_images_whose_stems_collide():
+    from vlit_assets.core.regions import region_stems
+
+    stems = region_stems([("i1", "a/x.jpg"), ("i2", "b/x.png"), ("i3", "c/y.jpg")])
+    assert stems == {"i1": "x-i1", "i2": "x-i2", "i3": "y"}
