@@ -1,6 +1,9 @@
 """Sensors and schedules: new batches in data/incoming/ flow through the per-source stages."""
 
+import hashlib
+import json
 import time
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -41,25 +44,55 @@ def batch_ready(path, *, now: float | None = None, settle_s: float = SETTLE_SECO
     return all(now - f.stat().st_mtime >= settle_s for f in annotations.glob("*.json"))
 
 
-def new_batches(paths: ProjectPaths, known: set[str]) -> tuple[list[str], list[str]]:
-    """(ready new batch names, folders skipped with the reason) under the incoming folder."""
-    ready, skipped = [], []
+def batch_fingerprint(path) -> str:
+    """A cheap identity of a batch's annotation files: names, sizes and modification times.
+
+    Stat data rather than content hashes, so a tick over many batches reads no file bodies; a
+    file touched without a change costs one idempotent re-run of that batch.
+    """
+    digest = hashlib.sha256()
+    for f in sorted((path / "annotations").glob("*.json")):
+        stat = f.stat()
+        digest.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class BatchScan:
+    new: list[str] = field(default_factory=list)  # ready, not yet a partition
+    changed: list[str] = field(default_factory=list)  # a partition whose annotations changed
+    skipped: list[str] = field(default_factory=list)  # "name: reason"
+    fingerprints: dict[str, str] = field(default_factory=dict)  # every ready batch, for the cursor
+
+
+def scan_batches(paths: ProjectPaths, known: set[str], seen: dict[str, str]) -> BatchScan:
+    """Sort the folders under incoming/ into new, changed since ``seen`` and not (yet) usable.
+
+    A known partition that ``seen`` has no fingerprint for (registered by ``vlit run`` or before
+    the sensor kept one) is adopted as it is, not re-run.
+    """
+    scan = BatchScan()
     if not paths.incoming_dir.is_dir():
-        return ready, skipped
+        return scan
     for folder in sorted(p for p in paths.incoming_dir.iterdir() if p.is_dir()):
         name = folder.name
-        if name in known:
-            continue
         try:
             check_source_name(name)
         except ValueError as exc:
-            skipped.append(f"{name}: {exc}")
+            scan.skipped.append(f"{name}: {exc}")
             continue
         if not batch_ready(folder):
-            skipped.append(f"{name}: no annotations/captions_*.json yet, or still changing")
+            if name in seen:  # keep the last settled state, so the change is seen once it settles
+                scan.fingerprints[name] = seen[name]
+            scan.skipped.append(f"{name}: no annotations/captions_*.json yet, or still changing")
             continue
-        ready.append(name)
-    return ready, skipped
+        fingerprint = batch_fingerprint(folder)
+        scan.fingerprints[name] = fingerprint
+        if name not in known:
+            scan.new.append(name)
+        elif name in seen and seen[name] != fingerprint:
+            scan.changed.append(name)
+    return scan
 
 
 def run_config_for_drop(settings: AutomationSettings) -> dict:
@@ -74,27 +107,45 @@ def run_config_for_drop(settings: AutomationSettings) -> dict:
     job_name=SOURCE_JOB,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Registers each new folder in data/incoming/ as a source partition and runs it.",
+    description=(
+        "Registers each new folder in data/incoming/ as a source partition and runs it; "
+        "re-runs a known batch whose annotation files changed."
+    ),
 )
 def incoming_batches_sensor(
     context: dg.SensorEvaluationContext, paths: ProjectPaths, automation: AutomationSettings
-) -> dg.SensorResult | dg.SkipReason:
+) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(sources_partitions.name))
-    ready, skipped = new_batches(paths, known)
-    for line in skipped:
+    seen = json.loads(context.cursor) if context.cursor else {}
+    scan = scan_batches(paths, known, seen)
+    for line in scan.skipped:
         context.log.info(f"not yet: {line}")
-    if not ready:
-        return dg.SkipReason("no new batch in " + str(paths.incoming_dir))
+    cursor = json.dumps(scan.fingerprints, sort_keys=True)
+    if not scan.new and not scan.changed:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason("no new or changed batch in " + str(paths.incoming_dir)),
+            cursor=cursor,
+        )
     config = run_config_for_drop(automation)
+    requests = [
+        dg.RunRequest(
+            # The fingerprint in the key lets a changed batch run again while a repeated tick
+            # over unchanged files never requests the same run twice.
+            run_key=f"incoming:{name}:{scan.fingerprints[name]}",
+            partition_key=name,
+            run_config=config,
+            tags={
+                "vlit/source": name,
+                "vlit/entry": "sensor",
+                "vlit/reason": "new batch" if name in scan.new else "annotations changed",
+            },
+        )
+        for name in sorted(scan.new + scan.changed)
+    ]
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"incoming:{name}",
-                partition_key=name,
-                run_config=config,
-                tags={"vlit/source": name, "vlit/entry": "sensor"},
-            )
-            for name in ready
-        ],
-        dynamic_partitions_requests=[sources_partitions.build_add_request(ready)],
+        run_requests=requests,
+        dynamic_partitions_requests=(
+            [sources_partitions.build_add_request(scan.new)] if scan.new else []
+        ),
+        cursor=cursor,
     )
