@@ -116,13 +116,15 @@ def make_batch(dest: Path, k: int, images: int = 3, sample: Path = SAMPLE) -> Pa
 def evaluate_sensor(
     instance: dg.DagsterInstance, paths: ProjectPaths, automation: AutomationSettings
 ) -> list[dg.RunRequest]:
-    """One sensor tick: apply its partition requests and return its run requests."""
+    """One sensor tick: apply its partition requests and return its run requests.
+
+    No cursor is carried between ticks; the sensor adopts known partitions as they are, so only
+    new batches are requested, as in a daemon whose cursor saw the earlier ticks.
+    """
     context = dg.build_sensor_context(
         instance=instance, resources={"paths": paths, "automation": automation}
     )
     result = incoming_batches_sensor(context)
-    if isinstance(result, dg.SkipReason):
-        return []
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return list(result.run_requests or [])
