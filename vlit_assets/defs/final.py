@@ -105,28 +105,31 @@ def held_back_decisions(held: pl.DataFrame) -> pl.DataFrame:
 
 
 class FinalConfig(dg.Config):
-    """Thresholds and balance (core/select.py, docs/selection.md); None switches a rule off."""
+    """Thresholds and balance (core/select.py, docs/selection.md); None switches a rule off.
 
-    max_chair_i: float = 0.0
-    require_format_valid: bool = True
-    min_negative_consistency: float = 1.0
-    min_count_consistency: float = 1.0
-    require_region_name_match: bool = True
-    min_relevance: float | None = 0.2
-    min_answer_words_min: int = 2
-    min_turns: int = 2
-    drop_exact_duplicates: bool = True
-    neardup_threshold: float | None = 0.95
-    neardup_within: str | None = "image_id"
-    max_share_per_type: float | None = None
-    target_type_mix: dict[str, float] | None = None
-    max_per_category: int | None = None
-    balance_seed: int = 0
-    val_ratio: float = 0.05
-    split_salt: str = "vlit-split-v1"
+    Defaults come from core's dataclasses, so the UI's launchpad and a core caller agree.
+    """
+
+    max_chair_i: float = Thresholds.max_chair_i
+    require_format_valid: bool = Thresholds.require_format_valid
+    min_negative_consistency: float = Thresholds.min_negative_consistency
+    min_count_consistency: float = Thresholds.min_count_consistency
+    require_region_name_match: bool = Thresholds.require_region_name_match
+    min_relevance: float | None = Thresholds.min_relevance
+    min_answer_words_min: int = Thresholds.min_answer_words_min
+    min_turns: int = Thresholds.min_turns
+    drop_exact_duplicates: bool = Thresholds.drop_exact_duplicates
+    neardup_threshold: float | None = Thresholds.neardup_threshold
+    neardup_within: str | None = Thresholds.neardup_within
+    max_share_per_type: float | None = Balance.max_share_per_type
+    target_type_mix: dict[str, float] | None = Balance.target_type_mix
+    max_per_category: int | None = Balance.max_per_category
+    balance_seed: int = Balance.seed
+    val_ratio: float = SplitConfig.val_ratio
+    split_salt: str = SplitConfig.salt
     # What the split hashes: conversation_id (default), or image_id to keep every
     # conversation about one image (and its region crops) in the same split.
-    split_key: str = "conversation_id"
+    split_key: str = SplitConfig.key
 
     def thresholds(self) -> Thresholds:
         names = Thresholds.__dataclass_fields__

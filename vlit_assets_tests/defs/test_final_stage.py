@@ -141,3 +141,14 @@ def test_scores_left_behind_by_a_blocked_run_do_not_ship(tmp_path, monkeypatch):
         run_final(env.instance)
         reasons = env.query("SELECT DISTINCT first_failing_rule FROM final__decisions")
         assert reasons == [("source_held_back",)]
+
+
+def test_final_config_defaults_are_the_core_defaults():
+    from vlit_assets.core.select import Balance, SplitConfig, Thresholds
+    from vlit_assets.defs.final import FinalConfig
+
+    config = FinalConfig()
+    assert config.thresholds() == Thresholds()
+    assert config.balance() == Balance()
+    assert config.split() == SplitConfig()
+    assert FinalConfig(min_relevance=None, val_ratio=0.2).thresholds().min_relevance is None
