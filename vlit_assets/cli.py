@@ -223,6 +223,28 @@ def print_final_summary(result) -> int:
     return 0 if result.success and not failed else 1
 
 
+def ui_command(host: str, port: int) -> tuple[list[str], Path]:
+    """The `dagster dev` command line for this project, and the directory to start it in.
+
+    Dagster's code server loads a ``.env`` from its working directory over the inherited
+    environment, which would undo a variable the user exported. So the variables are settled
+    here (exported ones win over .env, as for ``vlit run``) and the server starts in
+    DAGSTER_HOME, where no .env lives.
+    """
+    home = prepare_environment()
+    open_instance(home)  # our dagster.yaml in place before the daemon reads it
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    return command + ["-h", host, "-p", str(port)], home
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    command, cwd = ui_command(args.host, args.port)
+    os.chdir(cwd)
+    os.execv(command[0], command)  # the server takes this process id, so it stops by it
+    return 1  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--db", help="DuckDB file (default: $VLIT_DB_PATH)")
     trace.add_argument("--json", action="store_true", help="print JSON instead of text")
     trace.set_defaults(func=cmd_lineage)
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) for this project")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 
