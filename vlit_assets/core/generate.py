@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -104,6 +106,12 @@ class TemplateConfig:
     max_regions_per_image: int = 2  # region conversations per image (variant = region index)
     render_regions: bool = True
     render_workers: int | None = None  # None: every core
+    # Processes that write conversations; None: every core once a source has at least
+    # PARALLEL_MIN_IMAGES images (below that, starting a process costs more than it saves).
+    workers: int | None = None
+
+
+PARALLEL_MIN_IMAGES = 20_000
 
 
 # --------------------------------------------------------------------------- English
@@ -1398,7 +1406,8 @@ class _Rows:
         self.ids.extend(dict.fromkeys(ids))
         self.ids_off.append(len(self.ids))
 
-    def frame(self, source: str, run_id: str) -> pl.DataFrame:
+    def table(self) -> pa.Table:
+        """The per-row columns; ``_frame`` adds the constant ones and the final types."""
         # Every conversation alternates human/gpt from its first turn, so the speakers of the
         # flat turn list are one repeating pattern.
         speakers = ["human", "gpt"] * (len(self.turn_value) // 2)
@@ -1425,22 +1434,26 @@ class _Rows:
                 "drop_reason": pa.array(self.drop_reason, pa.string()),
             }
         )
-        df = pl.from_arrow(table)
-        assert isinstance(df, pl.DataFrame)
-        consts = {
-            "source": source,
-            "generator": GENERATOR,
-            "model": None,
-            "prompt_version": TEMPLATE_VERSION,
-            "prompt_tokens": None,
-            "completion_tokens": None,
-            "latency_ms": None,
-            "cache_hit": None,
-            "run_id": run_id,
-        }
-        return df.with_columns(
-            pl.lit(v, dtype=OUTPUT_SCHEMA[k]).alias(k) for k, v in consts.items()
-        ).select(pl.col(c).cast(t) for c, t in OUTPUT_SCHEMA.items())
+        return table
+
+
+def _frame(table: pa.Table, source: str, run_id: str) -> pl.DataFrame:
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    consts = {
+        "source": source,
+        "generator": GENERATOR,
+        "model": None,
+        "prompt_version": TEMPLATE_VERSION,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "latency_ms": None,
+        "cache_hit": None,
+        "run_id": run_id,
+    }
+    return df.with_columns(
+        pl.lit(v, dtype=OUTPUT_SCHEMA[k]).alias(k) for k, v in consts.items()
+    ).select(pl.col(c).cast(t) for c, t in OUTPUT_SCHEMA.items())
 
 
 def _check_config(config: TemplateConfig) -> None:
@@ -1451,6 +1464,8 @@ def _check_config(config: TemplateConfig) -> None:
         raise ValueError("TemplateConfig: per_image must be >= 1, max_regions_per_image >= 0")
     if not 0 <= config.region_min_area_frac < 1:
         raise ValueError("TemplateConfig.region_min_area_frac must be in [0, 1)")
+    if config.workers is not None and config.workers < 1:
+        raise ValueError(f"TemplateConfig.workers must be >= 1, got {config.workers}")
 
 
 def generate_templates(
@@ -1480,7 +1495,10 @@ def generate_templates(
     # built; letting the cyclic GC rescan them again and again made 100k images 40% slower.
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    workers = _generation_workers(config, images.height)
     try:
+        # Helper processes start first: importing this module in them overlaps the preparation.
+        pool = _start_pool(workers - 1) if workers > 1 else None
         frames = prepare_frames(images, captions, objects, categories, tags, source)
         names = categories.filter(pl.col("source") == source).get_column("name")
         # Captions are ground truth for presence (score.py's CHAIR reads them too), so what
@@ -1493,11 +1511,13 @@ def generate_templates(
             else {}
         )
         paths = (str(Path(image_root).resolve()), str(Path(regions_dir).resolve() / source))
-        df, jobs = _generate(frames, named, stems, paths, source, config, run_id)
+        df, jobs = _generate(frames, named, stems, paths, source, config, run_id, pool)
         if config.render_regions and jobs:
             df = _render(df, jobs, config.render_workers)
         return df
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if gc_was_enabled:
             gc.enable()
 
@@ -1513,9 +1533,109 @@ def _generate(
     source: str,
     config: TemplateConfig,
     run_id: str,
+    pool: ProcessPoolExecutor | None = None,
 ) -> tuple[pl.DataFrame, list[_Job]]:
-    rows, jobs = _template_rows(_to_images(frames, named), source, paths, stems, config)
-    return rows.frame(source, run_id), jobs
+    if pool is None or frames.images.height < 2:
+        table, jobs = _rows_table(_to_images(frames, named), source, paths, stems, config)
+        return _frame(table, source, run_id), jobs
+    # Contiguous chunks of images (sorted by id), so concatenating the parts keeps the row
+    # order. Each helper gets its chunk's rows as Arrow tables, whose buffers cross the process
+    # boundary without per-value pickling, builds its own records and sends an Arrow table
+    # back; this process writes the first chunk meanwhile.
+    size = -(-frames.images.height // (pool._max_workers + 1))
+    chunks = [
+        _chunk(frames, named, frames.images.slice(start, size))
+        for start in range(0, frames.images.height, size)
+    ]
+    futures = [
+        pool.submit(
+            _chunk_rows,
+            tuple(frame.to_arrow() for frame in chunk_frames),
+            chunk_named.to_arrow(),
+            paths,
+            {i: stems[i] for i in chunk_frames.images["image_id"].to_list()} if stems else {},
+            source,
+            config,
+        )
+        for chunk_frames, chunk_named in chunks[1:]
+    ]
+    parts = [_rows_table(_to_images(*chunks[0]), source, paths, stems, config)]
+    parts += [future.result() for future in futures]
+    jobs: list[_Job] = []
+    offset = 0
+    for table, part_jobs in parts:
+        jobs += [(row + offset, job) for row, job in part_jobs]
+        offset += table.num_rows
+    return _frame(pa.concat_tables([table for table, _ in parts]), source, run_id), jobs
+
+
+def _chunk(
+    frames: _Frames, named: pl.DataFrame, images: pl.DataFrame
+) -> tuple[_Frames, pl.DataFrame]:
+    ids = images["image_id"].implode()
+    inside = pl.col("image_id").is_in(ids)
+    return (
+        _Frames(
+            images,
+            frames.captions.filter(inside),
+            frames.objects.filter(inside),
+            frames.tags.filter(inside),
+        ),
+        named.filter(inside),
+    )
+
+
+def _chunk_rows(
+    tables: tuple[pa.Table, ...],
+    named: pa.Table,
+    paths: tuple[str, str],
+    stems: dict[str, str],
+    source: str,
+    config: TemplateConfig,
+) -> tuple[pa.Table, list[_Job]]:
+    """A helper process's part: records from its chunk's rows, then the conversations."""
+    gc.disable()  # a helper's own process; see generate_templates
+    frames = _Frames(*(pl.from_arrow(t) for t in tables))
+    imgs = _to_images(frames, pl.from_arrow(named))
+    return _rows_table(imgs, source, paths, stems, config)
+
+
+def _generation_workers(config: TemplateConfig, n_images: int) -> int:
+    if config.workers is not None:
+        return max(1, min(config.workers, n_images))
+    if n_images < PARALLEL_MIN_IMAGES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, n_images))
+
+
+def _start_pool(helpers: int) -> ProcessPoolExecutor:
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded Dagster process
+    pool = ProcessPoolExecutor(max_workers=helpers, mp_context=ctx)
+    for _ in range(helpers):
+        pool.submit(_ready)  # starts the processes now rather than at the first real task
+    return pool
+
+
+def _ready() -> bool:
+    return True
+
+
+def _rows_table(
+    imgs: list[_Image],
+    source: str,
+    paths: tuple[str, str],
+    stems: dict[str, str],
+    config: TemplateConfig,
+) -> tuple[pa.Table, list[_Job]]:
+    """Rows of ``imgs`` with the render jobs indexed by row; runs in a worker process too."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # see generate_templates
+    try:
+        rows, jobs = _template_rows(imgs, source, paths, stems, config)
+        return rows.table(), jobs
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def _render(df: pl.DataFrame, jobs: list[_Job], workers: int | None) -> pl.DataFrame:

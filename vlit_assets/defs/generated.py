@@ -31,6 +31,9 @@ class GeneratedConfig(dg.Config):
     max_regions_per_image: int = 2
     region_min_area_frac: float = 0.02  # smallest box, as a share of the image, for region
     seed: int = 0
+    # Processes for template writing and region rendering; None: every core (template writing
+    # stays in one process below core.generate.PARALLEL_MIN_IMAGES images).
+    workers: int | None = None
     use_llm: bool = True  # self-instruct as well, when an endpoint is configured
     llm_types: list[str] = ALL_TYPES
     llm_per_image: int = 1
@@ -120,6 +123,8 @@ def generated__conversations(
                     seed=config.seed,
                     region_min_area_frac=config.region_min_area_frac,
                     max_regions_per_image=config.max_regions_per_image,
+                    workers=config.workers,
+                    render_workers=config.workers,
                 ),
                 run_id=context.run_id,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -741,3 +742,36 @@ def test_region_images_are_rendered_and_failures_become_reasons(tmp_path: Path) 
     assert failed["drop_reason"].str.starts_with("region_render_failed: ").all()
     assert "a.jpg" in failed["drop_reason"][0]
     assert failed["turns"].list.len().min() >= 6
+
+
+def test_generation_split_over_processes_gives_the_serial_rows(mini: Mini, tmp_path: Path) -> None:
+    # A copy of the photos where the last image with a region is unreadable, so a render
+    # failure in a helper's chunk must land on that image's rows after the parts are joined.
+    root = tmp_path / "images"
+    shutil.copytree(mini.image_root, root)
+    region_rows = mini.df.filter(pl.col("instruction_type") == "region")
+    broken_id = region_rows["image_id"].sort()[-1]
+    (broken_name,) = mini.images.filter(pl.col("image_id") == broken_id)["file_name"]
+    (root / broken_name).write_bytes(b"not an image")
+
+    def run(workers: int, regions: str) -> pl.DataFrame:
+        config = TemplateConfig(workers=workers, render_workers=2)
+        return generate_templates(*mini.frames, source="coco-mini", image_root=root,
+                                  regions_dir=tmp_path / regions, config=config)  # fmt: skip
+
+    serial, split = run(1, "serial"), run(3, "split")
+    assert split.drop("image_path").equals(serial.drop("image_path"))
+    moved = split["image_path"].str.replace(str(tmp_path / "split"), str(tmp_path / "serial"))
+    assert moved.to_list() == serial["image_path"].to_list()
+    failed = split.filter(pl.col("drop_reason").str.starts_with("region_render_failed"))
+    assert failed.height > 0 and set(failed["image_id"]) == {broken_id}
+    rendered = split.filter(
+        (pl.col("instruction_type") == "region") & pl.col("drop_reason").is_null()
+    )
+    assert rendered.height == region_rows.filter(pl.col("image_id") != broken_id).height
+    assert all(Path(p).is_file() for p in rendered["image_path"])
+
+
+def test_generation_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        gen._check_config(TemplateConfig(workers=0))
