@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -679,18 +680,22 @@ def score_rules(
     # Work on row numbers: grouping and joining 600k turn rows on a u32 is several times
     # cheaper than on the id strings, which are put back at the end.
     conv = conversations.with_columns(conversation_id=pl.int_range(pl.len(), dtype=pl.UInt32))
-    turns = turns_long(conv)
-    pairs = qa_pairs(turns)
-    mentions = mentions_long(turns)
-    parts = [
-        format_check(conv),
-        complexity(conv, turns, pairs, mentions),
-        hallucination(conv, mentions, ann),
-        negative_consistency(conv, pairs, mentions, ann),
-        count_consistency(conv, turns, ann),
-        region_name_match(conv, pairs, mentions, ann),
-        norm_text_hash(conv),
-    ]
+    # The parts are independent frame computations and Polars releases the GIL while it runs
+    # one, so two threads keep both cores busy where a single query chain uses about one.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = [pool.submit(format_check, conv), pool.submit(norm_text_hash, conv)]
+        turns = turns_long(conv)
+        pairs_future = pool.submit(qa_pairs, turns)
+        mentions = mentions_long(turns)
+        pairs = pairs_future.result()
+        rest = [
+            pool.submit(complexity, conv, turns, pairs, mentions),
+            pool.submit(hallucination, conv, mentions, ann),
+            pool.submit(negative_consistency, conv, pairs, mentions, ann),
+            pool.submit(count_consistency, conv, turns, ann),
+            pool.submit(region_name_match, conv, pairs, mentions, ann),
+        ]
+        parts = [first[0].result(), *(f.result() for f in rest), first[1].result()]
     # Each part has one row per conversation in input order (built from `conv` by left joins
     # that keep the left order), so they line up without a join.
     out = pl.concat([parts[0], *(p.drop("conversation_id") for p in parts[1:])], how="horizontal")
@@ -714,7 +719,12 @@ def histogram_balance(counts: list[int], support: int) -> tuple[float | None, fl
 
 def distinct_n(texts: pl.Series, n: int) -> float | None:
     """Distinct n-grams / n-grams over word tokens of ``texts`` (n-grams never cross texts)."""
-    tokens = (
+    return _distinct_of_tokens(_word_tokens(texts), n)
+
+
+def _word_tokens(texts: pl.Series) -> pl.DataFrame:
+    """(text_idx, token) for every word of ``texts``, in order."""
+    return (
         pl.DataFrame({"text": texts})
         .select(
             text_idx=pl.int_range(pl.len()),
@@ -722,6 +732,9 @@ def distinct_n(texts: pl.Series, n: int) -> float | None:
         )
         .explode("token", keep_nulls=False)
     )
+
+
+def _distinct_of_tokens(tokens: pl.DataFrame, n: int) -> float | None:
     same_text = pl.lit(True)
     for k in range(1, n):
         same_text = same_text & (pl.col("text_idx").shift(-k) == pl.col("text_idx"))
@@ -772,6 +785,7 @@ def dataset_metrics(
         .get_column("turns")
         .struct.field("value")
     )
+    tokens = _word_tokens(humans)  # once for both distinct-n figures
     sums = scores.select(
         pl.col(
             "n_polar_yes",
@@ -792,8 +806,8 @@ def dataset_metrics(
         "category_kl_uniform_bits": cat_kl,
         "instruction_type_entropy_norm": type_norm,
         "instruction_type_kl_uniform_bits": type_kl,
-        "distinct_1": distinct_n(humans, 1),
-        "distinct_2": distinct_n(humans, 2),
+        "distinct_1": _distinct_of_tokens(tokens, 1),
+        "distinct_2": _distinct_of_tokens(tokens, 2),
         "yes_ratio": _ratio(sums["n_polar_yes"], sums["n_polar_yes"] + sums["n_polar_no"]),
         "exact_duplicate_share": (
             1 - scores.get_column("norm_text_hash").n_unique() / n if n else None
