@@ -146,25 +146,28 @@ def scored__conversations(
 
 
 class PrincipleThresholdsConfig(dg.Config):
-    """The scored suite's pass bands (checks/scored_suite.PrincipleThresholds); None = off."""
+    """The scored suite's pass bands (checks/scored_suite.PrincipleThresholds); None = off.
 
-    max_chair_s_rate: float = 0.10
-    min_negative_consistency: float = 0.95
-    min_count_consistency: float = 0.95
-    min_region_name_match: float = 0.95
-    min_format_valid_rate: float = 0.99
-    min_type_entropy_norm: float = 0.80
-    min_category_entropy_norm: float | None = 0.50
-    yes_ratio_min: float = 0.35
-    yes_ratio_max: float = 0.65
-    max_near_duplicate_rate: float = 0.35
-    max_exact_duplicate_share: float = 0.02
-    min_relevance_mean: float | None = 0.25
-    min_answer_words_mean: float = 5.0
-    min_turns_mean: float = 2.0
-    min_tags_per_conversation_mean: float = 1.0
-    max_one_word_answer_share: float = 0.05
-    min_samples_for_distribution: int = 30
+    Defaults are PrincipleThresholds' own, where each band's measured values are noted.
+    """
+
+    max_chair_s_rate: float = PrincipleThresholds.max_chair_s_rate
+    min_negative_consistency: float = PrincipleThresholds.min_negative_consistency
+    min_count_consistency: float = PrincipleThresholds.min_count_consistency
+    min_region_name_match: float = PrincipleThresholds.min_region_name_match
+    min_format_valid_rate: float = PrincipleThresholds.min_format_valid_rate
+    min_type_entropy_norm: float = PrincipleThresholds.min_type_entropy_norm
+    min_category_entropy_norm: float | None = PrincipleThresholds.min_category_entropy_norm
+    yes_ratio_min: float = PrincipleThresholds.yes_ratio_min
+    yes_ratio_max: float = PrincipleThresholds.yes_ratio_max
+    max_near_duplicate_rate: float = PrincipleThresholds.max_near_duplicate_rate
+    max_exact_duplicate_share: float = PrincipleThresholds.max_exact_duplicate_share
+    min_relevance_mean: float | None = PrincipleThresholds.min_relevance_mean
+    min_answer_words_mean: float = PrincipleThresholds.min_answer_words_mean
+    min_turns_mean: float = PrincipleThresholds.min_turns_mean
+    min_tags_per_conversation_mean: float = PrincipleThresholds.min_tags_per_conversation_mean
+    max_one_word_answer_share: float = PrincipleThresholds.max_one_word_answer_share
+    min_samples_for_distribution: int = PrincipleThresholds.min_samples_for_distribution
 
 
 def _validate_principles(con, source: str, config: PrincipleThresholdsConfig):

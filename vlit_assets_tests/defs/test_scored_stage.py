@@ -125,3 +125,11 @@ def test_principles_check_fails_on_a_bad_batch_and_records_history(tmp_path, mon
             "WHERE check_name = 'principles_suite' AND NOT success"
         )
         assert any("answer_words_mean" in f[0] for f in failed)
+
+
+def test_principle_config_defaults_are_the_suite_defaults():
+    from vlit_assets.checks.scored_suite import PrincipleThresholds
+    from vlit_assets.defs.scored import PrincipleThresholdsConfig
+
+    config = PrincipleThresholdsConfig()
+    assert PrincipleThresholds(**config.model_dump()) == PrincipleThresholds()
