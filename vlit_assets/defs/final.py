@@ -295,12 +295,22 @@ def _image_root(record: dict) -> Path:
 
 
 def export_version(kept: pl.DataFrame, settings: dict) -> str:
-    """Content-addressed: the same rows, texts, splits and settings give the same version."""
+    """Content-addressed: the same rows, texts, splits and settings give the same version.
+
+    Images enter by id and file name, not by absolute path, so the same data built in another
+    checkout or on another machine gets the same version.
+    """
     digest = hashlib.blake2b(digest_size=6)
-    rows = kept.select("conversation_id", "split", "norm_text_hash", "image_path")
-    for cid, split, text, image in rows.sort("conversation_id").iter_rows():
+    rows = kept.select(
+        "conversation_id",
+        "split",
+        "norm_text_hash",
+        "image_id",
+        pl.col("image_path").str.replace(r"^.*[/\\]", ""),
+    )
+    for cid, split, text, image_id, image_file in rows.sort("conversation_id").iter_rows():
         # Ids alone are not enough: a new seed or model changes the text under the same id.
-        digest.update(f"{cid}:{split}:{text}:{image}\n".encode())
+        digest.update(f"{cid}:{split}:{text}:{image_id}:{image_file}\n".encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return f"v-{digest.hexdigest()}"
 

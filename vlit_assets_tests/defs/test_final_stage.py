@@ -152,3 +152,26 @@ def test_final_config_defaults_are_the_core_defaults():
     assert config.balance() == Balance()
     assert config.split() == SplitConfig()
     assert FinalConfig(min_relevance=None, val_ratio=0.2).thresholds().min_relevance is None
+
+
+def test_export_version_follows_content_not_the_checkout_location():
+    import polars as pl
+
+    from vlit_assets.defs.final import export_version
+
+    def kept(root: str, text: str = "h1", split: str = "train") -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "conversation_id": ["c1", "c2"],
+                "split": [split, "val"],
+                "norm_text_hash": [text, "h2"],
+                "image_id": ["i1", "i2"],
+                "image_path": [f"{root}/train/a.jpg", f"{root}/regions/s/b_0.jpg"],
+            }
+        )
+
+    base = export_version(kept("/home/ana/vlit/data"), {"val_ratio": 0.05})
+    assert export_version(kept("/srv/clone/data"), {"val_ratio": 0.05}) == base
+    assert export_version(kept("/srv/clone/data", text="h9"), {"val_ratio": 0.05}) != base
+    assert export_version(kept("/srv/clone/data", split="val"), {"val_ratio": 0.05}) != base
+    assert export_version(kept("/srv/clone/data"), {"val_ratio": 0.1}) != base
