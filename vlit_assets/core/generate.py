@@ -1511,7 +1511,7 @@ def generate_templates(
             else {}
         )
         paths = (str(Path(image_root).resolve()), str(Path(regions_dir).resolve() / source))
-        df, jobs = _generate(frames, named, stems, paths, source, config, run_id, pool)
+        df, jobs = _generate(frames, named, stems, paths, source, config, run_id, pool, workers)
         if config.render_regions and jobs:
             df = _render(df, jobs, config.render_workers)
         return df
@@ -1534,15 +1534,16 @@ def _generate(
     config: TemplateConfig,
     run_id: str,
     pool: ProcessPoolExecutor | None = None,
+    workers: int = 1,
 ) -> tuple[pl.DataFrame, list[_Job]]:
-    if pool is None or frames.images.height < 2:
+    if pool is None or workers < 2 or frames.images.height < 2:
         table, jobs = _rows_table(_to_images(frames, named), source, paths, stems, config)
         return _frame(table, source, run_id), jobs
     # Contiguous chunks of images (sorted by id), so concatenating the parts keeps the row
     # order. Each helper gets its chunk's rows as Arrow tables, whose buffers cross the process
     # boundary without per-value pickling, builds its own records and sends an Arrow table
     # back; this process writes the first chunk meanwhile.
-    size = -(-frames.images.height // (pool._max_workers + 1))
+    size = -(-frames.images.height // workers)
     chunks = [
         _chunk(frames, named, frames.images.slice(start, size))
         for start in range(0, frames.images.height, size)
@@ -1627,15 +1628,9 @@ def _rows_table(
     stems: dict[str, str],
     config: TemplateConfig,
 ) -> tuple[pa.Table, list[_Job]]:
-    """Rows of ``imgs`` with the render jobs indexed by row; runs in a worker process too."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # see generate_templates
-    try:
-        rows, jobs = _template_rows(imgs, source, paths, stems, config)
-        return rows.table(), jobs
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    """Rows of ``imgs`` with the render jobs indexed by row (callers have the GC off)."""
+    rows, jobs = _template_rows(imgs, source, paths, stems, config)
+    return rows.table(), jobs
 
 
 def _render(df: pl.DataFrame, jobs: list[_Job], workers: int | None) -> pl.DataFrame:
