@@ -1496,9 +1496,11 @@ def generate_templates(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     workers = _generation_workers(config, images.height)
+    pool: ProcessPoolExecutor | None = None
     try:
         # Helper processes start first: importing this module in them overlaps the preparation.
-        pool = _start_pool(workers - 1) if workers > 1 else None
+        if workers > 1:
+            pool = _start_pool(workers - 1)
         frames = prepare_frames(images, captions, objects, categories, tags, source)
         names = categories.filter(pl.col("source") == source).get_column("name")
         # Captions are ground truth for presence (score.py's CHAIR reads them too), so what
