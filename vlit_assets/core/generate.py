@@ -1495,7 +1495,7 @@ def generate_templates(
     # built; letting the cyclic GC rescan them again and again made 100k images 40% slower.
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    workers = _generation_workers(config, images.height)
+    workers = generation_workers(config, images.height)
     pool: ProcessPoolExecutor | None = None
     try:
         # Helper processes start first: importing this module in them overlaps the preparation.
@@ -1603,7 +1603,8 @@ def _chunk_rows(
     return _rows_table(imgs, source, paths, stems, config)
 
 
-def _generation_workers(config: TemplateConfig, n_images: int) -> int:
+def generation_workers(config: TemplateConfig, n_images: int) -> int:
+    """Processes that write template conversations for a source of ``n_images`` images."""
     if config.workers is not None:
         return max(1, min(config.workers, n_images))
     if n_images < PARALLEL_MIN_IMAGES:

@@ -7,7 +7,7 @@ from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.generated_suite import validate_generated
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.collect import find_coco_files
-from vlit_assets.core.generate import TemplateConfig, generate_templates
+from vlit_assets.core.generate import TemplateConfig, generate_templates, generation_workers
 from vlit_assets.core.llm import Budget, RequestCache
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
@@ -111,21 +111,25 @@ def generated__conversations(
                 }
             )
         image_root = find_coco_files(record.root, record.split).image_dir
+        template_config = TemplateConfig(
+            types=tuple(config.types),
+            per_image=config.per_image,
+            seed=config.seed,
+            region_min_area_frac=config.region_min_area_frac,
+            max_regions_per_image=config.max_regions_per_image,
+            workers=config.workers,
+            render_workers=config.workers,
+        )
+        metadata["template_processes"] = generation_workers(
+            template_config, raw[RAW_IMAGES.name].height
+        )
         frames = [
             generate_templates(
                 *raw.values(),
                 source=source,
                 image_root=image_root,
                 regions_dir=paths.regions_dir,
-                config=TemplateConfig(
-                    types=tuple(config.types),
-                    per_image=config.per_image,
-                    seed=config.seed,
-                    region_min_area_frac=config.region_min_area_frac,
-                    max_regions_per_image=config.max_regions_per_image,
-                    workers=config.workers,
-                    render_workers=config.workers,
-                ),
+                config=template_config,
                 run_id=context.run_id,
             )
         ]

@@ -54,6 +54,26 @@ def test_coco_mini_generates_all_types_and_passes_the_blocking_check(
         assert n_types == 3
 
 
+def test_workers_config_splits_generation_inside_a_dagster_step(tmp_path, monkeypatch):
+    # Helper processes are spawned from within the step; the rows must be the serial ones.
+    rows = {}
+    for workers in (1, 2):
+        (tmp_path / f"w{workers}").mkdir()
+        with pipeline_env(tmp_path / f"w{workers}", monkeypatch) as env:
+            config = {"generated__conversations": {"workers": workers}}
+            result = run_source(
+                env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+            )
+            assert result.success
+            metadata = materialization_metadata(result, "generated__conversations")
+            assert metadata["template_processes"] == workers
+            rows[workers] = env.query(
+                "SELECT conversation_id, turns, drop_reason FROM generated__conversations "
+                "ORDER BY conversation_id"
+            )
+    assert rows[1] and rows[2] == rows[1]
+
+
 def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
     """LLM rows join the template rows; faults become rows with reasons; the key is never stored."""
     with FakeOpenAIServer() as server, pipeline_env(tmp_path, monkeypatch) as env:
