@@ -249,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the pipeline for one source through Dagster")
-    run.add_argument("--source", help="COCO-layout directory (default: the embedded sample)")
+    run.add_argument(
+        "--source",
+        help="COCO-layout directory, or a directory of LLaVA / paper-format instruction data "
+        "for QC-only scoring (default: the embedded sample)",
+    )
     run.add_argument("--name", help="source name / partition key (default: the directory name)")
     run.add_argument("--split", help="COCO split name (default: detected)")
     run.add_argument(
