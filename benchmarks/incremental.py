@@ -186,7 +186,8 @@ def fixed_costs() -> dict[str, float]:
     )
     wall = time.perf_counter() - start
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    # What the child could not time itself: exec, interpreter and site start-up.
+    # What the child could not time itself: exec and interpreter start-up, and its exit (tearing
+    # down torch and the other loaded modules is most of this; a bare interpreter starts in ms).
     figures["startup_s"] = wall - figures["import_s"] - figures["model_s"]
     return figures
 
@@ -384,7 +385,7 @@ def main() -> int:
 
     print(f"\nincremental rebuild: {args.batches} batches x {args.images} images, +1 batch each")
     print("\nfixed costs (fresh process, measured alone)")
-    _row("python start-up", fixed["startup_s"], "s")
+    _row("python start-up and exit", fixed["startup_s"], "s")
     _row("imports + Dagster definitions", fixed["import_s"], "s")
     _row("MiniLM load + first encode", fixed["model_s"], "s")
     print("\nwall times")
