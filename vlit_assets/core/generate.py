@@ -1539,7 +1539,7 @@ def _generate(
     workers: int = 1,
 ) -> tuple[pl.DataFrame, list[_Job]]:
     if pool is None or workers < 2 or frames.images.height < 2:
-        table, jobs = _rows_table(_to_images(frames, named), source, paths, stems, config)
+        table, jobs = _template_rows(_to_images(frames, named), source, paths, stems, config)
         return _frame(table, source, run_id), jobs
     # Contiguous chunks of images (sorted by id), so concatenating the parts keeps the row
     # order. Each helper gets its chunk's rows as Arrow tables, whose buffers cross the process
@@ -1562,7 +1562,7 @@ def _generate(
         )
         for chunk_frames, chunk_named in chunks[1:]
     ]
-    parts = [_rows_table(_to_images(*chunks[0]), source, paths, stems, config)]
+    parts = [_template_rows(_to_images(*chunks[0]), source, paths, stems, config)]
     parts += [future.result() for future in futures]
     jobs: list[_Job] = []
     offset = 0
@@ -1600,7 +1600,7 @@ def _chunk_rows(
     gc.disable()  # a helper's own process; see generate_templates
     frames = _Frames(*(pl.from_arrow(t) for t in tables))
     imgs = _to_images(frames, pl.from_arrow(named))
-    return _rows_table(imgs, source, paths, stems, config)
+    return _template_rows(imgs, source, paths, stems, config)
 
 
 def generation_workers(config: TemplateConfig, n_images: int) -> int:
@@ -1624,18 +1624,6 @@ def _ready() -> bool:
     return True
 
 
-def _rows_table(
-    imgs: list[_Image],
-    source: str,
-    paths: tuple[str, str],
-    stems: dict[str, str],
-    config: TemplateConfig,
-) -> tuple[pa.Table, list[_Job]]:
-    """Rows of ``imgs`` with the render jobs indexed by row (callers have the GC off)."""
-    rows, jobs = _template_rows(imgs, source, paths, stems, config)
-    return rows.table(), jobs
-
-
 def _render(df: pl.DataFrame, jobs: list[_Job], workers: int | None) -> pl.DataFrame:
     results = render_regions([job for _, job in jobs], workers=workers)
     reasons = df["drop_reason"].to_list()
@@ -1655,7 +1643,8 @@ def _template_rows(
     paths: tuple[str, str],
     stems: dict[str, str],
     config: TemplateConfig,
-) -> tuple[_Rows, list[_Job]]:
+) -> tuple[pa.Table, list[_Job]]:
+    """Rows of ``imgs`` with the render jobs indexed by row (callers have the GC off)."""
     root, region_root = paths
     rows = _Rows()
     jobs: list[_Job] = []
@@ -1688,4 +1677,4 @@ def _template_rows(
                 )
                 pairs, ids = build(_Draw(f"{seed}\x1f{conv_id}"), scene)
                 rows.add(conv_id, img.image_id, itype, v, image_path, None, pairs, ids)
-    return rows, jobs
+    return rows.table(), jobs
