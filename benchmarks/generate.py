@@ -104,7 +104,6 @@ def bench_templates(root: Path, n_images: int, regions_dir: Path) -> list[tuple]
     frames = scaled_frames(root, n_images)
     build_s = time.perf_counter() - t0
     rows = [("build frames in memory", f"{n_images:,} images", f"{build_s:.2f}", "")]
-    df = None
     for label, workers in (("1 process", 1), (f"{os.cpu_count()} processes", None)):
         config = TemplateConfig(render_regions=False, workers=workers)
         t0, c0 = time.perf_counter(), time.process_time()
