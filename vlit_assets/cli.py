@@ -125,16 +125,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         stages=stages,
         tags={"vlit/entry": "cli"},
     )
-    code = print_summary(result, name)
+    code = print_summary(result, name, instance)
     if args.stage or code != 0:
         if code != 0:
             print("\nfinal stage not run: this source's run or a blocking check failed")
         return code
     final = run_final(instance, tags={"vlit/entry": "cli"})
-    return print_final_summary(final)
+    return print_final_summary(final, instance)
 
 
-def print_summary(result, source: str) -> int:
+def print_summary(result, source: str, instance=None) -> int:
     from vlit_assets.resources import resolve_path
 
     db_path = resolve_path(os.environ["VLIT_DB_PATH"])
@@ -148,14 +148,8 @@ def print_summary(result, source: str) -> int:
         print(f"  {reason:<50} {n:>9,}")
     evaluations = result.get_asset_check_evaluations()
     print("\nchecks")
-    failed_checks = 0
-    for ev in evaluations:
-        status = "passed" if ev.passed else "FAILED"
-        failed_checks += not ev.passed
-        label = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
-        print(f"  {label:<50} {status}")
-        if not ev.passed and ev.description:
-            print(f"    {ev.description}")
+    failed_checks = print_checks(evaluations)
+    print_step_times(result, instance)
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure and event.step_failure_data:
@@ -163,6 +157,35 @@ def print_summary(result, source: str) -> int:
                 message = err.message.strip() if err else "unknown error"
                 print(f"\nstep {event.step_key} failed: {message}", file=sys.stderr)
     return 0 if result.success and not failed_checks else 1
+
+
+def print_step_times(result, instance) -> None:
+    """Wall seconds per step of the run, from the instance's step statistics."""
+    if instance is None:
+        return
+    timed = [s for s in instance.get_run_step_stats(result.run_id) if s.start_time and s.end_time]
+    if not timed:
+        return
+    print("\nseconds per step")
+    for step in sorted(timed, key=lambda s: s.start_time):
+        print(f"  {step.step_key:<50} {step.end_time - step.start_time:>9.2f}")
+
+
+def print_checks(evaluations) -> int:
+    """One line per check evaluation; returns how many failed as gates (severity ERROR).
+
+    A failed WARN check measured the input and reports what is wrong with it; the run goes on.
+    """
+    gates_failed = 0
+    for ev in evaluations:
+        gate = ev.severity.value == "ERROR"
+        status = "passed" if ev.passed else ("FAILED" if gate else "WARN (reported, not a gate)")
+        gates_failed += gate and not ev.passed
+        label = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+        print(f"  {label:<50} {status}")
+        if not ev.passed and ev.description:
+            print(f"    {ev.description}")
+    return gates_failed
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -186,7 +209,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_final_summary(result) -> int:
+def print_final_summary(result, instance=None) -> int:
     from vlit_assets.core import warehouse
     from vlit_assets.resources import resolve_path
 
@@ -205,13 +228,8 @@ def print_final_summary(result) -> int:
                 "SELECT split, count(*) FROM final__conversations GROUP BY 1 ORDER BY 1"
             ).fetchall():
                 print(f"  {'split ' + str(split):<50} {n:>9,}")
-    failed = 0
-    for ev in result.get_asset_check_evaluations():
-        failed += not ev.passed
-        label = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
-        print(f"  {label:<50} {'passed' if ev.passed else 'FAILED'}")
-        if not ev.passed and ev.description:
-            print(f"    {ev.description}")
+    failed = print_checks(result.get_asset_check_evaluations())
+    print_step_times(result, instance)
     for mat in result.get_asset_materialization_events():
         if mat.asset_key.to_user_string() == "final__export":
             meta = mat.materialization.metadata

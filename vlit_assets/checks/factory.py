@@ -28,12 +28,16 @@ def outcome_metadata(outcome: SuiteOutcome) -> dict[str, dg.MetadataValue]:
     metadata["expectations"] = dg.MetadataValue.md(
         "| expectation | passed | observed |\n|---|---|---|\n"
         + "\n".join(
-            f"| `{o.expectation_id}` | {'yes' if o.success else '**no**'} | {o.observed_text} |"
+            f"| `{o.expectation_id}` | {_STATUS[o.status]} | {o.observed_text} |"
             for o in outcome.outcomes
         )
     )
     metadata["failed_expectations"] = dg.MetadataValue.int(len(outcome.failed))
+    metadata["not_judged_expectations"] = dg.MetadataValue.int(len(outcome.not_judged))
     return metadata
+
+
+_STATUS = {"passed": "yes", "failed": "**no**", "not judged": "not judged"}
 
 
 def record_outcome(
@@ -44,6 +48,7 @@ def record_outcome(
     check_name: str,
     asset: str,
     source: str,
+    severity: str = "ERROR",
 ) -> int:
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = [
@@ -56,18 +61,22 @@ def record_outcome(
             "frame": o.frame,
             "expectation": o.expectation,
             "column_name": o.column,
-            "success": o.success,
+            "success": o.success if o.judged else None,
             "observed": o.observed,
             "observed_text": o.observed_text,
             "unexpected_count": o.unexpected_count,
             "element_count": o.element_count,
             "evaluated_at": now,
+            "severity": severity,
         }
         for o in outcome.outcomes
     ]
     if not rows:
         return 0
-    frame = pl.DataFrame(rows, schema_overrides={"column_name": pl.String, "observed": pl.Float64})
+    frame = pl.DataFrame(
+        rows,
+        schema_overrides={"column_name": pl.String, "observed": pl.Float64, "success": pl.Boolean},
+    )
     return warehouse.upsert(con, META_CHECK_RESULTS, frame)
 
 
@@ -80,17 +89,22 @@ def build_suite_check(
     partitions_def: dg.PartitionsDefinition | None = None,
     additional_deps: Sequence[str] = (),
     config_cls: type[dg.Config] | None = None,
+    gate_field: str | None = None,
 ) -> dg.AssetChecksDefinition:
-    """A blocking check: when the suite fails, downstream assets of ``asset`` do not run.
+    """A check that blocks: when the suite fails, downstream assets of ``asset`` do not run.
 
     With ``config_cls``, the check takes that run config (thresholds, editable in the
-    launchpad) and passes it to ``validate`` as a third argument.
+    launchpad) and passes it to ``validate`` as a third argument. With ``gate_field``, that
+    boolean config field decides whether a failure is an ERROR (a gate: it blocks and is
+    recorded as such) or a WARN (measured and reported; nothing downstream waits on it).
     """
 
     def evaluate(
         context: dg.AssetCheckExecutionContext, warehouse_db: WarehouseResource, config=None
     ) -> dg.AssetCheckResult:
         source = context.partition_key if partitions_def is not None else ALL_SOURCES
+        gate = gate_field is None or bool(getattr(config, gate_field))
+        severity = dg.AssetCheckSeverity.ERROR if gate else dg.AssetCheckSeverity.WARN
         with warehouse_db.connect() as con:
             outcome = validate(con, source) if config is None else validate(con, source, config)
             record_outcome(
@@ -100,12 +114,14 @@ def build_suite_check(
                 check_name=name,
                 asset=asset,
                 source=source,
+                severity=severity.value,
             )
-        context.log.info(outcome.summary())
+        summary = outcome.summary() + ("" if gate or outcome.success else " (reported, not a gate)")
+        (context.log.info if outcome.success else context.log.warning)(summary)
         return dg.AssetCheckResult(
             passed=outcome.success,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=outcome.summary(),
+            severity=severity,
+            description=summary,
             metadata=outcome_metadata(outcome),
         )
 

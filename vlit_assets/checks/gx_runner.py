@@ -25,6 +25,15 @@ class ExpectationOutcome:
     unexpected_count: int | None
     element_count: int | None
     examples: tuple[Any, ...] = ()
+    # False when the figure could not be computed on the data (null, never 0): such an
+    # expectation is reported as "not judged", neither passed nor failed, and gates nothing.
+    judged: bool = True
+
+    @property
+    def status(self) -> str:
+        if not self.judged:
+            return "not judged"
+        return "passed" if self.success else "failed"
 
     @property
     def expectation_id(self) -> str:
@@ -44,15 +53,21 @@ class SuiteOutcome:
     def failed(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
 
+    @property
+    def not_judged(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.judged]
+
     def summary(self) -> str:
+        judged = len(self.outcomes) - len(self.not_judged)
+        unjudged = f", {len(self.not_judged)} not judged" if self.not_judged else ""
         if self.success:
-            return f"{self.suite}: all {len(self.outcomes)} expectations passed"
+            return f"{self.suite}: all {judged} judged expectations passed{unjudged}"
         parts = [
             f"{o.expectation_id} observed {o.observed_text}"
             + (f" e.g. {list(o.examples)[:3]}" if o.examples else "")
             for o in self.failed
         ]
-        return f"{self.suite}: {len(self.failed)}/{len(self.outcomes)} failed: " + "; ".join(parts)
+        return f"{self.suite}: {len(self.failed)}/{judged} failed{unjudged}: " + "; ".join(parts)
 
 
 def _quiet_gx() -> None:

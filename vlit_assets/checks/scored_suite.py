@@ -30,6 +30,7 @@ import polars as pl
 
 from vlit_assets.checks.gx_runner import ExpectationOutcome, SuiteOutcome, run_suite
 from vlit_assets.core import warehouse
+from vlit_assets.core.quality import diversity_figures
 from vlit_assets.core.schemas import INSTRUCTION_TYPES, SCORED_CONVERSATIONS, UNLABELLED
 from vlit_assets.core.score import dataset_metrics
 
@@ -94,6 +95,7 @@ PRINCIPLES: dict[str, str] = {
     "category_entropy_norm": "balance",
     "yes_ratio": "balance",
     "near_duplicate_rate": "diversity",
+    "text_near_duplicate_rate": "diversity",
     "exact_duplicate_share": "diversity",
     "cluster_size": "diversity",
     "relevance_mean": "relevance",
@@ -141,6 +143,7 @@ def _dataset_expectations(t: PrincipleThresholds) -> list[Any]:
         ("category_entropy_norm", t.min_category_entropy_norm, None),
         ("yes_ratio", t.yes_ratio_min, t.yes_ratio_max),
         ("near_duplicate_rate", None, t.max_near_duplicate_rate),
+        ("text_near_duplicate_rate", None, t.max_near_duplicate_rate),
         ("exact_duplicate_share", None, t.max_exact_duplicate_share),
         ("relevance_mean", t.min_relevance_mean, None),
         ("answer_words_mean", t.min_answer_words_mean, None),
@@ -182,7 +185,13 @@ def scored_expectations(t: PrincipleThresholds = PrincipleThresholds()) -> dict[
 
 
 DISTRIBUTION_FIGURES = frozenset(
-    {"instruction_type_entropy_norm", "category_entropy_norm", "yes_ratio", "near_duplicate_rate"}
+    {
+        "instruction_type_entropy_norm",
+        "category_entropy_norm",
+        "yes_ratio",
+        "near_duplicate_rate",
+        "text_near_duplicate_rate",
+    }
 )
 
 
@@ -198,6 +207,7 @@ def _not_judged(
         observed_text=f"not judged: {why}",
         unexpected_count=None,
         element_count=None,
+        judged=False,
     )
 
 
@@ -205,48 +215,37 @@ def validate_scored(
     scored: pl.DataFrame,
     dataset: dict,
     thresholds: PrincipleThresholds = PrincipleThresholds(),  # noqa: B008 (frozen)
+    *,
+    unjudged: dict[str, str] | None = None,
 ) -> SuiteOutcome:
-    """Run the suite on a ``score_conversations`` result (its ``scored`` and ``dataset``)."""
+    """Run the suite on a ``score_conversations`` result (its ``scored`` and ``dataset``).
+
+    ``unjudged`` names dataset figures the caller does not want judged here, with why; they
+    are reported as "not judged" with that reason and their value.
+    """
     frames = scored_frames(scored, dataset)
     expectations = scored_expectations(thresholds)
     row = frames[DATASET].iloc[0] if len(frames[DATASET].columns) else pd.Series(dtype=float)
     small = scored.height < thresholds.min_samples_for_distribution
-    judged, undefined, too_few = [], [], []
+    unjudged = unjudged or {}
+    judged, skipped = [], []
     for expectation in expectations[DATASET]:
         value = row.get(expectation.column, math.nan)
         if np.isnan(value):
-            undefined.append(expectation)
+            skipped.append((expectation, "the figure is undefined on this data"))
+        elif expectation.column in unjudged:
+            skipped.append((expectation, f"{unjudged[expectation.column]} (observed {value:.4g})"))
         elif small and expectation.column in DISTRIBUTION_FIGURES:
-            too_few.append(expectation)
+            why = (
+                f"{scored.height} conversations, fewer than "
+                f"{thresholds.min_samples_for_distribution}"
+            )
+            skipped.append((expectation, why))
         else:
             judged.append(expectation)
     outcome = run_suite(SUITE_NAME, frames, {SAMPLES: expectations[SAMPLES], DATASET: judged})
-    outcome.outcomes.extend(_not_judged(e) for e in undefined)
-    why = f"{scored.height} conversations, fewer than {thresholds.min_samples_for_distribution}"
-    outcome.outcomes.extend(_not_judged(e, why) for e in too_few)
+    outcome.outcomes.extend(_not_judged(e, why) for e, why in skipped)
     return outcome
-
-
-def stored_diversity(rows: pl.DataFrame) -> dict[str, float | int | None]:
-    """Near-duplicate figures of ``diversity_summary`` from the stored per-row columns.
-
-    ``cluster_id`` and ``novelty`` are stored, so clusters and mean novelty need no vectors. The
-    figures cover the rows given (a cluster whose other members were dropped counts once).
-    ``semantic_spread`` needs the vectors and is left out here.
-    """
-    clustered = rows.filter(pl.col("cluster_id").is_not_null())
-    n = clustered.height
-    clusters = clustered["cluster_id"].n_unique() if n else 0
-    sizes = clustered.group_by("cluster_id").len()
-    return {
-        "samples": n,
-        "near_duplicate_clusters": int((sizes["len"] > 1).sum()) if n else 0,
-        "samples_in_near_duplicate_clusters": int(sizes.filter(pl.col("len") > 1)["len"].sum())
-        if n
-        else 0,
-        "near_duplicate_rate": (n - clusters) / n if n else None,
-        "mean_novelty": clustered["novelty"].mean() if n else None,
-    }
 
 
 def stored_dataset_figures(rows: pl.DataFrame) -> dict[str, float | int | None]:
@@ -257,7 +256,7 @@ def stored_dataset_figures(rows: pl.DataFrame) -> dict[str, float | int | None]:
     figures from the stored clusters, and the relevance mean from the stored column.
     """
     figures: dict[str, float | int | None] = dict(dataset_metrics(rows, rows))
-    figures |= stored_diversity(rows)
+    figures |= diversity_figures(rows)
     figures["relevance_mean"] = rows["relevance"].mean() if rows.height else None
     return figures
 

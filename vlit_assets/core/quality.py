@@ -7,7 +7,7 @@ re-embeds nothing it has seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -22,11 +22,28 @@ from vlit_assets.core.image_text import ImageTextScorer
 from vlit_assets.core.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.score import dataset_metrics, score_rules
+from vlit_assets.core.text_quality import (
+    MinHashConfig,
+    minhash_clusters,
+    text_statistics,
+)
+
+SEMANTIC_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
 class QualityConfig:
     neardup_threshold: float = DEFAULT_THRESHOLD  # cosine at or above which two are near-copies
+    # Conversation embeddings: "auto" computes them only when a metric needs them (relevance,
+    # when the source's images have captions); "on" always (semantic near-duplicates on data
+    # without captions); "off" never. Encoding is by far the dearest step of scoring.
+    semantic: str = "auto"
+    minhash: MinHashConfig = field(default_factory=MinHashConfig)
+    rep_len: int = 10  # words per n-gram of the repetition ratios
+
+    def __post_init__(self) -> None:
+        if self.semantic not in SEMANTIC_MODES:
+            raise ValueError(f"semantic must be one of {SEMANTIC_MODES}, got {self.semantic!r}")
 
 
 @dataclass
@@ -61,6 +78,57 @@ def _image_text_scores(conversations: pl.DataFrame, scorer: ImageTextScorer | No
     return pl.Series("image_text_score", np.asarray(values, dtype=np.float64))
 
 
+def dedup_group() -> pl.Expr:
+    """What two rows must share to be text near-copies: the image, and for region rows the box.
+
+    Two region conversations about two bananas of one photo share most of their words but are
+    about different boxes, so the box is part of what the conversation is.
+    """
+    return pl.concat_str(
+        pl.col("image_id").fill_null(""), pl.col("region_object_id").fill_null(""), separator="|"
+    ).alias("_dedup_group")
+
+
+def image_facts(conversations: pl.DataFrame, images: pl.DataFrame | None) -> pl.DataFrame:
+    """Per conversation, its image's width, height and file size (null for text-only rows)."""
+    schema = {"image_width": pl.Int32, "image_height": pl.Int32, "image_bytes": pl.Int64}
+    if images is None or images.is_empty():
+        return conversations.select(
+            "conversation_id", *(pl.lit(None, t).alias(c) for c, t in schema.items())
+        )
+    facts = images.select(
+        "image_id",
+        image_width=pl.col("width").cast(pl.Int32),
+        image_height=pl.col("height").cast(pl.Int32),
+        image_bytes=pl.col("bytes").cast(pl.Int64),
+    ).unique("image_id")
+    return (
+        conversations.select("conversation_id", "image_id")
+        .join(facts, on="image_id", how="left", maintain_order="left")
+        .drop("image_id")
+    )
+
+
+def needs_vectors(config: QualityConfig, captions: pl.DataFrame | None) -> bool:
+    """Whether scoring embeds the conversations (see ``QualityConfig.semantic``)."""
+    if config.semantic != "auto":
+        return config.semantic == "on"
+    return captions is not None and not captions.is_empty()
+
+
+def _without_vectors(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rel = conversations.select("conversation_id", relevance=pl.lit(None, pl.Float64))
+    dup = conversations.select(
+        "conversation_id",
+        cluster_id=pl.lit(None, pl.String),
+        cluster_size=pl.lit(None, pl.Int32),
+        nearest_id=pl.lit(None, pl.String),
+        nearest_cosine=pl.lit(None, pl.Float64),
+        novelty=pl.lit(None, pl.Float64),
+    )
+    return rel, dup
+
+
 def score_conversations(
     conversations: pl.DataFrame,
     *,
@@ -68,36 +136,64 @@ def score_conversations(
     tags: pl.DataFrame | None,
     categories: pl.DataFrame | None,
     captions: pl.DataFrame | None,
-    embedder: Embedder,
+    embedder: Embedder | None,
     cache: EmbeddingCache | None,
     config: QualityConfig = QualityConfig(),  # noqa: B008 (frozen)
     run_id: str = "",
     image_text: ImageTextScorer | None = None,
+    images: pl.DataFrame | None = None,
 ) -> QualityResult:
-    """Score every conversation; annotation-based metrics are null where annotations are absent."""
+    """Score every conversation; annotation-based metrics are null where annotations are absent.
+
+    ``embedder`` is only used (and only needs to be given) when ``needs_vectors`` says so; an
+    unembedded source gets null relevance and null semantic clusters, never zeros.
+    """
     encoded_before = cache.encoded if cache is not None else 0
     rules = score_rules(conversations, objects, tags, categories, captions)
-    vectors = conversation_vectors(conversations, embedder, cache)
-    captions = (
-        captions
-        if captions is not None
-        else pl.DataFrame(schema={"image_id": pl.String, "caption": pl.String})
+    texts = text_statistics(conversations, config.rep_len)
+    copies = minhash_clusters(
+        conversations.with_columns(dedup_group()),
+        order="variant",
+        within="_dedup_group",
+        config=config.minhash,
     )
-    rel = relevance(conversations, captions, embedder, cache, vectors=vectors)
-
-    has = vectors.has_turns
-    ids = np.asarray(vectors.conversation_ids, dtype=object)
-    dup = near_duplicates(
-        ids[has].tolist(), vectors.conversation[has], threshold=config.neardup_threshold
-    )
+    embed = needs_vectors(config, captions)
+    if embed and embedder is None:
+        raise ValueError("score_conversations: these settings need an embedder")
+    semantic: dict[str, float | int | None] = {}
+    if embed:
+        assert embedder is not None
+        vectors = conversation_vectors(conversations, embedder, cache)
+        rel = relevance(
+            conversations,
+            captions
+            if captions is not None
+            else pl.DataFrame(schema={"image_id": pl.String, "caption": pl.String}),
+            embedder,
+            cache,
+            vectors=vectors,
+        ).select("conversation_id", "relevance")
+        has = vectors.has_turns
+        ids = np.asarray(vectors.conversation_ids, dtype=object)
+        dup = near_duplicates(
+            ids[has].tolist(), vectors.conversation[has], threshold=config.neardup_threshold
+        )
+        semantic = diversity_summary(dup, vectors.conversation[has])
+    else:
+        rel, dup = _without_vectors(conversations)
     keep = {"on": "conversation_id", "how": "left", "maintain_order": "left"}
     scored = (
         conversations.join(rules.with_columns(exact_duplicate_of()), **keep)
-        .join(rel.select("conversation_id", "relevance"), **keep)
+        .join(texts, **keep)
+        .join(copies, **keep)
+        .join(image_facts(conversations, images), **keep)
+        .join(rel, **keep)
         .join(dup, **keep)
         .with_columns(
             _image_text_scores(conversations, image_text),
-            pl.lit(embedder.model_name).alias("embed_model"),
+            pl.lit(embedder.model_name if embed and embedder else None, pl.String).alias(
+                "embed_model"
+            ),
             pl.lit(run_id).alias("scored_run_id"),
         )
     )
@@ -105,7 +201,30 @@ def score_conversations(
         [pl.col(c).cast(t) for c, t in SCORED_CONVERSATIONS.polars_schema.items()]
     )
     dataset: dict[str, float | int | None] = dict(dataset_metrics(conversations, rules))
-    dataset |= diversity_summary(dup, vectors.conversation[has])
-    dataset["relevance_mean"] = rel["relevance"].mean()
-    encoded = (cache.encoded - encoded_before) if cache is not None else len(conversations)
+    dataset |= diversity_figures(scored)
+    if semantic:
+        dataset["semantic_spread"] = semantic["semantic_spread"]
+    dataset["relevance_mean"] = scored["relevance"].mean()
+    encoded = (cache.encoded - encoded_before) if cache is not None else 0
     return QualityResult(scored=scored, dataset=dataset, encoded_texts=encoded)
+
+
+def diversity_figures(rows: pl.DataFrame) -> dict[str, float | int | None]:
+    """Duplicate figures from stored per-row columns: semantic clusters (null when the rows were
+    not embedded) and MinHash text clusters, over the rows given."""
+    clustered = rows.filter(pl.col("cluster_id").is_not_null())
+    m = clustered.height
+    sizes = clustered.group_by("cluster_id").len()
+    texted = rows["text_cluster_id"].drop_nulls()  # null: scored before MinHash existed
+    return {
+        "samples": m,
+        "near_duplicate_clusters": int((sizes["len"] > 1).sum()) if m else 0,
+        "samples_in_near_duplicate_clusters": int(sizes.filter(pl.col("len") > 1)["len"].sum())
+        if m
+        else 0,
+        "near_duplicate_rate": (m - sizes.height) / m if m else None,
+        "mean_novelty": clustered["novelty"].mean() if m else None,
+        "text_near_duplicate_rate": (
+            (texted.len() - texted.n_unique()) / texted.len() if texted.len() else None
+        ),
+    }

@@ -266,6 +266,20 @@ SCORE_COLUMNS = {
     "nearest_id": "VARCHAR",
     "nearest_cosine": "DOUBLE",
     "novelty": "DOUBLE",
+    # text filters a Data-Juicer user expects (core/text_quality.py; docs/metrics.md)
+    "text_chars": "INTEGER",
+    "text_words": "INTEGER",
+    "word_rep_ratio": "DOUBLE",  # repeated word 10-grams / all, whole conversation
+    "answer_rep_ratio": "DOUBLE",  # the same, highest over the answers
+    "special_char_ratio": "DOUBLE",
+    # MinHash near-copies (word 5-gram Jaccard), within the source, image and region
+    "text_cluster_id": "VARCHAR",  # the group's first member in source order
+    "text_cluster_size": "INTEGER",
+    "text_dup_jaccard": "DOUBLE",
+    # the image, from its header (raw__images); null for text-only rows
+    "image_width": "INTEGER",
+    "image_height": "INTEGER",
+    "image_bytes": "BIGINT",
     # relevance
     "relevance": "DOUBLE",  # answers vs the image's own captions (text embeddings)
     "image_text_score": "DOUBLE",  # optional image-text model; null when not configured
@@ -373,12 +387,14 @@ META_CHECK_RESULTS = Table(
         "frame": "VARCHAR",
         "expectation": "VARCHAR",
         "column_name": "VARCHAR",
-        "success": "BOOLEAN",
+        "success": "BOOLEAN",  # null when the expectation was not judged (figure undefined)
         "observed": "DOUBLE",  # the numeric observed value, when there is one
         "observed_text": "VARCHAR",
         "unexpected_count": "BIGINT",
         "element_count": "BIGINT",
         "evaluated_at": "TIMESTAMP",
+        # ERROR: a failure blocks (a gate); WARN: a failure is reported and gates nothing
+        "severity": "VARCHAR",
     },
     ("run_id", "check_name", "source", "expectation_id"),
     "One row per run, check, partition and expectation: the pass/fail history of every suite.",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from vlit_assets.core.ids import text_hash
-from vlit_assets.core.schemas import INSTRUCTION_TYPES
+from vlit_assets.core.schemas import INSTRUCTION_TYPES, UNLABELLED
 from vlit_assets.core.vocab import (
     CATEGORY_NAMES,
     COUNT_GAP_STOPWORDS,
@@ -774,7 +774,14 @@ def dataset_metrics(
     tag_counts = tag_hist.get_column("len").to_list()
     k_cat = max(len(categories), tag_hist.height)
     cat_norm, cat_kl = histogram_balance(tag_counts, k_cat)
-    type_counts = conversations.group_by("instruction_type").len().get_column("len").to_list()
+    # Untyped imported rows say nothing about the type mix: with none typed it is null, not 0.
+    type_counts = (
+        conversations.filter(pl.col("instruction_type") != UNLABELLED)
+        .group_by("instruction_type")
+        .len()
+        .get_column("len")
+        .to_list()
+    )
     type_norm, type_kl = histogram_balance(
         type_counts, max(len(instruction_types), len(type_counts))
     )

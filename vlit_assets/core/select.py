@@ -38,15 +38,25 @@ RULES: dict[str, str] = {
     "region_name_mismatch": "region_name_match is false",
     "answers_too_short": "answer_words_min < min_answer_words_min",
     "too_few_turns": "n_turns < min_turns",
+    "text_too_short": "text_chars < min_text_chars or text_words < min_text_words",
+    "text_too_long": "text_chars > max_text_chars",
+    "repetitive_text": "word_rep_ratio > max_word_rep_ratio",
+    "repetitive_answer": "answer_rep_ratio > max_answer_rep_ratio",
+    "special_characters": "special_char_ratio > max_special_char_ratio",
+    "image_too_small": "image_width or image_height < min_image_side",
+    "image_aspect_ratio": "max(w/h, h/w) > max_aspect_ratio",
+    "image_too_large": "image_bytes > max_image_bytes",
     "low_relevance": "relevance < min_relevance",
     "exact_duplicate": "another row with the same norm_text_hash ranks higher",
+    "near_copy_text": "another row of the same MinHash text cluster ranks higher",
     "near_duplicate": "another row of the same near-duplicate cluster ranks higher",
     "category_cap": "a mentioned category already has max_per_category kept rows",
     "type_mix": "the instruction type is over its share of target_type_mix",
     "type_share_cap": "the instruction type would exceed max_share_per_type of the kept rows",
 }
-ROW_RULES = tuple(list(RULES)[:9])  # judged on the row alone
+DEDUP_RULES = ("exact_duplicate", "near_copy_text", "near_duplicate")
 BALANCE_RULES = ("category_cap", "type_mix", "type_share_cap")
+ROW_RULES = tuple(r for r in RULES if r not in DEDUP_RULES + BALANCE_RULES)  # the row alone
 
 # Principle -> dataset figures shown before/after selection (keys of selection_metrics).
 PRINCIPLE_METRICS: dict[str, tuple[str, ...]] = {
@@ -121,6 +131,27 @@ _REQUIRED = (
     "mentioned_categories",
 )
 
+# Columns of the text and image filters. Rows scored before they existed carry nulls, which no
+# threshold fails (a frame without them is treated the same way).
+_OPTIONAL: dict[str, pl.DataType] = {
+    "variant": pl.Int32(),
+    "text_chars": pl.Int32(),
+    "text_words": pl.Int32(),
+    "word_rep_ratio": pl.Float64(),
+    "answer_rep_ratio": pl.Float64(),
+    "special_char_ratio": pl.Float64(),
+    "text_cluster_id": pl.String(),
+    "image_width": pl.Int32(),
+    "image_height": pl.Int32(),
+    "image_bytes": pl.Int64(),
+}
+
+
+def _with_optional(scored: pl.DataFrame) -> pl.DataFrame:
+    return scored.with_columns(
+        pl.lit(None, dtype).alias(c) for c, dtype in _OPTIONAL.items() if c not in scored.columns
+    )
+
 
 def _check_unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
@@ -146,8 +177,29 @@ class Thresholds:
     min_relevance: float | None = 0.2
     # Drop when some answer has fewer words than this (a one-word "Yes." teaches nothing).
     min_answer_words_min: int = 2
-    # Drop when the conversation has fewer question/answer pairs than this.
-    min_turns: int = 2
+    # Drop when the conversation has fewer question/answer pairs than this. One: single-round
+    # conversations (LLaVA's detailed descriptions and complex reasoning) are not defects;
+    # turns_mean in the suites reports the complexity of a set.
+    min_turns: int = 1
+    # Text filters with Data-Juicer's meanings (docs/selection.md); None switches one off.
+    # Length bounds of all turns' text: the seven-filter recipe's text_length_filter and the
+    # default minimum of its words_num_filter.
+    min_text_chars: int | None = 10
+    max_text_chars: int | None = 10_000
+    min_text_words: int | None = 10
+    # Repeated word 10-grams over the whole text (word_repetition_filter's default maximum)
+    # and inside the most repetitive answer, where a looping model shows itself.
+    max_word_rep_ratio: float | None = 0.5
+    max_answer_rep_ratio: float | None = 0.3
+    max_special_char_ratio: float | None = 0.25
+    # Keep one row per MinHash text cluster (word 5-gram Jaccard >= the scoring threshold,
+    # within an image and region): the first in source order among those passing the rules.
+    drop_text_near_copies: bool = True
+    # Image bounds read from the header; off by default, since a small or panoramic image is
+    # not wrong in itself. The seven-filter recipe uses 100 px and 3.0.
+    min_image_side: int | None = None
+    max_aspect_ratio: float | None = None
+    max_image_bytes: int | None = None
     # Keep one row per norm_text_hash (case/spacing/punctuation-insensitive copies).
     drop_exact_duplicates: bool = True
     # Keep one row per near-duplicate cluster (conversation cosine >= this); None = off.
@@ -252,6 +304,16 @@ def assign_split(conversation_ids: pl.Series, cfg: SplitConfig) -> pl.Series:
 # ---------------------------------------------------------------- per-row rules
 
 
+def _below(column: str, bound: float | None) -> pl.Expr:
+    return pl.col(column) < bound if bound is not None else pl.lit(False)
+
+
+def _above(column: str, bound: float | None, value: pl.Expr | None = None) -> pl.Expr:
+    if bound is None:
+        return pl.lit(False)
+    return (value if value is not None else pl.col(column)) > bound
+
+
 def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
     """One boolean per row rule; null comparisons (metric not judged) become False."""
     off = pl.lit(False)
@@ -266,6 +328,23 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
         else off,
         "answers_too_short": pl.col("answer_words_min") < t.min_answer_words_min,
         "too_few_turns": pl.col("n_turns") < t.min_turns,
+        "text_too_short": _below("text_chars", t.min_text_chars)
+        | _below("text_words", t.min_text_words),
+        "text_too_long": _above("text_chars", t.max_text_chars),
+        "repetitive_text": _above("word_rep_ratio", t.max_word_rep_ratio),
+        "repetitive_answer": _above("answer_rep_ratio", t.max_answer_rep_ratio),
+        "special_characters": _above("special_char_ratio", t.max_special_char_ratio),
+        "image_too_small": _below("image_width", t.min_image_side)
+        | _below("image_height", t.min_image_side),
+        "image_aspect_ratio": _above(
+            "_aspect",
+            t.max_aspect_ratio,
+            pl.max_horizontal(
+                pl.col("image_width") / pl.col("image_height"),
+                pl.col("image_height") / pl.col("image_width"),
+            ),
+        ),
+        "image_too_large": _above("image_bytes", t.max_image_bytes),
         "low_relevance": (
             pl.col("relevance") < t.min_relevance if t.min_relevance is not None else off
         ),
@@ -309,6 +388,22 @@ def _exact_duplicates(work: pl.DataFrame, t: Thresholds) -> pl.DataFrame:
     ).drop("_rank")
 
 
+def _text_near_copies(work: pl.DataFrame, t: Thresholds) -> pl.DataFrame:
+    """Within each MinHash cluster the first row in source order that passes the row rules and
+    is no exact copy stays; the rest are near copies. Source order, not a quality score, picks
+    the survivor: a one-word edit can look as good as its original to every metric."""
+    fails = pl.sum_horizontal([pl.col(r).cast(pl.Int32) for r in [*ROW_RULES, "exact_duplicate"]])
+    group = pl.coalesce("text_cluster_id", "conversation_id")
+    best = (
+        pl.col("conversation_id")
+        .sort_by([fails, pl.col("variant"), pl.col("conversation_id")], nulls_last=True)
+        .first()
+        .over(group)
+    )
+    copy = (best != pl.col("conversation_id")) & t.drop_text_near_copies
+    return work.with_columns(copy.alias("near_copy_text"))
+
+
 # ---------------------------------------------------------------- near duplicates
 
 
@@ -350,7 +445,8 @@ def _near_duplicates(
         groups = work[t.neardup_within].to_list() if t.neardup_within else None
         labels, pairs = neardup_labels(ids, vectors, t.neardup_threshold, groups)
     work = work.with_columns(
-        pl.Series("_label", labels), _rank(work, [*ROW_RULES, "exact_duplicate"])
+        pl.Series("_label", labels),
+        _rank(work, [*ROW_RULES, "exact_duplicate", "near_copy_text"]),
     )
     work = work.with_columns(
         pl.col("conversation_id").min().over("_label").alias("cluster_id"),
@@ -585,12 +681,24 @@ def decide(
     if vectors is not None:
         vectors = np.asarray(vectors, dtype=np.float32)
     keep_cols = ["conversation_id", "source", "instruction_type", "norm_text_hash"]
+    scored = _with_optional(scored)
     extra = [thresholds.neardup_within] if thresholds.neardup_within else []
     work = scored.select(
-        *dict.fromkeys([*keep_cols, *extra, "relevance", "n_turns", "mentioned_categories"]),
+        *dict.fromkeys(
+            [
+                *keep_cols,
+                *extra,
+                "relevance",
+                "n_turns",
+                "mentioned_categories",
+                "variant",
+                "text_cluster_id",
+            ]
+        ),
         *_row_rule_exprs(thresholds).values(),
     )
     work = _exact_duplicates(work, thresholds)
+    work = _text_near_copies(work, thresholds)
     work, neardup_info = _near_duplicates(work, vectors, thresholds)
     passed = ~pl.any_horizontal([pl.col(r) for r in RULES if r not in BALANCE_RULES])
     cands = work.filter(passed)

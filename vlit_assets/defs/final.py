@@ -9,17 +9,17 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.scored_suite import (
-    PrincipleThresholds,
     stored_dataset_figures,
     validate_scored,
 )
 from vlit_assets.core import warehouse
 from vlit_assets.core.collect import find_coco_files
-from vlit_assets.core.embed import EmbeddingCache, conversation_vectors
+from vlit_assets.core.embed import MINILM_DIM, EmbeddingCache, conversation_vectors
 from vlit_assets.core.export import sha256_file, write_export
 from vlit_assets.core.generate import TEMPLATE_VERSION
 from vlit_assets.core.imports import image_root_of
@@ -29,6 +29,7 @@ from vlit_assets.core.schemas import (
     FINAL_DECISIONS,
     FINAL_EXPORT_FILES,
     FINAL_RUNS,
+    META_CHECK_RESULTS,
     META_SOURCES,
     SCORED_CONVERSATIONS,
 )
@@ -46,19 +47,25 @@ GATING_CHECK = "principles_suite"
 def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """Sources whose rows must not ship, with why.
 
-    A source ships only when its principles check passed in the run that wrote its current
-    scores, and the latest raw and generated suites of the source did not fail (a blocked run
-    leaves the previous scores in place, which no longer match the data).
+    A source is held back when the latest raw or generated suite of the source failed (a
+    blocked run leaves the previous scores in place, which no longer match the data), when no
+    principles check ran for its current scores, or when that check failed as a gate
+    (``blocking: true``, recorded as severity ERROR). A failure recorded as WARN, the default,
+    holds nothing back: the final rules filter the source's rows and final_suite guards what
+    ships. Records from before severities existed (null) count as gates, as they were.
     """
     if not warehouse.table_exists(con, "scored__conversations"):
         return {}
     if not warehouse.table_exists(con, "meta__check_results"):
         sources = con.execute("SELECT DISTINCT source FROM scored__conversations").fetchall()
         return {s: "no check results recorded" for (s,) in sources}
+    warehouse.ensure_table(con, META_CHECK_RESULTS)  # severity came later
     rows = con.execute(
         """
         WITH runs AS (
-            SELECT source, run_id, check_name, bool_and(success) AS passed,
+            SELECT source, run_id, check_name,
+                   bool_and(coalesce(success, true))
+                     OR bool_and(coalesce(severity, 'ERROR') = 'WARN') AS passed,
                    max(evaluated_at) AS checked_at
             FROM meta__check_results GROUP BY ALL
         ), latest AS (
@@ -77,13 +84,27 @@ def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
                  WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.source = s.source
                                   AND r.check_name = ? AND r.run_id = s.scored_run_id
                                   AND r.passed)
-                   THEN 'its principles check did not pass for its current scores'
+                   THEN 'its principles check did not pass as a gate for its current scores'
                END AS reason
         FROM scored s
         """,
         [GATING_CHECK],
     ).fetchall()
     return {source: reason for source, reason in rows if reason is not None}
+
+
+def stored_vectors(
+    scored: pl.DataFrame, embedder: EmbedderResource, cache: EmbeddingCache
+) -> np.ndarray:
+    """Conversation vectors of the rows scoring embedded (from the cache: thresholds change
+    without re-embedding, counted in ``texts_embedded``); NaN rows, never paired as semantic
+    near duplicates, for rows it did not embed. The model is not loaded when no row has one."""
+    embedded = scored["embed_model"].is_not_null().to_numpy()
+    vectors = np.full((scored.height, MINILM_DIM), np.nan, dtype=np.float32)
+    if embedded.any():
+        rows = scored.filter(pl.Series(embedded))
+        vectors[embedded] = conversation_vectors(rows, embedder.get(), cache).conversation
+    return vectors
 
 
 HELD_BACK_RULE = "source_held_back"
@@ -181,8 +202,7 @@ def final(
             context.log.warning(f"source {source!r} held back: {why}")
         scored = everything.filter(~pl.col("source").is_in(sorted(gated))).sort("conversation_id")
         cache = EmbeddingCache(con)
-        # Stored vectors only: thresholds change without re-embedding (counted below).
-        vectors = conversation_vectors(scored, embedder.get(), cache).conversation
+        vectors = stored_vectors(scored, embedder, cache)
         selection = decide(scored, vectors, config.thresholds(), config.balance(), config.split())
         run_id = context.run_id
         decisions = pl.concat(
@@ -247,11 +267,42 @@ class FinalSuiteConfig(PrincipleThresholdsConfig):
     max_one_word_answer_share: float = 0.0
 
 
+# Figures the final rules cannot restore in someone else's dataset without dropping good rows
+# (polarity, the type mix, how many rounds and tags a conversation has): on what we generated
+# they gate; on imported rows they are reported, and type caps or a target mix in FinalConfig
+# enforce a balance when wanted.
+GENERATED_ONLY_FIGURES = (
+    "instruction_type_entropy_norm",
+    "yes_ratio",
+    "turns_mean",
+    "tags_per_conversation_mean",
+)
+
+
+def final_figures(rows: pl.DataFrame) -> tuple[dict, dict[str, str]]:
+    """Dataset figures of what ships, and the figures left unjudged with why.
+
+    Balance figures that imported rows cannot be held to are computed over generated rows.
+    """
+    figures = stored_dataset_figures(rows)
+    generated = rows.filter(pl.col("generator") != "import")
+    unjudged: dict[str, str] = {}
+    if generated.height == rows.height:
+        return figures, unjudged
+    if generated.is_empty():
+        reason = "imported rows only: balance is reported, not gated"
+        unjudged = {name: reason for name in GENERATED_ONLY_FIGURES}
+        return figures, unjudged
+    own = stored_dataset_figures(generated)
+    for name in GENERATED_ONLY_FIGURES:
+        figures[name] = own[name]
+    return figures, unjudged
+
+
 def validate_final(con: duckdb.DuckDBPyConnection, _source: str, config: FinalSuiteConfig):
     rows = warehouse.read_source(con, FINAL_CONVERSATIONS).drop("split", "final_run_id")
-    return validate_scored(
-        rows, stored_dataset_figures(rows), PrincipleThresholds(**config.model_dump())
-    )
+    figures, unjudged = final_figures(rows)
+    return validate_scored(rows, figures, config.thresholds(), unjudged=unjudged)
 
 
 final_suite_check = build_suite_check(

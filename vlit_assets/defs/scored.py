@@ -12,7 +12,7 @@ from vlit_assets.core import sources, warehouse
 from vlit_assets.core.embed import EmbeddingCache
 from vlit_assets.core.image_text import ImageTextConfig, build_image_text_scorer
 from vlit_assets.core.imports import link_annotations
-from vlit_assets.core.quality import QualityConfig, score_conversations
+from vlit_assets.core.quality import QualityConfig, needs_vectors, score_conversations
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     META_DATASET_METRICS,
@@ -23,6 +23,7 @@ from vlit_assets.core.schemas import (
     RAW_TAGS,
     SCORED_CONVERSATIONS,
 )
+from vlit_assets.core.text_quality import MinHashConfig
 from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
 from vlit_assets.resources import EmbedderResource, WarehouseResource
 
@@ -32,6 +33,18 @@ ANNOTATION_TABLES = (RAW_CAPTIONS, RAW_OBJECTS, RAW_TAGS, RAW_CATEGORIES)
 class ScoredConfig(dg.Config):
     neardup_threshold: float = 0.95  # cosine at or above which two conversations are near-copies
     clip_model_path: str | None = None  # optional local CLIP directory for image-text scores
+    # Conversation embeddings (MiniLM): "auto" = only where a metric needs them (relevance, when
+    # the images have captions); "on" = always, for semantic near-duplicates; "off" = never.
+    semantic: str = QualityConfig.semantic
+    # Word 5-gram Jaccard at or above which two texts of one image (and region) are near copies.
+    minhash_jaccard: float = MinHashConfig.threshold
+
+    def quality(self) -> QualityConfig:
+        return QualityConfig(
+            neardup_threshold=self.neardup_threshold,
+            semantic=self.semantic,
+            minhash=MinHashConfig(threshold=self.minhash_jaccard),
+        )
 
 
 def annotations_for(
@@ -108,18 +121,21 @@ def scored__conversations(
             )
         conversations = warehouse.read_source(con, GENERATED_CONVERSATIONS, source)
         annotations = annotations_for(con, record) or {}
+        captions = annotations.get(RAW_CAPTIONS.name)
+        quality = config.quality()
         cache = EmbeddingCache(con)
         result = score_conversations(
             conversations,
             objects=annotations.get(RAW_OBJECTS.name),
             tags=annotations.get(RAW_TAGS.name),
             categories=annotations.get(RAW_CATEGORIES.name),
-            captions=annotations.get(RAW_CAPTIONS.name),
-            embedder=embedder.get(),
+            captions=captions,
+            embedder=embedder.get() if needs_vectors(quality, captions) else None,
             cache=cache,
-            config=QualityConfig(neardup_threshold=config.neardup_threshold),
+            config=quality,
             run_id=context.run_id,
             image_text=image_text,
+            images=warehouse.read_source(con, RAW_IMAGES, source),
         )
         warehouse.replace_source(con, SCORED_CONVERSATIONS, result.scored, source)
         record_dataset_metrics(
@@ -134,6 +150,13 @@ def scored__conversations(
         metadata={
             "dagster/row_count": result.scored.height,
             "texts_embedded": result.encoded_texts,
+            "embeddings": "computed"
+            if needs_vectors(quality, captions)
+            else (
+                "skipped: no metric needs them (no captions; semantic='auto')"
+                if quality.semantic == "auto"
+                else "off"
+            ),
             "annotations": (
                 "own"
                 if record.kind != "import"
@@ -168,10 +191,17 @@ class PrincipleThresholdsConfig(dg.Config):
     min_tags_per_conversation_mean: float = PrincipleThresholds.min_tags_per_conversation_mean
     max_one_word_answer_share: float = PrincipleThresholds.max_one_word_answer_share
     min_samples_for_distribution: int = PrincipleThresholds.min_samples_for_distribution
+    # False (default): the suite measures a source's input and reports a failure as a warning;
+    # the final stage filters the source and final_suite guards what ships. True: the old strict
+    # behaviour, where a failure fails the run and holds the whole source back.
+    blocking: bool = False
+
+    def thresholds(self) -> PrincipleThresholds:
+        return PrincipleThresholds(**self.model_dump(exclude={"blocking"}))
 
 
 def _validate_principles(con, source: str, config: PrincipleThresholdsConfig):
-    return validate_scored_table(con, source, PrincipleThresholds(**config.model_dump()))
+    return validate_scored_table(con, source, config.thresholds())
 
 
 scored_suite_check = build_suite_check(
@@ -179,9 +209,11 @@ scored_suite_check = build_suite_check(
     asset=SCORED_CONVERSATIONS.name,
     validate=_validate_principles,
     description=(
-        "GX suite of the quality principles: correctness (CHAIR, negative, count, region), "
-        "balance (type entropy, yes-ratio), diversity (duplicates), relevance, complexity."
+        "GX suite of the quality principles on a source's scored input: correctness (CHAIR, "
+        "negative, count, region), balance (type entropy, yes-ratio), diversity (duplicates), "
+        "relevance, complexity. Reports by default (WARN); `blocking: true` makes it a gate."
     ),
     partitions_def=sources_partitions,
     config_cls=PrincipleThresholdsConfig,
+    gate_field="blocking",
 )
