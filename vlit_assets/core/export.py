@@ -8,7 +8,6 @@ replace an existing version unless told to. Layout and choices are in docs/selec
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -21,9 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import polars as pl
 
-from vlit_assets.core.formats import IMAGE_TOKEN, UNLABELLED, to_llava, to_paper
+from vlit_assets.core.formats import IMAGE_TOKEN, UNLABELLED, llava_json, paper_json
 from vlit_assets.core.schemas import INSTRUCTION_TYPES
 from vlit_assets.core.select import PRINCIPLE_METRICS, RULES, TRAIN, VAL
 
@@ -125,11 +125,29 @@ def export_image_paths(
     as stored and the manifest names that source.
     """
     roots = {k: Path(v) for k, v in (image_root_by_source or {}).items()}
-    stored = kept["image_path"].to_list()
-    sources = kept["source"].to_list()
-    absolute = [_absolute_image(p, s, roots) for p, s in zip(stored, sources, strict=True)]
-    unresolved = dict(
-        sorted(Counter(s for s, a in zip(sources, absolute, strict=True) if a is None).items())
+    # Paths repeat (many conversations per image): resolve each distinct one once.
+    pairs = kept.select("image_path", "source").unique(maintain_order=True)
+    stored = pairs["image_path"].to_list()
+    sources = pairs["source"].to_list()
+    absolute = [
+        None if p is None else _absolute_image(p, s, roots)
+        for p, s in zip(stored, sources, strict=True)
+    ]
+    unresolved_pairs = {
+        (p, s) for p, s, a in zip(stored, sources, absolute, strict=True) if a is None and p
+    }
+    unresolved = (
+        dict(
+            sorted(
+                Counter(
+                    s
+                    for p, s in kept.select("image_path", "source").iter_rows()
+                    if (p, s) in unresolved_pairs
+                ).items()
+            )
+        )
+        if unresolved_pairs
+        else {}
     )
     resolved = [a for a in absolute if a is not None]
     common = None
@@ -138,35 +156,46 @@ def export_image_paths(
         if os.path.dirname(common) == common:  # the filesystem root helps no one
             common = None
     if common is not None:
-        values = [Path(os.path.relpath(p, common)).as_posix() for p in resolved]
+        mapped = [
+            None if a is None else Path(os.path.relpath(a, common)).as_posix() for a in absolute
+        ]
         mode = "relative_to_image_root"
     else:
-        values = [a if a is not None else p for a, p in zip(absolute, stored, strict=True)]
+        mapped = [a if a is not None else p for a, p in zip(absolute, stored, strict=True)]
         mode = "absolute" if not unresolved else "absolute_except_unresolved_sources"
     info = {"mode": mode, "image_root": common, "unresolved_sources": unresolved}
-    return pl.Series("image_path", values, dtype=pl.String), info
-
-
-def _strip_edge_token(turns: list[dict] | None) -> list[dict] | None:
-    """Drop an ``<image>`` token at the start or end of the first turn (valid per format_check).
-
-    The LLaVA writer puts its own token back; the paper format has none.
-    """
-    if not turns:
-        return turns
-    first = turns[0]["value"]
-    stripped = first.strip()
-    if stripped.startswith(IMAGE_TOKEN):
-        first = stripped[len(IMAGE_TOKEN) :].lstrip()
-    elif stripped.endswith(IMAGE_TOKEN):
-        first = stripped[: -len(IMAGE_TOKEN)].rstrip()
-    return [{**turns[0], "value": first}, *turns[1:]]
+    lookup = pairs.with_columns(_mapped=pl.Series(mapped, dtype=pl.String))
+    values = kept.select("image_path", "source").join(
+        lookup, on=["image_path", "source"], how="left", nulls_equal=True, maintain_order="left"
+    )["_mapped"]
+    return values.alias("image_path"), info
 
 
 def _prepare(kept: pl.DataFrame, image_root_by_source: Mapping[str, Path] | None) -> tuple:
     images, info = export_image_paths(kept, image_root_by_source)
-    turns = [_strip_edge_token(t) for t in kept["turns"].to_list()]
-    frame = kept.with_columns(images, pl.Series("turns", turns, dtype=kept.schema["turns"]))
+    # Drop an <image> token at the start or end of the first turn (valid per format_check);
+    # the LLaVA writer puts its own back and the paper format has none.
+    first = pl.col("turns").list.first()
+    value = first.struct.field("value")
+    trimmed = value.str.strip_chars()
+    value = (
+        pl.when(trimmed.str.starts_with(IMAGE_TOKEN))
+        .then(trimmed.str.strip_prefix(IMAGE_TOKEN).str.strip_chars_start())
+        .when(trimmed.str.ends_with(IMAGE_TOKEN))
+        .then(trimmed.str.strip_suffix(IMAGE_TOKEN).str.strip_chars_end())
+        .otherwise(value)
+    )
+    turns = (
+        pl.when(pl.col("turns").list.len() > 0)
+        .then(
+            pl.concat_list(
+                pl.struct(first.struct.field("from").alias("from"), value.alias("value")),
+                pl.col("turns").list.slice(1),
+            )
+        )
+        .otherwise(pl.col("turns"))
+    )
+    frame = kept.with_columns(images, turns.cast(kept.schema["turns"]).alias("turns"))
     return frame.sort("split", "conversation_id"), info
 
 
@@ -186,8 +215,16 @@ def _json_ready(value: object) -> object:
 
 
 def _write_json(path: Path, doc: object) -> None:
-    text = json.dumps(_json_ready(doc), indent=2, ensure_ascii=False, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    # orjson: the training files run to gigabytes, where the json module takes minutes.
+    # It writes NaN and infinities as null, as _json_ready does.
+    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    path.write_bytes(orjson.dumps(doc, option=options, default=_json_default) + b"\n")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def sha256_file(path: Path) -> str:
@@ -206,9 +243,8 @@ def _write_training_files(
     skipped: dict[str, int] = {}
     for split in SPLITS:
         rows = frame.filter(pl.col("split") == split)
-        llava = to_llava(rows)
-        _write_json(tmp / f"llava_{split}.json", llava)
-        records[f"llava_{split}.json"] = len(llava)
+        (tmp / f"llava_{split}.json").write_bytes(llava_json(rows) + b"\n")
+        records[f"llava_{split}.json"] = rows.height
         labelled = rows.filter(pl.col("instruction_type").is_in(INSTRUCTION_TYPES))
         skipped[split] = rows.filter(pl.col("instruction_type") == UNLABELLED).height
         other = rows.height - labelled.height - skipped[split]
@@ -219,9 +255,9 @@ def _write_training_files(
                 f"conversation {row['conversation_id']}: instruction_type "
                 f"{row['instruction_type']!r} is neither a paper type nor {UNLABELLED!r}"
             )
-        paper = to_paper(labelled, image_source=image_source, construction_time=construction_time)
-        _write_json(tmp / f"paper_{split}.json", paper)
-        records[f"paper_{split}.json"] = len(paper["annotations"])
+        paper = paper_json(labelled, image_source=image_source, construction_time=construction_time)
+        (tmp / f"paper_{split}.json").write_bytes(paper + b"\n")
+        records[f"paper_{split}.json"] = labelled.height
     return records, skipped
 
 

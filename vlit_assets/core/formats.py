@@ -18,6 +18,7 @@ Choices that callers rely on:
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -380,13 +381,6 @@ def _export_turns(row: Mapping) -> list[dict]:
     return turns
 
 
-def _original_id(row: Mapping, prefix: str) -> str | None:
-    for value in row.get("source_annotation_ids") or []:
-        if isinstance(value, str) and value.startswith(prefix):
-            return value[len(prefix) :]
-    return None
-
-
 def _llava_image(row: Mapping, image_root: Path | None) -> str:
     image = row.get("image_path")
     if not isinstance(image, str) or not image:
@@ -404,22 +398,110 @@ def _llava_image(row: Mapping, image_root: Path | None) -> str:
         ) from None
 
 
+def _check_exportable(rows: pl.DataFrame) -> None:
+    """Raise for the first row ``_export_turns`` would refuse; columnar, so clean data costs one
+    pass over the turns and only suspicious rows go through the per-row check for its message."""
+    if rows.is_empty():
+        return
+    turn = pl.element()
+    role, value = turn.struct.field("from"), turn.struct.field("value")
+    position = pl.int_range(pl.len())
+    odd = (
+        pl.when(position % 2 == 0).then(role != "human").otherwise(role != "gpt")
+        | ~role.is_in(["human", "gpt"])
+        | value.is_null()
+        | (value.fill_null("").str.strip_chars() == "")
+        | value.fill_null("").str.contains(IMAGE_TOKEN, literal=True)
+    )
+    suspect = rows.filter(
+        pl.col("drop_reason").is_not_null()
+        | pl.col("turns").is_null()
+        | (pl.col("turns").list.len() == 0)
+        | (pl.col("turns").list.len() % 2 == 1)
+        | pl.col("turns").list.eval(odd).list.any()
+    )
+    for row in suspect.iter_rows(named=True):
+        _export_turns(row)
+
+
+def _original_ids(prefix: str) -> pl.Expr:
+    """The id a record had in its own file (kept in source_annotation_ids), else ours."""
+    return (
+        pl.col("source_annotation_ids")
+        .list.eval(pl.element().filter(pl.element().str.starts_with(prefix)))
+        .list.first()
+        .str.slice(len(prefix))
+    )
+
+
+def _json_array(frame: pl.DataFrame) -> bytes:
+    """Rows as a JSON array of objects, written by polars (no Python object per row)."""
+    buffer = io.BytesIO()
+    frame.write_json(buffer)
+    return buffer.getvalue()
+
+
+def _llava_frame(rows: pl.DataFrame, image_root: Path | None) -> pl.DataFrame:
+    _check_exportable(rows)
+    empty = rows.filter(pl.col("image_path") == "")
+    if empty.height:
+        raise ValueError(f"conversation {empty['conversation_id'][0]}: image_path is empty")
+    images = {
+        path: _llava_image({"image_path": path, "conversation_id": cid}, image_root)
+        for path, cid in rows.group_by("image_path")
+        .agg(pl.col("conversation_id").first())
+        .filter(pl.col("image_path").is_not_null())
+        .iter_rows()
+    }
+    first = pl.col("turns").list.first()
+    lead = pl.when(pl.col("image_path").is_not_null()).then(pl.lit(f"{IMAGE_TOKEN}\n"))
+    conversations = pl.concat_list(
+        pl.struct(
+            first.struct.field("from").alias("from"),
+            pl.concat_str(lead.otherwise(pl.lit("")), first.struct.field("value")).alias("value"),
+        ),
+        pl.col("turns").list.slice(1),
+    )
+    return rows.select(
+        id=pl.coalesce(_original_ids(LLAVA_ID_PREFIX), pl.col("conversation_id")),
+        image=pl.col("image_path").replace_strict(images, default=None, return_dtype=pl.String),
+        conversations=conversations,
+        instruction_type=pl.col("instruction_type"),
+    )
+
+
+def llava_json(rows: pl.DataFrame, *, image_root: Path | None = None) -> bytes:
+    """The LLaVA training file for ``rows``, as UTF-8 JSON bytes (see :func:`to_llava`).
+
+    Records with an image come first, text-only ones after, each in ``rows`` order.
+    """
+    frame = _llava_frame(rows, image_root) if rows.height else None
+    parts: list[bytes] = []
+    for has_image in (True, False):
+        for typed in (False, True):
+            if frame is None:
+                continue
+            part = frame.filter(
+                pl.col("image").is_not_null() == has_image,
+                (pl.col("instruction_type") != UNLABELLED) == typed,
+            )
+            if part.height:
+                columns = [
+                    "id",
+                    *(["image"] if has_image else []),
+                    "conversations",
+                    *(["instruction_type"] if typed else []),
+                ]
+                parts.append(_json_array(part.select(columns))[1:-1])
+    return b"[" + b",".join(parts) + b"]"
+
+
 def to_llava(rows: pl.DataFrame, *, image_root: Path | None = None) -> list[dict]:
-    """LLaVA training records: ``<image>`` leads the first user turn; ``image`` is root-relative."""
-    records = []
-    for row in rows.iter_rows(named=True):
-        turns = _export_turns(row)
-        conversations = [{"from": t["from"], "value": t["value"]} for t in turns]
-        conversations[0]["value"] = f"{IMAGE_TOKEN}\n{conversations[0]['value']}"
-        record = {
-            "id": _original_id(row, LLAVA_ID_PREFIX) or row["conversation_id"],
-            "image": _llava_image(row, image_root),
-            "conversations": conversations,
-        }
-        if row["instruction_type"] != UNLABELLED:
-            record["instruction_type"] = row["instruction_type"]
-        records.append(record)
-    return records
+    """LLaVA training records: ``<image>`` leads the first user turn; ``image`` is root-relative.
+
+    A text-only row (no image) gets neither ``image`` nor the token, as in LLaVA-1.5's mix.
+    """
+    return json.loads(llava_json(rows, image_root=image_root))
 
 
 # ---------------------------------------------------------------- paper release format
@@ -475,43 +557,49 @@ def from_paper(doc: object, *, source: str, file: str) -> ImportResult:
     return out.result()
 
 
-def _paper_img_ids(row: Mapping) -> str:
-    original = _original_id(row, PAPER_IMG_IDS_PREFIX)
-    if original is not None:
-        return original
-    stem = PurePosixPath(row["image_path"]).stem
-    match = _TRAILING_IDS.search(stem)
-    return match.group(1) if match else stem
+def paper_json(rows: pl.DataFrame, *, image_source: str, construction_time: str) -> bytes:
+    """The paper's release document as UTF-8 JSON bytes; every row needs a paper type."""
+    _check_exportable(rows)
+    untyped = rows.filter(~pl.col("instruction_type").is_in(INSTRUCTION_TYPES))
+    if untyped.height:
+        row = untyped.row(0, named=True)
+        raise ValueError(
+            f"conversation {row['conversation_id']}: instruction_type "
+            f"{row['instruction_type']!r} has no place in the paper format "
+            f"({', '.join(INSTRUCTION_TYPES)})"
+        )
+    imageless = rows.filter(pl.col("image_path").fill_null("") == "")
+    if imageless.height:
+        raise ValueError(f"conversation {imageless['conversation_id'][0]}: image_path is empty")
+    stems = {
+        path: _TRAILING_IDS.search(PurePosixPath(path).stem)
+        for path in rows["image_path"].unique().to_list()
+    }
+    from_stem = {p: (m.group(1) if m else PurePosixPath(p).stem) for p, m in stems.items()}
+    speaker = pl.element().struct.field("from").replace_strict(PAPER_FROM, return_dtype=pl.String)
+    frame = rows.select(
+        img_ids=pl.coalesce(
+            _original_ids(PAPER_IMG_IDS_PREFIX),
+            pl.col("image_path").replace_strict(from_stem, return_dtype=pl.String),
+        ),
+        image=pl.col("image_path"),
+        instruction_type=pl.col("instruction_type"),
+        conversations=pl.col("turns").list.eval(
+            pl.struct(speaker.alias("from"), pl.element().struct.field("value").alias("value"))
+        ),
+    )
+    head = json.dumps(
+        {"image_source": image_source, "construction_time": construction_time},
+        ensure_ascii=False,
+    )
+    return head[:-1].encode() + b', "annotations": ' + _json_array(frame) + b"}"
 
 
 def to_paper(rows: pl.DataFrame, *, image_source: str, construction_time: str) -> dict:
     """The paper's release document; every row needs one of the paper's three types."""
-    annotations = []
-    for row in rows.iter_rows(named=True):
-        turns = _export_turns(row)
-        if row["instruction_type"] not in INSTRUCTION_TYPES:
-            raise ValueError(
-                f"conversation {row['conversation_id']}: instruction_type "
-                f"{row['instruction_type']!r} has no place in the paper format "
-                f"({', '.join(INSTRUCTION_TYPES)})"
-            )
-        if not row.get("image_path"):
-            raise ValueError(f"conversation {row['conversation_id']}: image_path is empty")
-        annotations.append(
-            {
-                "img_ids": _paper_img_ids(row),
-                "image": row["image_path"],
-                "instruction_type": row["instruction_type"],
-                "conversations": [
-                    {"from": PAPER_FROM[t["from"]], "value": t["value"]} for t in turns
-                ],
-            }
-        )
-    return {
-        "image_source": image_source,
-        "construction_time": construction_time,
-        "annotations": annotations,
-    }
+    return json.loads(
+        paper_json(rows, image_source=image_source, construction_time=construction_time)
+    )
 
 
 # ---------------------------------------------------------------- files
