@@ -147,6 +147,11 @@ SPATIAL_STRONG = _rx(
 )
 DESCRIPTION = _rx(
     r"\bdescri(?:be|bes|bing|ption)\b|\bsummari[sz]e\b|\bsummary\b|\boverview\b|\bcaption\b"
+    r"|\bvisual content\b"
+    r"|\b(?:explanation|interpretation|account|narrative|analysis) of (?:the|this)\b"
+    r"|\b(?:analy[sz]e|explain|elaborate on) (?:the|this) (?:elements|details|contents?|"
+    + _PICTURE
+    + r")\b"
     r"|\bwhat(?:" + _APOS + r"s| is) (?:happening|going on)\b"
     r"|\bwhat (?:does|do) (?:the|this|that) " + _PICTURE + r" (?:show|depict|contain|capture|"
     r"portray|present)\b"

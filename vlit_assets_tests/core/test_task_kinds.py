@@ -105,6 +105,12 @@ KIND_CASES = [
     ("What is happening in this image?", "People are crossing.", "description"),
     ("How else would you describe the image?", "A calm street.", "description"),
     ("What can you tell me about the car?", "It is parked.", "description"),
+    # long-description requests in the wording styles of released instruction sets
+    ("Could you elaborate on the elements of this image?", "Sure.", "description"),
+    ("Explain the visual content of this photo in detail.", "A kitchen.", "description"),
+    ("Offer a short interpretation of the photo.", "A kitchen.", "description"),
+    ("Write a compact narrative of the scene.", "A kitchen.", "description"),
+    ("What is this photograph about?", "A kitchen.", "description"),
     # other: attributes, actions, identification
     ("What color is the bus?", "It is red.", "other"),
     ("What is the giraffe doing?", "Standing by a tree.", "other"),
