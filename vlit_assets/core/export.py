@@ -243,6 +243,14 @@ def _write_training_files(
     skipped: dict[str, int] = {}
     for split in SPLITS:
         rows = frame.filter(pl.col("split") == split)
+        if "type_inferred" in rows.columns:
+            # an inferred type is our reading, not the dataset's label: it is not written out
+            inferred = pl.col("type_inferred").fill_null(False)
+            rows = rows.with_columns(
+                instruction_type=pl.when(inferred)
+                .then(pl.lit(UNLABELLED))
+                .otherwise(pl.col("instruction_type"))
+            )
         (tmp / f"llava_{split}.json").write_bytes(llava_json(rows) + b"\n")
         records[f"llava_{split}.json"] = rows.height
         labelled = rows.filter(pl.col("instruction_type").is_in(INSTRUCTION_TYPES))

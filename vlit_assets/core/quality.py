@@ -20,8 +20,9 @@ from vlit_assets.core.embed import (
 )
 from vlit_assets.core.image_text import ImageTextScorer
 from vlit_assets.core.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
-from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets.core.schemas import SCORED_CONVERSATIONS, UNLABELLED
 from vlit_assets.core.score import dataset_metrics, score_rules
+from vlit_assets.core.task_kinds import infer_task_kinds
 from vlit_assets.core.text_quality import (
     MinHashConfig,
     minhash_clusters,
@@ -76,6 +77,35 @@ def _image_text_scores(conversations: pl.DataFrame, scorer: ImageTextScorer | No
     ).to_series()
     values = scorer.score([Path(p) for p in conversations["image_path"]], answers.to_list())
     return pl.Series("image_text_score", np.asarray(values, dtype=np.float64))
+
+
+def with_inferred_types(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The conversations with untyped (imported) rows typed by the text rules, and per row
+    ``inferred_type``, ``type_inferred``, ``task_kinds`` and ``primary_kind``.
+
+    A declared type is never overwritten; the inference is kept beside it for comparison.
+    """
+    kinds = infer_task_kinds(conversations.select("conversation_id", "turns"))
+    inferred = (pl.col("instruction_type") == UNLABELLED) & pl.col("inferred_type").is_not_null()
+    typed = conversations.join(
+        kinds.select("conversation_id", "inferred_type"),
+        on="conversation_id",
+        how="left",
+        maintain_order="left",
+    ).select(
+        *(c for c in conversations.columns if c != "instruction_type"),
+        instruction_type=pl.when(inferred)
+        .then(pl.col("inferred_type"))
+        .otherwise(pl.col("instruction_type")),
+        type_inferred=inferred,
+    )
+    facts = typed.select("conversation_id", "type_inferred").join(
+        kinds.select("conversation_id", "inferred_type", "task_kinds", "primary_kind"),
+        on="conversation_id",
+        how="left",
+        maintain_order="left",
+    )
+    return typed.drop("type_inferred").select(conversations.columns), facts
 
 
 def dedup_group() -> pl.Expr:
@@ -149,6 +179,7 @@ def score_conversations(
     unembedded source gets null relevance and null semantic clusters, never zeros.
     """
     encoded_before = cache.encoded if cache is not None else 0
+    conversations, kinds = with_inferred_types(conversations)
     rules = score_rules(conversations, objects, tags, categories, captions)
     texts = text_statistics(conversations, config.rep_len)
     copies = minhash_clusters(
@@ -184,6 +215,7 @@ def score_conversations(
     keep = {"on": "conversation_id", "how": "left", "maintain_order": "left"}
     scored = (
         conversations.join(rules.with_columns(exact_duplicate_of()), **keep)
+        .join(kinds, **keep)
         .join(texts, **keep)
         .join(copies, **keep)
         .join(image_facts(conversations, images), **keep)

@@ -266,6 +266,12 @@ SCORE_COLUMNS = {
     "nearest_id": "VARCHAR",
     "nearest_cosine": "DOUBLE",
     "novelty": "DOUBLE",
+    # what the questions ask (core/task_kinds.py; docs/task_kinds.md); on imported rows that
+    # carry no type, instruction_type is the inferred one and type_inferred is true
+    "inferred_type": "VARCHAR",
+    "type_inferred": "BOOLEAN",
+    "task_kinds": "VARCHAR[]",  # one kind per question
+    "primary_kind": "VARCHAR",
     # text filters a Data-Juicer user expects (core/text_quality.py; docs/metrics.md)
     "text_chars": "INTEGER",
     "text_words": "INTEGER",

@@ -88,12 +88,20 @@ DEFECTS = [
     ({"count_consistency": 0.0}, "count_inconsistent"),
     ({"instruction_type": "region", "region_name_match": False}, "region_name_mismatch"),
     ({"answer_words_min": 1}, "answers_too_short"),
-    ({"n_turns": 1}, "too_few_turns"),
+    ({"n_turns": 0}, "too_few_turns"),
+    ({"text_chars": 8, "text_words": 2}, "text_too_short"),
+    ({"text_chars": 200, "text_words": 9}, "text_too_short"),
+    ({"text_chars": 10_001}, "text_too_long"),
+    ({"word_rep_ratio": 0.51}, "repetitive_text"),
+    ({"answer_rep_ratio": 0.31}, "repetitive_answer"),
+    ({"special_char_ratio": 0.3}, "special_characters"),
     ({"relevance": 0.05}, "low_relevance"),
 ]
 
 
-@pytest.mark.parametrize(("defect", "rule"), DEFECTS, ids=[r for _, r in DEFECTS])
+@pytest.mark.parametrize(
+    ("defect", "rule"), DEFECTS, ids=[f"{r}-{i}" for i, (_, r) in enumerate(DEFECTS)]
+)
 def test_each_rule_drops_its_defect(defect: dict, rule: str) -> None:
     scored = frame([row("conv_good"), row("conv_bad", **defect)])
     sel = decide(scored, unit_vectors(2))
@@ -168,7 +176,7 @@ def test_switched_off_thresholds_keep_their_defects() -> None:
 
 
 def test_a_row_lists_every_rule_it_fails_in_rule_order() -> None:
-    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=0.0, n_turns=1)
+    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=0.0, n_turns=0)
     sel = decide(frame([row("conv_good"), bad]), unit_vectors(2))
     d = by_id(sel.decisions)["conv_bad"]
     assert d["failing_rules"] == [
@@ -415,3 +423,42 @@ def test_split_by_image_keeps_an_image_together() -> None:
     per_image = sel.kept.group_by("image_id").agg(pl.col("split").n_unique().alias("n"))
     assert (per_image["n"] == 1).all()
     assert set(sel.kept["split"]) == {"train", "val"}
+
+
+def test_image_bounds_are_off_by_default_and_drop_when_set() -> None:
+    small = {"image_width": 64, "image_height": 80, "image_bytes": 900}
+    wide = {"image_width": 1200, "image_height": 300, "image_bytes": 90_000}
+    scored = frame([row("conv_good"), row("conv_small", **small), row("conv_wide", **wide)])
+    assert decide(scored, unit_vectors(3)).kept.height == 3
+    t = Thresholds(min_image_side=100, max_aspect_ratio=3.0, max_image_bytes=50_000)
+    d = by_id(decide(scored, unit_vectors(3), t).decisions)
+    assert d["conv_good"]["kept"]
+    assert d["conv_small"]["failing_rules"] == ["image_too_small"]
+    assert d["conv_wide"]["failing_rules"] == ["image_aspect_ratio", "image_too_large"]
+
+
+def test_text_near_copies_keep_the_first_in_source_order_that_passes() -> None:
+    rows = [
+        row("conv_a", variant=5, text_cluster_id="conv_b"),
+        row("conv_b", variant=1, text_cluster_id="conv_b"),
+        row("conv_c", variant=9, text_cluster_id="conv_b"),
+        row("conv_d", variant=2, text_cluster_id="conv_d"),
+    ]
+    d = by_id(decide(frame(rows), unit_vectors(4)).decisions)
+    assert d["conv_b"]["kept"] and d["conv_d"]["kept"]
+    assert d["conv_a"]["failing_rules"] == ["near_copy_text"]
+    assert d["conv_c"]["failing_rules"] == ["near_copy_text"]
+    # when the first one fails a row rule, the next in source order stands in for the group
+    rows[1] = row("conv_b", variant=1, text_cluster_id="conv_b", answer_words_min=1)
+    d = by_id(decide(frame(rows), unit_vectors(4)).decisions)
+    assert d["conv_b"]["first_failing_rule"] == "answers_too_short"
+    assert d["conv_a"]["kept"] and d["conv_c"]["failing_rules"] == ["near_copy_text"]
+    off = Thresholds(drop_text_near_copies=False)
+    assert decide(frame(rows), unit_vectors(4), off).kept.height == 3
+
+
+def test_rows_scored_before_the_text_filters_are_not_judged_by_them() -> None:
+    old = frame([row("conv_a"), row("conv_b")]).drop(
+        "text_chars", "text_words", "word_rep_ratio", "text_cluster_id", "image_width"
+    )
+    assert decide(old, unit_vectors(2)).kept.height == 2

@@ -52,7 +52,9 @@ def test_text_statistics_per_conversation_and_per_answer():
     # the looping answer repeats all its 3-grams; the whole conversation a little less
     assert looping["answer_rep_ratio"] == 1.0
     assert 0.5 < looping["word_rep_ratio"] < 1.0
-    assert symbols["special_char_ratio"] == pytest.approx(5 / len("Price?\n\u00a7\u00a7\u00a7 \u2603\u2603 ok"))
+    assert symbols["special_char_ratio"] == pytest.approx(
+        5 / len("Price?\n\u00a7\u00a7\u00a7 \u2603\u2603 ok")
+    )
     assert first["special_char_ratio"] == 0.0
 
 

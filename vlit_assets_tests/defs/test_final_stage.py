@@ -114,8 +114,14 @@ def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
 
 
 def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatch):
+    """With ``blocking: true`` (the old strict behaviour) a failed principles suite is a gate."""
     with pipeline_env(tmp_path, monkeypatch) as env:
-        strict = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        strict = {
+            "scored__conversations_principles_suite": {
+                "min_answer_words_mean": 1000.0,
+                "blocking": True,
+            }
+        }
         assert not run_source(env.instance, "sample", SAMPLE, op_config=strict).success
         run_final(env.instance)
         rows = env.query(
@@ -124,6 +130,32 @@ def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatc
         scored = env.scalar("SELECT count(*) FROM scored__conversations")
         assert rows == [(False, "source_held_back", scored)]
         assert env.scalar("SELECT count(*) FROM final__conversations") == 0
+
+
+def test_a_failed_principles_suite_reports_and_the_source_is_filtered_not_held_back(
+    tmp_path, monkeypatch
+):
+    """By default the suite measures the input: its failure is a warning, recorded as such,
+    and the final rules (not the suite) decide which of the source's rows ship."""
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        impossible = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        result = run_source(env.instance, "sample", SAMPLE, op_config=impossible)
+        assert result.success
+        evaluation = check_evaluation(result, "principles_suite")
+        assert not evaluation.passed
+        assert evaluation.severity.value == "WARN"
+        severities = env.query(
+            "SELECT DISTINCT severity FROM meta__check_results "
+            "WHERE check_name = 'principles_suite'"
+        )
+        assert severities == [("WARN",)]
+        final = run_final(env.instance)
+        assert final.success
+        held = env.scalar(
+            "SELECT count(*) FROM final__decisions WHERE first_failing_rule = 'source_held_back'"
+        )
+        assert held == 0
+        assert env.scalar("SELECT count(*) FROM final__conversations") > 0
 
 
 def test_scores_left_behind_by_a_blocked_run_do_not_ship(tmp_path, monkeypatch):
