@@ -398,11 +398,8 @@ def _llava_image(row: Mapping, image_root: Path | None) -> str:
         ) from None
 
 
-def _check_exportable(rows: pl.DataFrame) -> None:
-    """Raise for the first row ``_export_turns`` would refuse; columnar, so clean data costs one
-    pass over the turns and only suspicious rows go through the per-row check for its message."""
-    if rows.is_empty():
-        return
+def _suspect_rows(rows: pl.DataFrame) -> pl.Expr:
+    """True for rows ``_export_turns`` may refuse (a superset, columnar); false rows are fine."""
     turn = pl.element()
     role, value = turn.struct.field("from"), turn.struct.field("value")
     position = pl.int_range(pl.len())
@@ -413,15 +410,39 @@ def _check_exportable(rows: pl.DataFrame) -> None:
         | (value.fill_null("").str.strip_chars() == "")
         | value.fill_null("").str.contains(IMAGE_TOKEN, literal=True)
     )
-    suspect = rows.filter(
+    return (
         pl.col("drop_reason").is_not_null()
         | pl.col("turns").is_null()
         | (pl.col("turns").list.len() == 0)
         | (pl.col("turns").list.len() % 2 == 1)
         | pl.col("turns").list.eval(odd).list.any()
     )
-    for row in suspect.iter_rows(named=True):
+
+
+def _check_exportable(rows: pl.DataFrame) -> None:
+    """Raise for the first row ``_export_turns`` would refuse; columnar, so clean data costs one
+    pass over the turns and only suspicious rows go through the per-row check for its message."""
+    if rows.is_empty():
+        return
+    for row in rows.filter(_suspect_rows(rows)).iter_rows(named=True):
         _export_turns(row)
+
+
+def exportable(rows: pl.DataFrame) -> pl.Series:
+    """Per row, whether the LLaVA and paper writers accept its turns (``_export_turns``)."""
+    if rows.is_empty():
+        return pl.Series("exportable", [], dtype=pl.Boolean)
+    suspect = rows.select(_suspect_rows(rows).alias("s"))["s"].to_list()
+    ok = []
+    for flagged, row in zip(suspect, rows.iter_rows(named=True), strict=True):
+        if flagged:
+            try:
+                _export_turns(row)
+            except ValueError:
+                ok.append(False)
+                continue
+        ok.append(True)
+    return pl.Series("exportable", ok, dtype=pl.Boolean)
 
 
 def _original_ids(prefix: str) -> pl.Expr:
