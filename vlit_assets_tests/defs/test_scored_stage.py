@@ -106,7 +106,10 @@ def test_threshold_config_mirrors_the_suite_thresholds():
     from vlit_assets.defs.scored import PrincipleThresholdsConfig
 
     suite = {f.name: f.default for f in dataclasses.fields(PrincipleThresholds)}
-    assert PrincipleThresholdsConfig().model_dump() == suite
+    config = PrincipleThresholdsConfig()
+    assert config.model_dump(exclude={"blocking"}) == suite
+    assert config.blocking is False  # input checks report; final_suite is the gate
+    assert config.thresholds() == PrincipleThresholds()
 
 
 def test_principles_check_fails_on_a_bad_batch_and_records_history(tmp_path, monkeypatch):
