@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import ijson
+import ijson.backends.python as ijson_python
+import orjson
 import polars as pl
 
 from vlit_assets.core.ids import stable_id
@@ -57,7 +61,25 @@ IMPORT_REJECT_REASONS = {
     "image_token_misplaced": "<image> appears outside the first user turn or more than once",
     "instruction_type_unknown": "instruction_type is not one of global, negative, region",
     "conversation_duplicate_id": "the record maps to the id of an earlier record of the file",
+    "text_invalid_unicode": "a text holds a lone UTF-16 surrogate, which UTF-8 cannot store",
+    "turn_too_long": "a turn has more characters than ImportLimits.max_turn_chars",
+    "conversation_too_long": "the turns have more characters than max_conversation_chars",
+    "file_not_a_dataset": "a JSON file in the source is neither LLaVA nor paper format (a sidecar)",
 }
+_SURROGATE_DETAIL = "the text holds a lone UTF-16 surrogate (e.g. \\ud800), not valid Unicode"
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """Longest texts an imported conversation may hold; longer ones are rejected, not cut.
+
+    LLaVA-1.5 trains on 2,048 tokens (about 8k characters) per conversation; the defaults leave
+    room for long-context data while refusing multi-megabyte values that are no conversation.
+    """
+
+    max_turn_chars: int = 32_768
+    max_conversation_chars: int = 131_072
+
 
 CONVERSATION_SCHEMA = GENERATED_CONVERSATIONS.polars_schema
 REJECT_SCHEMA = RAW_REJECTS.polars_schema
@@ -107,7 +129,7 @@ def _check_structure(raw: object, speakers: Mapping[str, str]) -> list[dict] | _
             kind = type(turn).__name__
             return _Problem(where, "annotation_bad_field", f"expected an object, got {kind}")
         speaker = turn.get("from")
-        if speaker not in speakers:
+        if not isinstance(speaker, str) or speaker not in speakers:
             allowed = ", ".join(repr(s) for s in speakers)
             return _Problem(
                 f"{where}.from",
@@ -118,6 +140,8 @@ def _check_structure(raw: object, speakers: Mapping[str, str]) -> list[dict] | _
         if not isinstance(value, str):
             kind = type(value).__name__
             return _Problem(f"{where}.value", "annotation_bad_field", f"value is {kind}, not text")
+        if not _encodable(value):
+            return _Problem(f"{where}.value", "text_invalid_unicode", _SURROGATE_DETAIL)
         role, expected = speakers[speaker], "human" if k % 2 == 0 else "gpt"
         if role != expected:
             return _Problem(
@@ -182,13 +206,20 @@ def _check_not_empty(turns: list[dict]) -> _Problem | None:
     return None
 
 
-def _llava_turns(raw: object) -> list[dict] | _Problem:
+def _llava_turns(raw: object, *, has_image: bool) -> list[dict] | _Problem:
     turns = _check_structure(raw, LLAVA_SPEAKERS)
     if isinstance(turns, _Problem):
         return turns
-    turns = _strip_image_token(turns)
-    if isinstance(turns, _Problem):
-        return turns
+    if has_image:
+        turns = _strip_image_token(turns)
+        if isinstance(turns, _Problem):
+            return turns
+    elif any(IMAGE_TOKEN in t["value"] for t in turns):
+        return _Problem(
+            "image",
+            "annotation_bad_field",
+            f"the turns hold {IMAGE_TOKEN} but the record names no image",
+        )
     return _check_not_empty(turns) or turns
 
 
@@ -199,9 +230,42 @@ def _paper_turns(raw: object) -> list[dict] | _Problem:
     return _check_no_token(turns) or _check_not_empty(turns) or turns
 
 
+def _encodable(text: str) -> bool:
+    """False for text holding a lone surrogate (``"\\ud800"`` in JSON), which no UTF-8 can store."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_lengths(turns: list[dict], limits: ImportLimits) -> _Problem | None:
+    total = 0
+    for k, turn in enumerate(turns):
+        n = len(turn["value"])
+        total += n
+        if n > limits.max_turn_chars:
+            return _Problem(
+                f"conversations[{k}].value",
+                "turn_too_long",
+                f"turn {k} has {n} characters; the limit is {limits.max_turn_chars}",
+            )
+    if total > limits.max_conversation_chars:
+        return _Problem(
+            "conversations",
+            "conversation_too_long",
+            f"the turns hold {total} characters; the limit is {limits.max_conversation_chars}",
+        )
+    return None
+
+
 def _text_field(record: dict, key: str, *, allow_int: bool = False) -> str | _Problem:
     value = record.get(key)
     if isinstance(value, str) and value.strip():
+        if not _encodable(value):
+            return _Problem(key, "text_invalid_unicode", _SURROGATE_DETAIL)
         return value
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -228,8 +292,8 @@ def _check_type(value: object, *, required: bool) -> str | _Problem:
 def _conversation_row(
     *,
     source: str,
-    image: str,
-    base_image: str,
+    image: str | None,
+    base_image: str | None,
     instruction_type: str,
     key: str,
     index: int,
@@ -237,9 +301,12 @@ def _conversation_row(
     original_id: str | None,
 ) -> dict:
     return {
-        "conversation_id": stable_id("conv", source, image, instruction_type, GENERATOR, "", key),
+        # a text-only record hashes "" where an image name would be
+        "conversation_id": stable_id(
+            "conv", source, image or "", instruction_type, GENERATOR, "", key
+        ),
         "source": source,
-        "image_id": stable_id("img", source, base_image),
+        "image_id": None if base_image is None else stable_id("img", source, base_image),
         "instruction_type": instruction_type,
         "generator": GENERATOR,
         "variant": index,
@@ -271,13 +338,18 @@ def _reject_row(source: str, file: str, record_id: str, problem: _Problem) -> di
     }
 
 
+_CHUNK_ROWS = 32_768  # rows held as dicts before they become a frame: bounds peak memory
+
+
 class _Collector:
     """Accumulates rows and rejects of one file and keeps conversation ids unique."""
 
-    def __init__(self, source: str, file: str) -> None:
+    def __init__(self, source: str, file: str, limits: ImportLimits | None = None) -> None:
         self.source, self.file = source, file
+        self.limits = limits or ImportLimits()
         self.rows: list[dict] = []
         self.rejects: list[dict] = []
+        self._frames: list[pl.DataFrame] = []
         self._seen: dict[str, str] = {}
 
     def reject(self, record_id: str, problem: _Problem) -> None:
@@ -291,11 +363,19 @@ class _Collector:
             return
         self._seen[cid] = record_id
         self.rows.append(row)
+        if len(self.rows) >= _CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self._frames.append(pl.DataFrame(self.rows, schema=CONVERSATION_SCHEMA, orient="row"))
+            self.rows = []
 
     def result(self) -> ImportResult:
+        self._flush()
         return ImportResult(
-            rows=pl.DataFrame(self.rows, schema=CONVERSATION_SCHEMA, orient="row")
-            if self.rows
+            rows=pl.concat(self._frames, rechunk=True)
+            if self._frames
             else pl.DataFrame(schema=CONVERSATION_SCHEMA),
             rejects=pl.DataFrame(self.rejects, schema=REJECT_SCHEMA, orient="row")
             if self.rejects
@@ -318,6 +398,23 @@ def _llava_key(index: int, own_id: str | None, occurrences: Counter[str]) -> str
     return own_id if seen == 0 else f"{own_id}#{seen}"
 
 
+def _record_image(record: dict) -> str | None | _Problem:
+    """The record's image name; None for a text-only record (no ``image``, as in LLaVA-1.5).
+
+    Data-Juicer and Hugging Face style records name it in an ``images`` list instead; one
+    image is supported, several are rejected.
+    """
+    if record.get("image") is not None or "images" not in record:
+        return None if record.get("image") is None else _text_field(record, "image")
+    images = record["images"]
+    if images is None or images == []:
+        return None
+    if isinstance(images, list) and len(images) == 1:
+        return _text_field({"images": images[0]}, "images")
+    got = f"a list of {len(images)}" if isinstance(images, list) else type(images).__name__
+    return _Problem("images", "annotation_bad_field", f"expected one image name, got {got}")
+
+
 def _llava_record(out: _Collector, index: int, record: object, occurrences: Counter[str]) -> None:
     ref = f"[{index}]"
     if not isinstance(record, dict):
@@ -330,14 +427,21 @@ def _llava_record(out: _Collector, index: int, record: object, occurrences: Coun
         return
     key = _llava_key(index, own_id, occurrences)
     ref = ref if own_id is None else own_id
-    image = _text_field(record, "image")
+    image = _record_image(record)
+    if isinstance(image, _Problem):
+        out.reject(ref, image)
+        return
     itype = _check_type(record.get("instruction_type"), required=False)
-    turns = _llava_turns(record.get("conversations"))
-    for checked in (image, itype, turns):
+    turns = _llava_turns(record.get("conversations"), has_image=image is not None)
+    for checked in (itype, turns):
         if isinstance(checked, _Problem):
             out.reject(ref, checked)
             return
-    assert isinstance(image, str) and isinstance(itype, str) and isinstance(turns, list)
+    assert isinstance(itype, str) and isinstance(turns, list)
+    too_long = _check_lengths(turns, out.limits)
+    if too_long:
+        out.reject(ref, too_long)
+        return
     row = _conversation_row(
         source=out.source,
         image=image,
@@ -546,6 +650,10 @@ def _paper_record(out: _Collector, index: int, record: object) -> None:
             out.reject(ref, checked)
             return
     assert isinstance(image, str) and isinstance(itype, str) and isinstance(turns, list)
+    too_long = _check_lengths(turns, out.limits)
+    if too_long:
+        out.reject(ref, too_long)
+        return
     path = PurePosixPath(image)
     # a region image is the original with a box drawn in; its id names the original image
     base = image
@@ -572,8 +680,11 @@ def from_paper(doc: object, *, source: str, file: str) -> ImportResult:
     if not isinstance(annotations, list):
         got = "missing" if annotations is None else type(annotations).__name__
         raise InstructionFormatError(file, "annotations", f"expected a list, got {got}")
-    out = _Collector(source, file)
-    for index, record in enumerate(annotations):
+    return _import_paper(enumerate(annotations), _Collector(source, file))
+
+
+def _import_paper(items: Iterable[tuple[int, object]], out: _Collector) -> ImportResult:
+    for index, record in items:
         _paper_record(out, index, record)
     return out.result()
 
@@ -626,61 +737,166 @@ def to_paper(rows: pl.DataFrame, *, image_source: str, construction_time: str) -
 # ---------------------------------------------------------------- files
 
 
-def _read_jsonl(path: Path, text: str, out: _Collector) -> ImportResult:
-    items: list[tuple[int, object]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+_HEAD_BYTES = 1 << 16
+_FIRST_LINE_LIMIT = 1 << 26  # a JSON Lines record longer than 64 MB is no conversation
+_BOM = b"\xef\xbb\xbf"
+_RECORD_KEYS = ("conversations", "messages")
+# A \\uD800-\\uDBFF escape not followed by a \\uDC00-\\uDFFF one, or a low one alone.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _jsonl_items(path: Path, out: _Collector) -> Iterator[tuple[int, object]]:
+    """(line index, record) of each non-blank line; a line that is no JSON becomes a reject."""
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if lineno == 1:
+                line = line.removeprefix(_BOM)
+            if not line.strip():
+                continue
+            try:
+                yield lineno - 1, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                # orjson refuses invalid UTF-8 and lone surrogates here too: one bad line is
+                # one reject, never a crash of the file
+                problem = _Problem(
+                    f"line {lineno}", "record_unparseable", f"line {lineno} is not JSON: {exc}"
+                )
+                out.reject(f"[{lineno - 1}]", problem)
+
+
+def _has_lone_surrogate(path: Path) -> bool:
+    with path.open("rb") as fh:
+        if fh.seek(0, io.SEEK_END) == 0:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _LONE_SURROGATE.search(data) is not None  # type: ignore[call-overload]
+
+
+def _stream(path: Path, prefix: str, keys: list[str] | None = None) -> Iterator[tuple[int, object]]:
+    """(index, value) of each item under ``prefix`` (ijson), read in constant memory.
+
+    ijson's C backend turns a lone surrogate escape into "?"; a file that holds one (rare:
+    checked with a regular expression first) is parsed by ijson's Python backend, which keeps
+    it, so the record is rejected as ``text_invalid_unicode`` instead of silently altered.
+    Top-level keys are appended to ``keys`` as they are met. A JSON error raises
+    :class:`InstructionFormatError` naming the last record read.
+    """
+    backend = ijson_python if _has_lone_surrogate(path) else ijson
+    index = -1
+    with path.open("rb") as fh:
+        if fh.read(3) != _BOM:
+            fh.seek(0)
+        events = backend.parse(fh, use_float=True)
+        if keys is not None:
+            events = _noting_keys(events, keys)
         try:
-            items.append((lineno - 1, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            problem = _Problem(
-                f"line {lineno}", "record_unparseable", f"line {lineno} is not JSON: {exc.msg}"
-            )
-            out.reject(f"[{lineno - 1}]", problem)
-    return _import_llava(items, out)
+            for index, value in enumerate(backend.items(events, prefix)):  # noqa: B007
+                yield index, value
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            where = f"after record [{index}]" if index >= 0 else "before the first record"
+            text = str(exc).split("\n")[0].strip(" b'\"")
+            why = "not UTF-8 text" if "UTF8" in text or isinstance(exc, UnicodeDecodeError) else ""
+            raise InstructionFormatError(path, "", f"not JSON ({where}): {why or text}") from exc
 
 
-def _looks_like_jsonl(text: str) -> bool:
-    first = next((line for line in text.splitlines() if line.strip()), "")
+def _noting_keys(events: Iterator[tuple], keys: list[str]) -> Iterator[tuple]:
+    for event in events:
+        if event[0] == "" and event[1] == "map_key":
+            keys.append(event[2])
+        yield event
+
+
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.readline(_FIRST_LINE_LIMIT).removeprefix(_BOM)
+
+
+def _second_line_is_record(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.readline(_FIRST_LINE_LIMIT)
+        for line in fh:
+            if line.strip():
+                try:
+                    return isinstance(orjson.loads(line), dict)
+                except orjson.JSONDecodeError:
+                    return False
+    return False
+
+
+def _not_a_dataset(out: _Collector, what: str) -> ImportResult:
+    out.reject(
+        "",
+        _Problem(
+            "",
+            "file_not_a_dataset",
+            f"{what}; neither a LLaVA list/JSON Lines nor a paper document ('annotations'), "
+            "so it was skipped (a labels or metadata sidecar?)",
+        ),
+    )
+    return out.result()
+
+
+def _describe(doc: object) -> str:
+    if isinstance(doc, dict):
+        return f"top level has {sorted(doc)[:20]}"
+    return f"top level is {type(doc).__name__}"
+
+
+def _load_document(path: Path, out: _Collector) -> ImportResult:
+    """A file that is one JSON object: a paper document, one LLaVA record, or a sidecar."""
+    keys: list[str] = []
+    result = _import_paper(_stream(path, "annotations.item", keys), out)
+    if "annotations" in keys and (result.rows.height or result.rejects.height):
+        return result
     try:
-        return isinstance(json.loads(first), dict)
-    except json.JSONDecodeError:
-        return False
+        doc = orjson.loads(path.read_bytes().removeprefix(_BOM))
+    except orjson.JSONDecodeError as exc:  # the stream above parsed it: only a huge number
+        raise InstructionFormatError(path, "", f"not valid JSON: {exc}") from exc
+    if isinstance(doc, dict) and "annotations" in doc:
+        return from_paper(doc, source=out.source, file=out.file)  # an empty or non-list one
+    if isinstance(doc, dict) and any(k in doc for k in _RECORD_KEYS):
+        return _import_llava([(0, doc)], out)
+    return _not_a_dataset(out, _describe(doc))
 
 
-def load_instruction_file(path: Path, *, source: str) -> ImportResult:
+def load_instruction_file(
+    path: Path, *, source: str, limits: ImportLimits | None = None
+) -> ImportResult:
     """Import a LLaVA (JSON list or JSON Lines) or paper-format file, detected from its content.
 
-    Rejects and errors name the file by its base name (``path.name``) so that reject ids do not
-    depend on where the file sits on a machine.
+    The file is streamed: JSON Lines line by line, a JSON list and a paper document's
+    ``annotations`` item by item, so memory is bounded by the rows, not the text. A JSON
+    file that parses but is no dataset (a top-level scalar, or an object without
+    ``annotations`` or turns) becomes one ``file_not_a_dataset`` reject. Text that is not JSON
+    raises :class:`InstructionFormatError`. Rejects and errors name the file by its base name
+    (``path.name``) so that reject ids do not depend on where the file sits on a machine.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InstructionFormatError(path, "", f"not UTF-8 text ({exc.reason})") from exc
-    if not text.strip():
+    out = _Collector(source, path.name, limits)
+    with path.open("rb") as fh:
+        head = fh.read(_HEAD_BYTES).removeprefix(_BOM).lstrip()
+    if not head:
         raise InstructionFormatError(path, "", "the file is empty")
-    file = path.name
+    if head[:1] == b"[":
+        return _import_llava(_stream(path, "item"), out)
+    if head[:1] != b"{":
+        try:
+            doc = orjson.loads(path.read_bytes().removeprefix(_BOM))
+        except orjson.JSONDecodeError as exc:
+            why = "not UTF-8 text" if "UTF-8" in str(exc) else str(exc)
+            raise InstructionFormatError(path, "", f"not JSON or JSON Lines: {why}") from exc
+        return _not_a_dataset(out, _describe(doc))
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if _looks_like_jsonl(text):
-            return _read_jsonl(path, text, _Collector(source, file))
-        raise InstructionFormatError(
-            path, "", f"not JSON or JSON Lines: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    if isinstance(doc, list):
-        return from_llava(doc, source=source, file=file)
-    if isinstance(doc, dict) and "annotations" in doc:
-        return from_paper(doc, source=source, file=file)
-    if isinstance(doc, dict) and "conversations" in doc:
-        return _read_jsonl(path, text, _Collector(source, file))
-    keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-    raise InstructionFormatError(
-        path,
-        "annotations",
-        "neither a LLaVA list/JSON Lines nor a paper document ('annotations'); "
-        f"top level has {keys}",
-    )
+        first = orjson.loads(_first_line(path))
+    except orjson.JSONDecodeError:
+        first = None
+    if isinstance(first, dict) and "annotations" not in first:
+        if any(k in first for k in _RECORD_KEYS) or _second_line_is_record(path):
+            return _import_llava(_jsonl_items(path, out), out)
+        return _not_a_dataset(out, _describe(first))
+    if first is None and _second_line_is_record(path):
+        return _import_llava(_jsonl_items(path, out), out)
+    return _load_document(path, out)

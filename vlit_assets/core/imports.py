@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
-from vlit_assets.core.formats import LLAVA_ID_PREFIX, load_instruction_file
+from vlit_assets.core.formats import LLAVA_ID_PREFIX, ImportLimits, load_instruction_file
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.images import ImageJob, ImageReport, inspect_images, resolve_inside
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, RAW_IMAGES, RAW_REJECTS, Table
@@ -143,37 +143,38 @@ def _record_ref(row: dict) -> str:
     return f"[{row['variant']}]"
 
 
-class _Conversations:
+def _merge_files(source: str, results: list[tuple[str, pl.DataFrame]]) -> tuple[pl.DataFrame, list]:
     """Rows of all files in name order, with conversation ids kept unique across files."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.rows: list[dict] = []
-        self.rejects: list[dict] = []
-        self._first: dict[str, dict] = {}
-
-    def add_file(self, path: Path) -> None:
-        result = load_instruction_file(path, source=self.source)
-        self.rejects.extend(result.rejects.to_dicts())
-        for row in result.rows.to_dicts():
-            row[_FILE_COL] = path.name
-            self._add(row)
-
-    def _add(self, row: dict) -> None:
+    frames = [rows.with_columns(pl.lit(name).alias(_FILE_COL)) for name, rows in results]
+    if not frames:
+        return GENERATED_CONVERSATIONS.empty_frame().with_columns(pl.lit("").alias(_FILE_COL)), []
+    frame = pl.concat(frames, rechunk=True)
+    first = frame["conversation_id"].is_first_distinct()
+    if first.all():
+        return frame, []
+    # ids repeated across files: rare, so handled one row at a time
+    ids = frame["conversation_id"].to_list()
+    taken = set(ids)
+    firsts: dict[str, dict] = {}
+    keep = first.to_list()
+    rejects = []
+    repeated = set(frame.filter(~first)["conversation_id"].to_list())
+    for i, row in enumerate(frame.iter_rows(named=True)):
         cid = row["conversation_id"]
-        first = self._first.get(cid)
-        if first is None:
-            self._first[cid] = row
-            self.rows.append(row)
-            return
-        if first["turns"] == row["turns"]:
+        if cid not in repeated:
+            continue
+        if keep[i]:
+            firsts[cid] = row
+            continue
+        earlier = firsts[cid]
+        if earlier["turns"] == row["turns"]:
             detail = (
                 f"{row[_FILE_COL]} record {_record_ref(row)} repeats record "
-                f"{_record_ref(first)} of {first[_FILE_COL]} (same id, image and turns)"
+                f"{_record_ref(earlier)} of {earlier[_FILE_COL]} (same id, image and turns)"
             )
-            self.rejects.append(
+            rejects.append(
                 _reject(
-                    self.source,
+                    source,
                     row[_FILE_COL],
                     _record_ref(row),
                     "id",
@@ -181,12 +182,14 @@ class _Conversations:
                     detail,
                 )
             )
-            return
-        row["conversation_id"] = stable_id("conv", self.source, row[_FILE_COL], cid)
-        if row["conversation_id"] in self._first:  # a 64-bit hash collision, not bad data
-            raise RuntimeError(f"conversation id {row['conversation_id']} is not unique")
-        self._first[row["conversation_id"]] = row
-        self.rows.append(row)
+            continue
+        new_id = stable_id("conv", source, row[_FILE_COL], cid)
+        if new_id in taken:  # a 64-bit hash collision, not bad data
+            raise RuntimeError(f"conversation id {new_id} is not unique")
+        taken.add(new_id)
+        ids[i], keep[i] = new_id, True
+    frame = frame.with_columns(pl.Series("conversation_id", ids, pl.String))
+    return frame.filter(pl.Series(keep)), rejects
 
 
 # ---------------------------------------------------------------- images
@@ -230,40 +233,80 @@ def _groups(source: str, rows: list[dict]) -> list[_ImageGroup]:
     ]
 
 
-def _present(image_root: Path, name: str) -> bool:
-    try:
-        path = resolve_inside(image_root, name)
-    except (OSError, RuntimeError):
-        return False
-    return path is not None and path.exists()
+@dataclass(frozen=True)
+class _Locator:
+    """Where an image name points: the first root under which it exists.
+
+    Each root confines its own names (``images.resolve_inside``): ``../x.jpg`` is refused under
+    every root, even when it would land in another root.
+    """
+
+    source_root: Path
+    roots: tuple[Path, ...]
+
+    def place(self, name: str) -> tuple[Path, bool]:
+        """The root to check ``name`` under, and whether the file exists there."""
+        inside = None
+        for root in self.roots:
+            try:
+                path = resolve_inside(root, name)
+            except (OSError, RuntimeError):  # a symlink loop, a name too long for the OS
+                continue
+            if path is None:
+                continue
+            if path.exists():
+                return root, True
+            inside = inside or root
+        return inside or self.roots[0], False
+
+    def shown(self, root: Path, name: str) -> str:
+        """``name`` under ``root`` as a reject names it: relative to the source when inside it."""
+        path = root / name
+        try:
+            return path.relative_to(self.source_root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def image_roots(root: Path, images_dir: Path | None = None) -> tuple[Path, ...]:
+    """Folders an image name is resolved against, in order (see the module docstring)."""
+    if images_dir is not None:
+        return (Path(images_dir),)
+    root = Path(root)
+    return (root / IMAGES_DIR, root) if (root / IMAGES_DIR).is_dir() else (root,)
 
 
 def _files_to_check(
-    rows: list[dict], groups: list[_ImageGroup], image_root: Path
+    frame: pl.DataFrame, groups: list[_ImageGroup], locator: _Locator
 ) -> dict[str, list[str]]:
     """Every image file to check, with what refers to it (instruction files or a region image)."""
-    named: dict[str, list[str]] = {}
-    for row in rows:
-        users = named.setdefault(row["image_path"], [])
-        if row[_FILE_COL] not in users:
-            users.append(row[_FILE_COL])
+    users = (
+        frame.filter(pl.col("image_path").is_not_null())
+        .group_by("image_path", maintain_order=True)
+        .agg(pl.col(_FILE_COL).unique(maintain_order=True))
+    )
+    named: dict[str, list[str]] = dict(users.iter_rows())
     for group in groups:
-        if group.regions and group.base not in named and _present(image_root, group.base):
+        if group.regions and group.base not in named and locator.place(group.base)[1]:
             named[group.base] = [f"region image {group.regions[0]}"]
     return dict(sorted(named.items()))
 
 
 def _check_images(
-    names: list[str], image_root: Path, *, max_pixels: int, workers: int
-) -> dict[str, ImageReport]:
-    jobs = [ImageJob(str(image_root), n, _NO_DECLARED_SIZE, _NO_DECLARED_SIZE) for n in names]
-    reports = inspect_images(jobs, max_pixels=max_pixels, workers=workers)
-    return {
-        report.file_name: dataclasses.replace(report, reason=None, detail=None)
-        if report.reason == "image_size_mismatch"
-        else report
-        for report in reports
-    }
+    names: list[str], locator: _Locator, *, max_pixels: int, workers: int
+) -> tuple[dict[str, ImageReport], dict[str, Path]]:
+    places = {n: locator.place(n) for n in names}
+    jobs = [ImageJob(str(places[n][0]), n, _NO_DECLARED_SIZE, _NO_DECLARED_SIZE) for n in names]
+    reports = {}
+    tried = " or ".join(str(r) for r in locator.roots)
+    for report in inspect_images(jobs, max_pixels=max_pixels, workers=workers):
+        name = report.file_name
+        if report.reason == "image_size_mismatch":
+            report = dataclasses.replace(report, reason=None, detail=None)
+        elif report.reason == "image_missing" and len(locator.roots) > 1:
+            report = dataclasses.replace(report, detail=f"{name!r} is not under {tried}")
+        reports[name] = report
+    return reports, {n: root for n, (root, _) in places.items()}
 
 
 def _main_file(group: _ImageGroup, reports: dict[str, ImageReport]) -> str | None:
@@ -279,7 +322,7 @@ def _image_row(source: str, group: _ImageGroup, report: ImageReport) -> dict:
         "image_id": group.image_id,
         "source": source,
         "coco_image_id": coco_id_from_name(group.base),
-        "file_name": report.file_name,
+        "file_name": report.file_name,  # as the instruction file names it
         "width": report.width,
         "height": report.height,
         "oriented_width": report.oriented_width,
@@ -293,14 +336,17 @@ def _image_row(source: str, group: _ImageGroup, report: ImageReport) -> dict:
 
 
 def _image_rejects(
-    source: str, root: Path, image_root: Path, reports: dict[str, ImageReport], named: dict
+    source: str,
+    locator: _Locator,
+    reports: dict[str, ImageReport],
+    roots: dict[str, Path],
+    named: dict,
 ) -> list[dict]:
-    prefix = "" if image_root == root else f"{image_root.name}/"
     out = []
     for name, report in reports.items():
         if report.ok:
             continue
-        file = name if name.startswith("/") else prefix + name
+        file = name if name.startswith("/") else locator.shown(roots[name], name)
         users = ", ".join(named[name])
         detail = f"{report.detail} (named by {users})"
         out.append(_reject(source, file, name, "image", str(report.reason), detail))
@@ -308,14 +354,18 @@ def _image_rejects(
 
 
 def _why_rejected(
-    row: dict, main: dict[str, str | None], groups: dict[str, _ImageGroup], reports: dict
+    image_path: str,
+    image_id: str,
+    main: dict[str, str | None],
+    groups: dict[str, _ImageGroup],
+    reports: dict,
 ) -> str | None:
-    """Why a conversation cannot be kept, or None when its images are valid."""
-    own = reports[row["image_path"]]
+    """Why a conversation about this image cannot be kept, or None when its images are valid."""
+    own = reports[image_path]
     if not own.ok:
-        return f"its image {row['image_path']} was rejected ({own.reason})"
-    if main[row["image_id"]] is None:
-        group = groups[row["image_id"]]
+        return f"its image {image_path} was rejected ({own.reason})"
+    if main[image_id] is None:
+        group = groups[image_id]
         failed = reports.get(group.base)
         reason = failed.reason if failed is not None else "no valid file"
         return f"its original image {group.base} was rejected ({reason})"
@@ -324,38 +374,52 @@ def _why_rejected(
 
 def _keep_valid(
     source: str,
-    rows: list[dict],
+    frame: pl.DataFrame,
+    pairs: list[dict],
     groups: list[_ImageGroup],
     main: dict[str, str | None],
     reports: dict[str, ImageReport],
-    image_root: Path,
-) -> tuple[list[dict], list[dict]]:
-    """Conversations whose images are valid (image_path made absolute), and rejects for the rest."""
+    roots: dict[str, Path],
+) -> tuple[pl.DataFrame, list[dict]]:
+    """Conversations whose images are valid (image_path made absolute), and rejects for the rest.
+
+    Text-only conversations (no image) are kept as they are.
+    """
     by_id = {g.image_id: g for g in groups}
-    resolved_root = str(image_root.resolve())
-    kept, rejects = [], []
-    for row in rows:
-        why = _why_rejected(row, main, by_id, reports)
-        if why is None:
-            # normpath cannot leave the root here: escaping names were rejected above
-            path = os.path.normpath(os.path.join(resolved_root, row["image_path"]))
-            kept.append({**row, "image_path": path})
-            continue
+    why = {
+        (p["image_path"], p["image_id"]): _why_rejected(
+            p["image_path"], p["image_id"], main, by_id, reports
+        )
+        for p in pairs
+    }
+    bad = [k for k, v in why.items() if v is not None]
+    bad_frame = pl.DataFrame(
+        {"image_path": [k[0] for k in bad], "image_id": [k[1] for k in bad]},
+        schema={"image_path": pl.String, "image_id": pl.String},
+    )
+    failed = frame.join(bad_frame, on=["image_path", "image_id"], how="semi")
+    kept = frame.join(bad_frame, on=["image_path", "image_id"], how="anti", nulls_equal=False)
+    rejects = []
+    for row in failed.select(
+        _FILE_COL, "conversation_id", "image_path", "image_id", "variant", "source_annotation_ids"
+    ).iter_rows(named=True):
         file, cid = row[_FILE_COL], row["conversation_id"]
-        detail = f"{file} record {_record_ref(row)}: conversation {cid}: {why}"
+        reason = why[(row["image_path"], row["image_id"])]
+        detail = f"{file} record {_record_ref(row)}: conversation {cid}: {reason}"
         rejects.append(_reject(source, file, cid, "image", "parent_image_rejected", detail))
+    # normpath cannot leave the root here: escaping names were rejected above
+    absolute = {
+        name: os.path.normpath(os.path.join(str(root.resolve()), name))
+        for name, root in roots.items()
+        if reports[name].ok
+    }
+    kept = kept.with_columns(
+        pl.col("image_path").replace_strict(absolute, default=None, return_dtype=pl.String)
+    )
     return kept, rejects
 
 
 # ---------------------------------------------------------------- the whole source
-
-
-def _frame(table: Table, rows: list[dict]) -> pl.DataFrame:
-    if not rows:
-        return table.empty_frame()
-    return pl.DataFrame(
-        [{c: r[c] for c in table.columns} for r in rows], schema=table.polars_schema, orient="row"
-    )
 
 
 def _with_run(frame: pl.DataFrame, run_id: str) -> pl.DataFrame:
@@ -368,10 +432,20 @@ def _check_unique(frame: pl.DataFrame, key: str) -> None:
         raise RuntimeError(f"duplicate {key}: {clashes.head(5).to_dicts()}")
 
 
+def _frame(table: Table, rows: list[dict]) -> pl.DataFrame:
+    if not rows:
+        return table.empty_frame()
+    return pl.DataFrame(
+        [{c: r[c] for c in table.columns} for r in rows], schema=table.polars_schema, orient="row"
+    )
+
+
 def collect_import(
     source: str,
     root: Path,
     *,
+    images_dir: Path | None = None,
+    limits: ImportLimits | None = None,
     max_pixels: int = 89_478_485,
     workers: int = 2,
     run_id: str = "",
@@ -382,22 +456,37 @@ def collect_import(
     naming it; a bad record or image only becomes reject rows.
     """
     root = Path(root)
-    image_root = image_root_of(root)
-    conversations = _Conversations(source)
+    locator = _Locator(root.resolve(), image_roots(root, images_dir))
+    results, rejects = [], []
     for path in find_instruction_files(root):
-        conversations.add_file(path)
-    rows, rejects = conversations.rows, conversations.rejects
-    groups = _groups(source, rows)
-    named = _files_to_check(rows, groups, image_root)
-    reports = _check_images(list(named), image_root, max_pixels=max_pixels, workers=workers)
+        loaded = load_instruction_file(path, source=source, limits=limits)
+        results.append((path.name, loaded.rows))
+        rejects.append(loaded.rejects)
+    frame, clashes = _merge_files(source, results)
+    pairs = (
+        frame.filter(pl.col("image_path").is_not_null())
+        .select("image_id", "image_path")
+        .unique(maintain_order=True)
+        .to_dicts()
+    )
+    groups = _groups(source, pairs)
+    named = _files_to_check(frame, groups, locator)
+    reports, roots = _check_images(list(named), locator, max_pixels=max_pixels, workers=workers)
     main = {g.image_id: _main_file(g, reports) for g in groups}
     images = [_image_row(source, g, reports[name]) for g in groups if (name := main[g.image_id])]
-    kept, cascaded = _keep_valid(source, rows, groups, main, reports, image_root)
-    rejects = [*rejects, *_image_rejects(source, root, image_root, reports, named), *cascaded]
+    kept, cascaded = _keep_valid(source, frame, pairs, groups, main, reports, roots)
+    reject_rows = [
+        *clashes,
+        *_image_rejects(source, locator, reports, roots, named),
+        *cascaded,
+    ]
+    all_rejects = pl.concat(
+        [*(r for r in rejects if r.height), _frame(RAW_REJECTS, reject_rows)], how="vertical"
+    )
     result = ImportCollectResult(
-        conversations=_with_run(_frame(GENERATED_CONVERSATIONS, kept), run_id),
+        conversations=_with_run(kept.select(list(GENERATED_CONVERSATIONS.columns)), run_id),
         images=_with_run(_frame(RAW_IMAGES, images), run_id).sort("file_name"),
-        rejects=_with_run(_frame(RAW_REJECTS, rejects), run_id).sort("file", "record_id", "reason"),
+        rejects=_with_run(all_rejects, run_id).sort("file", "record_id", "reason"),
     )
     _check_unique(result.conversations, "conversation_id")
     _check_unique(result.rejects, "reject_id")
