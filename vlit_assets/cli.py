@@ -111,6 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         root = resolve_path(os.environ["VLIT_DATA_DIR"]) / "sample"
         name = args.name or sources.SAMPLE_SOURCE
 
+    images_dir = None
+    if args.images:
+        images_dir = Path(args.images).expanduser().resolve()
+        if not images_dir.is_dir():
+            print(f"vlit: --images {args.images}: not a directory", file=sys.stderr)
+            return 2
     stages = SOURCE_STAGES[: SOURCE_STAGES.index(args.stage) + 1] if args.stage else SOURCE_STAGES
     print(f"vlit: source {name!r} <- {root}")
     print(f"vlit: DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
@@ -122,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         root,
         split=args.split,
         annotations_source=args.annotations_source,
+        images_dir=images_dir,
         stages=stages,
         tags={"vlit/entry": "cli"},
     )
@@ -277,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--annotations-source",
         help="for an instruction dataset (QC-only): a registered COCO source annotating its images",
+    )
+    run.add_argument(
+        "--images",
+        metavar="DIR",
+        help="for an instruction dataset (QC-only): the folder its image names are relative to, "
+        "like LLaVA's --image_folder (default: SRC/images/, then SRC)",
     )
     run.add_argument(
         "--db", help="DuckDB file (default: $VLIT_DB_PATH or data/warehouse/vlit.duckdb)"

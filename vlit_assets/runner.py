@@ -34,6 +34,7 @@ def run_source(
     *,
     split: str | None = None,
     annotations_source: str | None = None,
+    images_dir: Path | None = None,
     stages: Sequence[str] = SOURCE_STAGES,
     op_config: Mapping[str, Mapping[str, Any]] | None = None,
     tags: Mapping[str, str] | None = None,
@@ -52,6 +53,8 @@ def run_source(
         raw_config["split"] = split
     if annotations_source:
         raw_config["annotations_source"] = annotations_source
+    if images_dir is not None:
+        raw_config["images_dir"] = str(Path(images_dir).resolve())
     ops: dict[str, Any] = {name: {"config": dict(cfg)} for name, cfg in (op_config or {}).items()}
     if "raw" in stages:
         ops.setdefault("raw", {"config": {}})["config"].update(raw_config)

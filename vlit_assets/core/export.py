@@ -77,7 +77,8 @@ def _check_inputs(kept: pl.DataFrame, decisions: pl.DataFrame, version: str, rep
             f"conversation {row['conversation_id']}: split is {row['split']!r}, expected "
             f"one of {SPLITS}"
         )
-    no_image = kept.filter(pl.col("image_path").is_null() | (pl.col("image_path") == ""))
+    # null is a text-only conversation (imported LLaVA-1.5 style); "" is a broken row
+    no_image = kept.filter(pl.col("image_path") == "")
     if no_image.height:
         cid = no_image["conversation_id"][0]
         raise ValueError(f"conversation {cid}: image_path is empty; nothing to train on")
@@ -253,9 +254,14 @@ def _write_training_files(
             )
         (tmp / f"llava_{split}.json").write_bytes(llava_json(rows) + b"\n")
         records[f"llava_{split}.json"] = rows.height
-        labelled = rows.filter(pl.col("instruction_type").is_in(INSTRUCTION_TYPES))
+        # the paper format has no text-only record: those rows ship in the LLaVA file only
+        labelled = rows.filter(
+            pl.col("instruction_type").is_in(INSTRUCTION_TYPES) & pl.col("image_path").is_not_null()
+        )
         skipped[split] = rows.filter(pl.col("instruction_type") == UNLABELLED).height
-        other = rows.height - labelled.height - skipped[split]
+        other = rows.filter(
+            ~pl.col("instruction_type").is_in([*INSTRUCTION_TYPES, UNLABELLED])
+        ).height
         if other:
             bad = rows.filter(~pl.col("instruction_type").is_in([*INSTRUCTION_TYPES, UNLABELLED]))
             row = bad.row(0, named=True)

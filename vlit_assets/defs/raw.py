@@ -9,7 +9,7 @@ from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.collect import CollectConfig, SourceFormatError, collect_source
-from vlit_assets.core.formats import InstructionFormatError
+from vlit_assets.core.formats import ImportLimits, InstructionFormatError
 from vlit_assets.core.imports import collect_import, is_import_source
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
@@ -45,6 +45,12 @@ class RawConfig(dg.Config):
     annotations_source: str | None = None
     # A source name keeps its folder; set this to re-point an existing source to source_dir.
     replace_root: bool = False
+    # Import sources: the folder image names are relative to (LLaVA's --image_folder); unset,
+    # a name is looked up under <source>/images/, then <source>.
+    images_dir: str | None = None
+    # Import sources: longer turns or conversations are rejected (formats.ImportLimits).
+    max_turn_chars: int = ImportLimits.max_turn_chars
+    max_conversation_chars: int = ImportLimits.max_conversation_chars
 
 
 def resolve_source(
@@ -86,7 +92,13 @@ def _collect(
     """Every raw table of the source: COCO annotations, or an imported instruction dataset."""
     if record.kind == "import":
         imported = collect_import(
-            source, record.root, max_pixels=config.max_pixels, workers=config.workers, run_id=run_id
+            source,
+            record.root,
+            images_dir=Path(config.images_dir).expanduser() if config.images_dir else None,
+            limits=ImportLimits(config.max_turn_chars, config.max_conversation_chars),
+            max_pixels=config.max_pixels,
+            workers=config.workers,
+            run_id=run_id,
         )
         tables = {t.name: t.empty_frame() for t in RAW_TABLES}
         tables[RAW_IMAGES.name] = imported.images
