@@ -24,7 +24,7 @@ import json
 import mmap
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -896,9 +896,16 @@ def _load_document(path: Path, out: _Collector) -> ImportResult:
 
 
 def load_instruction_file(
-    path: Path, *, source: str, limits: ImportLimits | None = None
+    path: Path,
+    *,
+    source: str,
+    limits: ImportLimits | None = None,
+    image_store: Callable[[bytes], str] | None = None,
 ) -> ImportResult:
-    """Import a LLaVA (JSON list or JSON Lines) or paper-format file, detected from its content.
+    """Import a LLaVA (JSON list, JSON Lines, Parquet) or paper-format file.
+
+    JSON formats are detected from the content; ``*.parquet`` is read as Hugging Face-style
+    rows (:func:`_parquet_items`), whose image bytes go to ``image_store``.
 
     The file is streamed: JSON Lines line by line, a JSON list and a paper document's
     ``annotations`` item by item, so memory is bounded by the rows, not the text. A JSON
@@ -909,6 +916,8 @@ def load_instruction_file(
     """
     path = Path(path)
     out = _Collector(source, path.name, limits)
+    if path.suffix.lower() == ".parquet":
+        return _import_llava(_parquet_items(path, out, image_store), out)
     with path.open("rb") as fh:
         head = fh.read(_HEAD_BYTES).removeprefix(_BOM).lstrip()
     if not head:
@@ -933,3 +942,105 @@ def load_instruction_file(
     if first is None and _second_line_is_record(path):
         return _import_llava(_jsonl_items(path, out), out)
     return _load_document(path, out)
+
+
+# ---------------------------------------------------------------- Hugging Face-style Parquet
+
+_PARQUET_BATCH = 4096
+_HF_ROLES = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "gpt"}
+_TURN_COLUMNS = ("conversations", "messages")
+_IMAGE_COLUMNS = ("image", "images")
+
+
+def _hf_text(content: object) -> object:
+    """A message's text; a list of parts (``{"type": "text"|"image", ...}``) is joined in order,
+    an image part becoming ``<image>`` where it stands."""
+    if not isinstance(content, list):
+        return content
+    pieces = []
+    for part in content:
+        if not isinstance(part, dict):
+            return content  # left for the turn checks to reject
+        kind = part.get("type")
+        if kind == "image":
+            pieces.append(IMAGE_TOKEN)
+        elif kind == "text" and isinstance(part.get("text"), str):
+            pieces.append(part["text"])
+        else:
+            return content
+    return "\n".join(pieces)
+
+
+def _hf_turns(messages: object) -> object:
+    """``messages`` (role/content) as LLaVA turns; anything malformed passes through unchanged,
+    so the usual turn checks name it."""
+    if not isinstance(messages, list):
+        return messages
+    turns = []
+    for message in messages:
+        if not isinstance(message, dict) or "role" not in message:
+            return messages
+        role = message.get("role")
+        turns.append({"from": _HF_ROLES.get(role, role), "value": _hf_text(message.get("content"))})
+    return turns
+
+
+def _hf_image(value: object, store: Callable[[bytes], str] | None) -> object:
+    """An image cell as a name: a path string, or bytes (alone or in ``{"bytes", "path"}``)
+    written through ``store``; a struct with only a path gives the path."""
+    if isinstance(value, dict):
+        value = value["bytes"] if value.get("bytes") is not None else value.get("path")
+    if isinstance(value, bytes | bytearray):
+        if store is None:
+            return {"image bytes": len(value)}  # rejected by the record checks: no place to go
+        return store(bytes(value))
+    return value
+
+
+def _parquet_items(
+    path: Path, out: _Collector, store: Callable[[bytes], str] | None
+) -> Iterator[tuple[int, object]]:
+    """Hugging Face-style rows as LLaVA records, read in batches.
+
+    Turns come from ``conversations`` (from/value) or ``messages`` (role/content, where
+    user/assistant map to human/gpt and a content list of text and image parts is joined with
+    ``<image>`` for the image part). The image comes from ``image`` or a one-element
+    ``images``: a path (resolved like a JSON file's), or bytes written by ``store`` to a
+    content-addressed file. When a row has an image but its turns have no ``<image>``, as in
+    ``messages`` data with a plain-text content, the token is put before the first turn.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InstructionFormatError(path, "", f"not a readable Parquet file: {exc}") from exc
+    names = set(parquet.schema_arrow.names)
+    turn_col = next((c for c in _TURN_COLUMNS if c in names), None)
+    if turn_col is None:
+        raise InstructionFormatError(
+            path, "conversations", f"no column {' or '.join(_TURN_COLUMNS)}; has {sorted(names)}"
+        )
+    wanted = [c for c in ("id", "instruction_type", turn_col, *_IMAGE_COLUMNS) if c in names]
+    index = 0
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
+        for row in batch.to_pylist():
+            record: dict = {k: row[k] for k in ("id", "instruction_type") if row.get(k) is not None}
+            turns = row[turn_col] if turn_col == "conversations" else _hf_turns(row[turn_col])
+            if row.get("image") is not None:
+                record["image"] = _hf_image(row["image"], store)
+            elif isinstance(row.get("images"), list):
+                record["images"] = [_hf_image(v, store) for v in row["images"]]
+            has_image = "image" in record or bool(record.get("images"))
+            if (
+                has_image
+                and isinstance(turns, list)
+                and turns
+                and all(isinstance(t, dict) for t in turns)
+                and not any(IMAGE_TOKEN in str(t.get("value")) for t in turns)
+                and isinstance(turns[0].get("value"), str)
+            ):
+                turns = [{**turns[0], "value": f"{IMAGE_TOKEN}\n{turns[0]['value']}"}, *turns[1:]]
+            record["conversations"] = turns
+            yield index, record
+            index += 1

@@ -31,6 +31,7 @@ Choices that callers rely on:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from collections import Counter
@@ -44,7 +45,7 @@ from vlit_assets.core.ids import stable_id
 from vlit_assets.core.images import ImageJob, ImageReport, inspect_images, resolve_inside
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, RAW_IMAGES, RAW_REJECTS, Table
 
-INSTRUCTION_SUFFIXES = frozenset({".json", ".jsonl"})
+INSTRUCTION_SUFFIXES = frozenset({".json", ".jsonl", ".parquet"})
 IMAGES_DIR = "images"
 
 # Instruction files declare no size: jobs carry an impossible one and the resulting
@@ -233,31 +234,85 @@ def _groups(source: str, rows: list[dict]) -> list[_ImageGroup]:
     ]
 
 
+class ImageStore:
+    """Image bytes from Parquet rows, written once each to ``<root>/<sha256[:2]>/<sha256>.<ext>``.
+
+    The file is then checked like any other image. A name it hands out is looked up here
+    and nowhere else (:class:`_Locator`); the extension comes from the file's magic bytes.
+    """
+
+    PREFIX = "bytes:sha256/"  # no relative path a user writes starts with this
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self.names: set[str] = set()
+
+    def __call__(self, data: bytes) -> str:
+        if self.root is None:
+            raise RuntimeError("image bytes need an image cache directory (image_cache=)")
+        digest = hashlib.sha256(data).hexdigest()
+        relative = f"{digest[:2]}/{digest}.{_extension(data)}"
+        path = self.root / relative
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # atomic: a concurrent run sees the whole file or none
+        name = self.PREFIX + relative
+        self.names.add(name)
+        return name
+
+    def place(self, name: str) -> tuple[Path, str] | None:
+        """The cache root and the path under it of a name this store handed out."""
+        if name not in self.names or self.root is None:
+            return None
+        return self.root, name[len(self.PREFIX) :]
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF8", "gif"),
+    (b"BM", "bmp"),
+)
+
+
+def _extension(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), "bin")
+
+
 @dataclass(frozen=True)
 class _Locator:
     """Where an image name points: the first root under which it exists.
 
     Each root confines its own names (``images.resolve_inside``): ``../x.jpg`` is refused under
-    every root, even when it would land in another root.
+    every root, even when it would land in another root. Names of stored image bytes are
+    found in the store only.
     """
 
     source_root: Path
     roots: tuple[Path, ...]
+    store: ImageStore
 
-    def place(self, name: str) -> tuple[Path, bool]:
-        """The root to check ``name`` under, and whether the file exists there."""
+    def place(self, name: str) -> tuple[Path, str, bool]:
+        """The root to check ``name`` under, the path under it, and whether it exists there."""
+        stored = self.store.place(name)
+        if stored is not None:
+            return stored[0], stored[1], True
         inside = None
         for root in self.roots:
             try:
                 path = resolve_inside(root, name)
-            except (OSError, RuntimeError):  # a symlink loop, a name too long for the OS
+            except (OSError, RuntimeError, ValueError):  # a loop, a name too long for the OS
                 continue
             if path is None:
                 continue
             if path.exists():
-                return root, True
+                return root, name, True
             inside = inside or root
-        return inside or self.roots[0], False
+        return inside or self.roots[0], name, False
 
     def shown(self, root: Path, name: str) -> str:
         """``name`` under ``root`` as a reject names it: relative to the source when inside it."""
@@ -287,26 +342,32 @@ def _files_to_check(
     )
     named: dict[str, list[str]] = dict(users.iter_rows())
     for group in groups:
-        if group.regions and group.base not in named and locator.place(group.base)[1]:
+        if group.regions and group.base not in named and locator.place(group.base)[2]:
             named[group.base] = [f"region image {group.regions[0]}"]
     return dict(sorted(named.items()))
 
 
 def _check_images(
     names: list[str], locator: _Locator, *, max_pixels: int, workers: int
-) -> tuple[dict[str, ImageReport], dict[str, Path]]:
+) -> tuple[dict[str, ImageReport], dict[str, tuple[Path, str]]]:
+    """Reports by name as written, and where each name was looked up (root, path under it)."""
     places = {n: locator.place(n) for n in names}
-    jobs = [ImageJob(str(places[n][0]), n, _NO_DECLARED_SIZE, _NO_DECLARED_SIZE) for n in names]
+    jobs = [
+        ImageJob(str(root), rel, _NO_DECLARED_SIZE, _NO_DECLARED_SIZE)
+        for root, rel, _ in places.values()
+    ]
     reports = {}
     tried = " or ".join(str(r) for r in locator.roots)
-    for report in inspect_images(jobs, max_pixels=max_pixels, workers=workers):
-        name = report.file_name
+    for name, report in zip(
+        places, inspect_images(jobs, max_pixels=max_pixels, workers=workers), strict=True
+    ):
+        report = dataclasses.replace(report, file_name=name)
         if report.reason == "image_size_mismatch":
             report = dataclasses.replace(report, reason=None, detail=None)
         elif report.reason == "image_missing" and len(locator.roots) > 1:
             report = dataclasses.replace(report, detail=f"{name!r} is not under {tried}")
         reports[name] = report
-    return reports, {n: root for n, (root, _) in places.items()}
+    return reports, {n: (root, rel) for n, (root, rel, _) in places.items()}
 
 
 def _main_file(group: _ImageGroup, reports: dict[str, ImageReport]) -> str | None:
@@ -339,14 +400,14 @@ def _image_rejects(
     source: str,
     locator: _Locator,
     reports: dict[str, ImageReport],
-    roots: dict[str, Path],
+    roots: dict[str, tuple[Path, str]],
     named: dict,
 ) -> list[dict]:
     out = []
     for name, report in reports.items():
         if report.ok:
             continue
-        file = name if name.startswith("/") else locator.shown(roots[name], name)
+        file = name if name.startswith("/") else locator.shown(*roots[name])
         users = ", ".join(named[name])
         detail = f"{report.detail} (named by {users})"
         out.append(_reject(source, file, name, "image", str(report.reason), detail))
@@ -379,7 +440,7 @@ def _keep_valid(
     groups: list[_ImageGroup],
     main: dict[str, str | None],
     reports: dict[str, ImageReport],
-    roots: dict[str, Path],
+    roots: dict[str, tuple[Path, str]],
 ) -> tuple[pl.DataFrame, list[dict]]:
     """Conversations whose images are valid (image_path made absolute), and rejects for the rest.
 
@@ -409,8 +470,8 @@ def _keep_valid(
         rejects.append(_reject(source, file, cid, "image", "parent_image_rejected", detail))
     # normpath cannot leave the root here: escaping names were rejected above
     absolute = {
-        name: os.path.normpath(os.path.join(str(root.resolve()), name))
-        for name, root in roots.items()
+        name: os.path.normpath(os.path.join(str(root.resolve()), rel))
+        for name, (root, rel) in roots.items()
         if reports[name].ok
     }
     kept = kept.with_columns(
@@ -445,6 +506,7 @@ def collect_import(
     root: Path,
     *,
     images_dir: Path | None = None,
+    image_cache: Path | None = None,
     limits: ImportLimits | None = None,
     max_pixels: int = 89_478_485,
     workers: int = 2,
@@ -456,10 +518,11 @@ def collect_import(
     naming it; a bad record or image only becomes reject rows.
     """
     root = Path(root)
-    locator = _Locator(root.resolve(), image_roots(root, images_dir))
+    store = ImageStore(image_cache)
+    locator = _Locator(root.resolve(), image_roots(root, images_dir), store)
     results, rejects = [], []
     for path in find_instruction_files(root):
-        loaded = load_instruction_file(path, source=source, limits=limits)
+        loaded = load_instruction_file(path, source=source, limits=limits, image_store=store)
         results.append((path.name, loaded.rows))
         rejects.append(loaded.rejects)
     frame, clashes = _merge_files(source, results)

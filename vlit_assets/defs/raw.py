@@ -21,7 +21,7 @@ from vlit_assets.core.schemas import (
     RAW_TAGS,
 )
 from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
-from vlit_assets.resources import ProjectPaths, WarehouseResource
+from vlit_assets.resources import ProjectPaths, WarehouseResource, resolve_path
 
 RAW_TABLES = (
     RAW_IMAGES,
@@ -87,14 +87,22 @@ def resolve_source(
 
 
 def _collect(
-    source: str, record: sources.SourceRecord, config: RawConfig, run_id: str
+    source: str,
+    record: sources.SourceRecord,
+    config: RawConfig,
+    run_id: str,
+    image_cache: Path,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
-    """Every raw table of the source: COCO annotations, or an imported instruction dataset."""
+    """Every raw table of the source: COCO annotations, or an imported instruction dataset.
+
+    ``image_cache`` receives image bytes of an import's Parquet rows, one file per content.
+    """
     if record.kind == "import":
         imported = collect_import(
             source,
             record.root,
             images_dir=Path(config.images_dir).expanduser() if config.images_dir else None,
+            image_cache=image_cache,
             limits=ImportLimits(config.max_turn_chars, config.max_conversation_chars),
             max_pixels=config.max_pixels,
             workers=config.workers,
@@ -148,7 +156,8 @@ def raw(
         except ValueError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
     try:
-        tables, rejects_by_reason = _collect(source, record, config, context.run_id)
+        image_cache = resolve_path(paths.output_dir) / "import_images" / source
+        tables, rejects_by_reason = _collect(source, record, config, context.run_id, image_cache)
     except (SourceFormatError, InstructionFormatError, FileNotFoundError) as exc:
         # An unusable file fails the run; the message names the file and the key.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
