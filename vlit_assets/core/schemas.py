@@ -202,6 +202,10 @@ REJECT_REASONS = {
     "image_token_misplaced": "an image token appears outside the first user turn, or twice",
     "instruction_type_unknown": "the record's instruction type is not one we know",
     "conversation_duplicate_id": "two records share an id and image",
+    "text_invalid_unicode": "a text holds a lone UTF-16 surrogate, which UTF-8 cannot store",
+    "turn_too_long": "a turn is longer than the configured maximum (characters)",
+    "conversation_too_long": "a conversation is longer than the configured maximum (characters)",
+    "file_not_a_dataset": "a JSON file of an import source is no instruction data (a sidecar)",
 }
 
 GENERATED_CONVERSATIONS = Table(

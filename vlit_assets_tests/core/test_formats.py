@@ -17,7 +17,10 @@ from vlit_assets.core.formats import (
     IMAGE_TOKEN,
     IMPORT_REJECT_REASONS,
     UNLABELLED,
+    ImportLimits,
     InstructionFormatError,
+    _Collector,
+    _import_llava,
     from_llava,
     from_paper,
     load_instruction_file,
@@ -498,16 +501,36 @@ def test_load_single_line_jsonl(tmp_path: Path) -> None:
         ("  \n\n", "empty"),
         ('[{"id": "a", "image": "x.jpg", "conversations": [', "not JSON"),
         ("Here is the data you asked for:\n[]", "not JSON"),
-        ('{"data": []}', "top level has \\['data'\\]"),
-        ("42", "neither"),
+        ('[{"id": "a"}, {"id": "b"} {"id": "c"}]', "not JSON \\(after record \\[1\\]\\)"),
+        ('{"annotations": 3}', "annotations"),
     ],
-    ids=["empty", "blank", "truncated", "prose", "unknown keys", "number"],
+    ids=["empty", "blank", "truncated", "prose", "missing comma", "annotations not a list"],
 )
 def test_unusable_file_fails_with_its_name(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path / "broken.json", text)
     with pytest.raises(InstructionFormatError, match=message) as info:
         load_instruction_file(path, source="s")
     assert "broken.json" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ('{"data": []}', "top level has ['data']"),
+        ("42", "top level is int"),
+        ('{\n  "n": 10000,\n  "counts": {"exact_dup": 1000}\n}\n', "top level has ['counts', 'n']"),
+    ],
+    ids=["unknown keys", "number", "bench truth sidecar"],
+)
+def test_json_that_is_no_dataset_is_one_reject_not_an_error(
+    tmp_path: Path, text: str, what: str
+) -> None:
+    path = _write(tmp_path / "labels.truth.json", text)
+    result = load_instruction_file(path, source="s")
+    assert result.rows.height == 0
+    (reject,) = result.rejects.to_dicts()
+    assert (reject["file"], reject["reason"]) == ("labels.truth.json", "file_not_a_dataset")
+    assert what in reject["detail"]
 
 
 def test_non_utf8_file_fails_with_its_name(tmp_path: Path) -> None:
@@ -535,3 +558,145 @@ def test_formats_does_not_import_dagster() -> None:
     code = "import sys, vlit_assets.core.formats; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- LLaVA-1.5 conventions
+
+
+def test_text_only_records_import_with_no_image() -> None:
+    text_only = {
+        "id": "t1",
+        "conversations": [
+            {"from": "human", "value": "What is two plus two?"},
+            {"from": "gpt", "value": "Four."},
+        ],
+    }
+    result = from_llava([text_only, _llava(id="v1")], source="s", file="mix.json")
+    rows = {r["source_annotation_ids"][0]: r for r in result.rows.iter_rows(named=True)}
+    assert rows["llava_id:t1"]["image_id"] is None and rows["llava_id:t1"]["image_path"] is None
+    assert rows["llava_id:t1"]["turns"][0]["value"] == "What is two plus two?"
+    assert rows["llava_id:v1"]["image_path"] == "images/a.jpg"
+    # exported as LLaVA-1.5 writes text-only data: no image key, no token
+    exported = {r["id"]: r for r in to_llava(result.rows)}
+    assert "image" not in exported["t1"]
+    assert exported["t1"]["conversations"][0]["value"] == "What is two plus two?"
+    assert exported["v1"]["conversations"][0]["value"].startswith(IMAGE_TOKEN)
+
+
+def test_a_single_images_list_entry_is_the_image_and_several_are_rejected() -> None:
+    one = {k: v for k, v in _llava(id="one").items() if k != "image"} | {"images": ["x/b.jpg"]}
+    two = {k: v for k, v in _llava(id="two").items() if k != "image"} | {"images": ["a", "b"]}
+    result = from_llava([one, two], source="s", file="dj.json")
+    assert result.rows["image_path"].to_list() == ["x/b.jpg"]
+    assert result.rejects.select("record_id", "field").rows() == [("two", "images")]
+
+
+def test_streamed_files_are_never_read_whole(tmp_path: Path, monkeypatch) -> None:
+    records = [_llava(id=f"r{i}") for i in range(50)]
+    array = _write(tmp_path / "array.json", json.dumps(records))
+    lines = _write(tmp_path / "lines.jsonl", "\n".join(json.dumps(r) for r in records))
+    paper = _write(
+        tmp_path / "paper.json",
+        json.dumps({"image_source": "x", "annotations": [PAPER_GOOD] * 3}, indent=1),
+    )
+
+    def whole(*args, **kwargs):
+        raise AssertionError("a dataset file was read whole")
+
+    monkeypatch.setattr(Path, "read_text", whole)
+    monkeypatch.setattr(Path, "read_bytes", whole)
+    assert load_instruction_file(array, source="s").rows.height == 50
+    assert load_instruction_file(lines, source="s").rows.height == 50
+    assert load_instruction_file(paper, source="s").rows.height == 3
+
+
+# ---------------------------------------------------------------- hostile text and fields
+
+HOSTILE = {
+    "from is a list": (
+        GOOD | {"conversations": [{"from": ["human"], "value": "<image>\nQ?"}]},
+        "conversations[0].from",
+        "turn_unknown_speaker",
+    ),
+    "from is a dict": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ({"who": "gpt"}, "A."))},
+        "conversations[1].from",
+        "turn_unknown_speaker",
+    ),
+    "lone surrogate in a value": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", "A \ud800 cat."))},
+        "conversations[1].value",
+        "text_invalid_unicode",
+    ),
+    "lone surrogate in the image name": (
+        GOOD | {"image": "a\udc00.jpg"},
+        "image",
+        "text_invalid_unicode",
+    ),
+    "turn too long": (
+        GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", "x" * 40_000))},
+        "conversations[1].value",
+        "turn_too_long",
+    ),
+    "conversation too long": (
+        GOOD
+        | {
+            "conversations": _conv(
+                *[
+                    (("human", "gpt")[k % 2], ("<image>\n" if k == 0 else "") + "y" * 30_000)
+                    for k in range(6)
+                ]
+            )
+        },
+        "conversations",
+        "conversation_too_long",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_hostile_llava_fields_are_rejects(case: str) -> None:
+    bad, field, reason = HOSTILE[case]
+    result = from_llava([_llava(id="ok"), bad], source="s", file="h.json")
+    assert result.rows.height == 1
+    assert result.rejects.select("field", "reason").rows() == [(field, reason)]
+
+
+def test_lone_surrogate_escape_in_a_json_list_is_a_reject_not_a_question_mark(
+    tmp_path: Path,
+) -> None:
+    text = json.dumps([_llava(id="ok"), _llava(id="bad", image="\ud800.jpg")])
+    assert "\\ud800" in text
+    path = _write(tmp_path / "list.json", text)
+    result = load_instruction_file(path, source="s")
+    assert result.rows["image_path"].to_list() == ["images/a.jpg"]
+    assert result.rejects.select("record_id", "reason").rows() == [("bad", "text_invalid_unicode")]
+
+
+def test_bad_bytes_and_surrogates_in_json_lines_reject_their_line(tmp_path: Path) -> None:
+    good = json.dumps(_llava(id="ok")).encode()
+    latin1 = json.dumps(_llava(id="l1", image="caf\u00e9.jpg"), ensure_ascii=False).encode(
+        "latin-1"
+    )
+    surrogate = json.dumps(_llava(id="s1", image="\ud800.jpg")).encode()
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join([good, latin1, surrogate, good.replace(b'"ok"', b'"ok2"')]))
+    result = load_instruction_file(path, source="s")
+    assert result.rows.height == 2
+    assert result.rejects.select("field", "reason").rows() == [
+        ("line 2", "record_unparseable"),
+        ("line 3", "record_unparseable"),
+    ]
+
+
+def test_limits_are_settings() -> None:
+    record = GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", "z" * 100))}
+    tight = ImportLimits(max_turn_chars=50, max_conversation_chars=1000)
+    out = _Collector("s", "f.json", tight)
+    result = _import_llava([(0, record)], out)
+    assert result.rejects["reason"].to_list() == ["turn_too_long"]
+    assert from_llava([record], source="s", file="f.json").rows.height == 1
+
+
+def test_every_import_reject_reason_is_declared_in_schemas() -> None:
+    assert set(IMPORT_REJECT_REASONS) <= set(REJECT_REASONS)
