@@ -35,3 +35,19 @@ def test_ui_command_keeps_exported_variables_and_starts_outside_the_project(
     assert Path(command[0]).name == "dagster" and Path(command[0]).is_file()
     assert command[1:] == ["dev", "-w", str(tmp_path / "workspace.yaml"), "-h", "127.0.0.1",
                            "-p", "3999"]  # fmt: skip
+
+
+def test_run_images_flag_must_name_a_folder(tmp_path, monkeypatch, capsys):
+    for key, value in {
+        "DAGSTER_HOME": tmp_path / "home",
+        "VLIT_DB_PATH": tmp_path / "w.duckdb",
+        "VLIT_DATA_DIR": tmp_path,
+        "VLIT_OUTPUT_DIR": tmp_path / "out",
+    }.items():
+        monkeypatch.setenv(key, str(value))
+    args = cli.build_parser().parse_args(
+        ["run", "--source", str(tmp_path), "--images", str(tmp_path / "absent")]
+    )
+    assert args.images == str(tmp_path / "absent")
+    assert args.func(args) == 2
+    assert "--images" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -372,3 +373,152 @@ def test_a_bad_region_file_rejects_its_conversation_only(tmp_path: Path) -> None
 )
 def test_coco_id_from_name(name: str, expected: int | None) -> None:
     assert coco_id_from_name(name) == expected
+
+
+# ---------------------------------------------------------------- LLaVA training conventions
+
+
+def _bench_like(root: Path, n_images: int = 3) -> Path:
+    """The layout of ../shared/bench: JSONL naming images/<f> relative to itself, a sidecar."""
+    (root / "images").mkdir(parents=True)
+    for k in range(n_images):
+        (root / "images" / f"img_{k:03d}.jpg").write_bytes(_jpeg(seed=k + 1))
+    lines = [json.dumps(_llava(f"r{k}", f"images/img_{k % n_images:03d}.jpg")) for k in range(6)]
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "data.truth.json").write_text(json.dumps({"n": 6, "counts": {}}, indent=2))
+    (root / "data.kinds.tsv").write_text("id\tkind\n", encoding="utf-8")
+    return root
+
+
+def test_names_relative_to_the_instruction_file_resolve_as_llava_does(tmp_path: Path) -> None:
+    root = _bench_like(tmp_path / "bench")
+    result = collect_import("bench", root, workers=1)
+    _schemas_hold(result)
+    assert result.conversations.height == 6
+    assert result.images.height == 3
+    assert {Path(p).parent for p in result.conversations["image_path"]} == {
+        (root / "images").resolve()
+    }
+    # the sidecar is one reject with a reason; the .tsv is no instruction file at all
+    assert result.rejects.select("file", "reason").rows() == [
+        ("data.truth.json", "file_not_a_dataset")
+    ]
+
+
+def test_images_dir_names_the_image_folder_and_confines_names(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    folder = tmp_path / "elsewhere" / "coco"
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(_jpeg())
+    (folder.parent / "outside.jpg").write_bytes(_jpeg(seed=5))
+    _write_json(root / "d.json", [_llava("in", "a.jpg"), _llava("out", "../outside.jpg")])
+    # without the folder nothing is found under the source
+    assert collect_import("s", root, workers=1).conversations.height == 0
+    result = collect_import("s", root, images_dir=folder, workers=1)
+    assert result.conversations["image_path"].to_list() == [str((folder / "a.jpg").resolve())]
+    assert _reasons(result)[("../outside.jpg", "image")] == "image_path_escapes_root"
+
+
+def test_a_name_missing_everywhere_says_where_it_was_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    _write_json(tmp_path / "d.json", [_llava("r", "nowhere.jpg")])
+    rejects = collect_import("s", tmp_path, workers=1).rejects
+    detail = rejects.filter(pl.col("reason") == "image_missing")["detail"][0]
+    assert str(tmp_path / "images") in detail and f"{tmp_path} " in detail + " "
+
+
+def test_text_only_rows_are_imported_beside_image_rows(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(_jpeg())
+    text_only = {
+        "id": "t",
+        "conversations": [
+            {"from": "human", "value": "Name a prime number."},
+            {"from": "gpt", "value": "Seven."},
+        ],
+    }
+    _write_json(tmp_path / "mix.json", [_llava("v", "a.jpg"), text_only])
+    result = collect_import("s", tmp_path, workers=1)
+    _schemas_hold(result)
+    rows = {r["source_annotation_ids"][0]: r for r in result.conversations.iter_rows(named=True)}
+    assert rows["llava_id:t"]["image_id"] is None and rows["llava_id:t"]["image_path"] is None
+    assert rows["llava_id:v"]["image_path"].endswith("a.jpg")
+    assert result.rejects.height == 0 and result.images.height == 1
+
+
+# ---------------------------------------------------------------- Hugging Face-style Parquet
+
+
+def _png(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((32, 24), seed).convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def test_parquet_with_conversations_and_image_paths(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(_jpeg())
+    frame = pl.DataFrame(
+        {
+            "id": ["p0", "p1"],
+            "image": ["a.jpg", None],
+            "conversations": [
+                _llava("p0", "a.jpg")["conversations"],
+                [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}],
+            ],
+        }
+    )
+    frame.write_parquet(tmp_path / "train.parquet")
+    result = collect_import("pq", tmp_path, workers=1)
+    _schemas_hold(result)
+    assert result.conversations["source_annotation_ids"].to_list() == [
+        ["llava_id:p0"],
+        ["llava_id:p1"],
+    ]
+    assert result.conversations["image_path"].null_count() == 1
+
+
+def test_parquet_messages_with_image_bytes_go_to_a_content_addressed_cache(
+    tmp_path: Path,
+) -> None:
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    good, broken = _png(1), _png(2)[:40]
+    frame = pl.DataFrame(
+        {
+            "images": [[{"bytes": good, "path": None}], [{"bytes": broken, "path": None}]],
+            "messages": [
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": "Q?"}],
+                    },
+                    {"role": "assistant", "content": [{"type": "text", "text": "A noisy square."}]},
+                ],
+                [
+                    {"role": "user", "content": [{"type": "text", "text": "What is it?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Noise."}]},
+                ],
+            ],
+        }
+    )
+    frame.write_parquet(src / "hf.parquet")
+    result = collect_import("hf", src, image_cache=cache, workers=1)
+    _schemas_hold(result)
+    digest = hashlib.sha256(good).hexdigest()
+    stored = cache / digest[:2] / f"{digest}.png"
+    assert stored.read_bytes() == good
+    (row,) = result.conversations.iter_rows(named=True)
+    assert row["image_path"] == str(stored.resolve())
+    assert [t["value"] for t in row["turns"]] == ["Q?", "A noisy square."]
+    assert result.images["sha256"].to_list() == [digest]
+    reasons = set(result.rejects["reason"])
+    assert "parent_image_rejected" in reasons
+    assert reasons & {"image_truncated", "image_undecodable"}
+    assert not list(src.rglob("*.png"))  # the source folder is never written to
+
+
+def test_parquet_without_turn_columns_fails_naming_the_file(tmp_path: Path) -> None:
+    pl.DataFrame({"text": ["x"]}).write_parquet(tmp_path / "t.parquet")
+    with pytest.raises(InstructionFormatError, match="t.parquet: conversations"):
+        collect_import("s", tmp_path, workers=1)

@@ -104,3 +104,51 @@ def test_a_second_folder_under_a_known_name_is_refused_not_overwritten(
         failure = next(e for e in result.all_events if e.is_step_failure)
         assert "is registered to" in failure.step_failure_data.error.message
         assert env.scalar("SELECT count(*) FROM raw__images WHERE source = 'data'") == 24
+
+
+def _jpeg_bytes(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.effect_noise((48, 32), seed).convert("RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+def _record(rid: str, image: str) -> dict:
+    return {
+        "id": rid,
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is shown?"},
+            {"from": "gpt", "value": "Grey noise."},
+        ],
+    }
+
+
+def test_images_option_reaches_the_import_and_parquet_bytes_land_in_the_output(
+    tmp_path, monkeypatch
+):
+    import polars as pl
+
+    source, folder = tmp_path / "llava", tmp_path / "image_folder"
+    source.mkdir()
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg_bytes(1))
+    (source / "d.jsonl").write_text(json.dumps(_record("j", "a.jpg")) + "\n", encoding="utf-8")
+    pl.DataFrame(
+        {
+            "image": [{"bytes": _jpeg_bytes(2), "path": None}],
+            "conversations": [_record("p", "x")["conversations"]],
+        }
+    ).write_parquet(source / "hf.parquet")
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        result = run_source(env.instance, "llava", source, images_dir=folder, stages=("raw",))
+        assert result.success
+        paths = [p for (p,) in env.query("SELECT image_path FROM raw__conversations ORDER BY 1")]
+        assert len(paths) == 2
+        assert str((folder / "a.jpg").resolve()) in paths
+        cached = [p for p in paths if "import_images" in p]
+        assert cached and cached[0].startswith(str(env.output_dir.resolve()))
+        assert env.scalar("SELECT count(*) FROM raw__rejects") == 0
