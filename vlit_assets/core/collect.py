@@ -33,10 +33,12 @@ first failing check in the order its validator lists them.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import math
 import mmap
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +64,14 @@ from vlit_assets.core.schemas import (
 BOX_TOLERANCE_PX: float = 1.0
 """How far a box may pass the image edge: COCO boxes come from float polygons and a few end a
 fraction of a pixel outside the image. Shared with the raw GX suite."""
+
+
+MAX_CAPTION_CHARS: int = 4_096
+"""Longer captions are rejected (annotation_bad_field): COCO captions run to about 250
+characters, and a caption becomes the text of generated turns."""
+
+MAX_NAME_BYTES: int = 255
+"""The longest file or folder name Linux file systems store; a longer one cannot exist."""
 
 
 RAW_REJECT_REASONS: tuple[str, ...] = (
@@ -288,6 +298,7 @@ class _JsonFile:
     data: np.ndarray
     brackets: _Brackets
     members: dict[str, object] = field(default_factory=dict)  # scalars, or a _Container
+    dirty: bool = False  # holds invalid UTF-8 or a lone surrogate escape somewhere
 
     def member(self, key: str) -> object:
         if key not in self.members:
@@ -358,12 +369,46 @@ def _read_whole(path: Path, arrays: dict[str, Sequence[_Field]]) -> dict[str, pl
     return frames
 
 
+# A \\uD800-\\uDBFF escape not followed by a low one, or a \\uDC00-\\uDFFF escape alone.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _bad_text(data: np.ndarray) -> bool:
+    """True when the bytes hold invalid UTF-8 or a lone surrogate escape.
+
+    pyarrow's reader passes both through into strings that DuckDB and polars refuse later, so
+    such bytes go down the record-by-record path, which rejects the record that holds them.
+    """
+    view = memoryview(data)  # type: ignore[arg-type]
+    if _LONE_SURROGATE.search(view) is not None:
+        return True
+    if not (data >= 0x80).any():
+        return False
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for off in range(0, len(data), _CHUNK_BYTES):
+            decoder.decode(view[off : off + _CHUNK_BYTES])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _read_coco_file(path: Path, arrays: dict[str, Sequence[_Field]]) -> dict[str, pl.DataFrame]:
     """The records of each named top-level array; every array is checked before any is read."""
-    frames = _read_whole(path, arrays)
+    with open(path, "rb") as fh:
+        empty = fh.seek(0, io.SEEK_END) == 0
+        dirty = not empty and _bad_text(
+            np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+        )
+    frames = None if dirty else _read_whole(path, arrays)
     if frames is not None:
         return frames
     doc = _map_json(path)
+    doc.dirty = dirty
     for key in arrays:
         doc.array(key)
     return {key: _read_records(doc, key, fields) for key, fields in arrays.items()}
@@ -573,6 +618,18 @@ def _typed(value: object, kind: str) -> tuple[object, str | None]:
     return None, f"is {found}, expected a list of numbers"
 
 
+def _text_problem(value: str, bad_utf8: str | None) -> str | None:
+    """What makes a decoded string unstorable: invalid UTF-8 bytes or a lone surrogate."""
+    if bad_utf8 is not None and "\ufffd" in value:
+        return f"is not valid UTF-8 text (invalid bytes at {bad_utf8})"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone UTF-16 surrogate (e.g. \\ud800), not valid Unicode"
+    return None
+
+
 def _read_slow(
     doc: _JsonFile,
     key: str,
@@ -586,13 +643,25 @@ def _read_slow(
     bad_detail: list[str | None] = []
     raw = doc.data
     for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True), start=first):
+        chunk = raw[s : e + 1].tobytes()
+        bad_utf8 = None
         try:
-            record = json.loads(raw[s : e + 1].tobytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # decoded with U+FFFD so the other fields still name the record
+            text, bad_utf8 = chunk.decode("utf-8", "replace"), f"byte {s + exc.start}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise SourceFormatError(f"{doc.path}: {key}[{i}] is not valid JSON ({exc})") from exc
+        if not isinstance(record, dict):  # the span check found an object; be safe anyway
+            raise SourceFormatError(f"{doc.path}: {key}[{i}] is not an object")
         problem: tuple[str, str] | None = None
         for f in fields:
             value, wrong = _typed(record.get(f.name), f.kind)
+            if isinstance(value, str) and wrong is None:
+                wrong = _text_problem(value, bad_utf8)
+                value = None if wrong else value
             columns[f.name].append(value)
             if wrong and problem is None:
                 problem = (f.name, f"field {f.name!r} {wrong}")
@@ -622,7 +691,8 @@ def _read_records(doc: _JsonFile, key: str, fields: Sequence[_Field]) -> pl.Data
         # Groups bound the work of the slow path to the neighbourhood of a mistyped record.
         j = max(i + 1, int(np.searchsorted(starts, starts[i] + _GROUP_BYTES)))
         s, e = starts[i:j], ends[i:j]
-        frame = _read_fast(doc, s, e, fields, i)
+        dirty = doc.dirty and _bad_text(doc.data[int(s[0]) : int(e[-1]) + 1])
+        frame = None if dirty else _read_fast(doc, s, e, fields, i)
         if frame is None:
             frame = _read_slow(doc, key, s, e, fields, i)
         parts.append(frame.select(columns))
@@ -785,6 +855,12 @@ def _validate_images(records: pl.DataFrame, file: str) -> tuple[pl.DataFrame, li
     )
     checks = [
         ("file_name", pl.col("file_name").str.strip_chars() == "", "field 'file_name' is empty"),
+        (
+            "file_name",
+            pl.col("file_name").str.split("/").list.eval(pl.element().str.len_bytes()).list.max()
+            > MAX_NAME_BYTES,
+            f"field 'file_name' has a path component longer than {MAX_NAME_BYTES} bytes",
+        ),
         ("width", ~pl.col("width").is_between(1, _INT32_MAX), "field 'width' is not in 1..2^31-1"),
         (
             "height",
@@ -817,7 +893,14 @@ def _validate_captions(
     kept, dup = _drop_duplicate_ids(
         records, file=file, section=section, reason="annotation_duplicate_id"
     )
-    kept, bad = _drop_bad_fields(kept, _CAPTION_FIELDS, [], file=file, section=section)
+    too_long = [
+        (
+            "caption",
+            pl.col("caption").str.len_chars() > MAX_CAPTION_CHARS,
+            f"field 'caption' is longer than {MAX_CAPTION_CHARS} characters",
+        )
+    ]
+    kept, bad = _drop_bad_fields(kept, _CAPTION_FIELDS, too_long, file=file, section=section)
     kept, unknown = _split(
         kept,
         ~pl.col("image_id").is_in(declared_image_ids.implode()),
@@ -867,6 +950,12 @@ def _validate_objects(
             pl.col("bbox").list.eval(pl.element().is_null()).list.any(),
             "field 'bbox' holds a null",
         ),
+        (
+            "bbox",
+            pl.col("bbox").list.eval(~pl.element().is_finite()).list.any(),
+            "field 'bbox' holds a non-finite number (NaN or Infinity)",
+        ),
+        ("area", ~pl.col("area").is_finite(), "field 'area' is not a finite number"),
         ("area", pl.col("area") < 0, "field 'area' is negative"),
         ("iscrowd", ~pl.col("iscrowd").is_in([0, 1]), "field 'iscrowd' must be 0 or 1"),
     ]

@@ -123,11 +123,14 @@ def inspect_image(job: ImageJob, max_pixels: int) -> ImageReport:
             "image_path_escapes_root",
             f"{job.file_name!r} resolves outside the image root {job.image_root}; not opened",
         )
-    if not path.exists():
-        return _reject(job, "image_missing", f"{path} does not exist")
-    if not path.is_file():
-        return _reject(job, "image_undecodable", f"{path} is not a regular file")
-    data = path.read_bytes()
+    try:
+        if not path.exists():
+            return _reject(job, "image_missing", f"{path} does not exist")
+        if not path.is_file():
+            return _reject(job, "image_undecodable", f"{path} is not a regular file")
+        data = path.read_bytes()
+    except OSError as exc:  # a name longer than the OS allows, no permission, an I/O error
+        return _reject(job, "image_missing", f"{job.file_name!r} cannot be read: {exc}")
     if not data:
         return _reject(job, "image_empty", f"{path} has zero bytes")
     facts: dict[str, object] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}

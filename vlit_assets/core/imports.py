@@ -305,11 +305,12 @@ class _Locator:
         for root in self.roots:
             try:
                 path = resolve_inside(root, name)
+                found = path is not None and path.exists()
             except (OSError, RuntimeError, ValueError):  # a loop, a name too long for the OS
                 continue
             if path is None:
                 continue
-            if path.exists():
+            if found:
                 return root, name, True
             inside = inside or root
         return inside or self.roots[0], name, False
