@@ -828,7 +828,7 @@ def _stream(path: Path, prefix: str, keys: list[str] | None = None) -> Iterator[
         try:
             for index, value in enumerate(backend.items(events, prefix)):  # noqa: B007
                 yield index, value
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
+        except (ijson.JSONError, ValueError) as exc:  # also json and UTF-8 decoding errors
             where = f"after record [{index}]" if index >= 0 else "before the first record"
             text = str(exc).split("\n")[0].strip(" b'\"")
             why = "not UTF-8 text" if "UTF8" in text or isinstance(exc, UnicodeDecodeError) else ""
