@@ -1086,6 +1086,17 @@ def _cascade(
     return kept.drop("_parent_reason"), rejects
 
 
+def _move_to_kept(frame: pl.DataFrame, moved: pl.DataFrame) -> pl.DataFrame:
+    """``image_id`` of annotations of a duplicate image replaced by the kept image's id."""
+    if not moved.height or not frame.height:
+        return frame
+    return (
+        frame.join(moved, on="image_id", how="left", maintain_order="left")
+        .with_columns(pl.coalesce("_kept_id", "image_id").alias("image_id"))
+        .drop("_kept_id")
+    )
+
+
 def _image_reject_ids(rejects: Iterable[pl.DataFrame]) -> pl.DataFrame:
     """coco_image_id and reason of every rejected image record that has an integer id."""
     frames = [r for r in rejects if r.height]
@@ -1213,6 +1224,14 @@ def load_annotations(source: str, files: CocoFiles, run_id: str = "") -> Annotat
 # Image files
 
 
+# The detail of an image_duplicate_bytes reject; _DUPLICATE_OF reads the kept id back.
+_DUPLICATE_DETAIL = (
+    "same bytes (sha256 {}) as image {} ({}), which is kept; "
+    "this record's captions and objects now belong to image {}"
+)
+_DUPLICATE_OF = r"as image (-?\d+) \("
+
+
 def validate_images(
     source: str,
     image_root: Path,
@@ -1277,10 +1296,11 @@ def validate_images(
         pl.when(pl.col("reason").is_null() & (pl.col("_first_id") != pl.col("coco_image_id")))
         .then(
             pl.format(
-                "same bytes (sha256 {}) as image {} ({}), which is kept",
+                _DUPLICATE_DETAIL,
                 pl.col("sha256"),
                 pl.col("_first_id"),
                 pl.col("_first_file"),
+                pl.col("_first_id"),
             )
         )
         .otherwise(pl.col("detail"))
@@ -1550,11 +1570,23 @@ def assemble(
     failed = image_rejects.select(
         pl.col("record_id").cast(pl.Int64).alias("coco_image_id"), "reason"
     )
-    captions = annotations.captions.rename({"coco_caption_id": "id", "coco_image_id": "image_id"})
+    # Same bytes under two names: the copy's captions and objects move onto the kept image
+    # (the copy decoded to the same size, so its boxes fit) instead of being dropped.
+    moved = image_rejects.filter(pl.col("reason") == "image_duplicate_bytes").select(
+        pl.col("record_id").cast(pl.Int64).alias("image_id"),
+        pl.col("detail").str.extract(_DUPLICATE_OF).cast(pl.Int64).alias("_kept_id"),
+    )
+    failed = failed.filter(pl.col("reason") != "image_duplicate_bytes")
+    captions = _move_to_kept(
+        annotations.captions.rename({"coco_caption_id": "id", "coco_image_id": "image_id"}), moved
+    )
     captions, cap_cascade = _cascade(
         captions, failed, file=annotations.captions_file, what="caption"
     )
-    objects = annotations.objects.rename({"coco_annotation_id": "id", "coco_image_id": "image_id"})
+    objects = _move_to_kept(
+        annotations.objects.rename({"coco_annotation_id": "id", "coco_image_id": "image_id"}),
+        moved,
+    )
     objects, obj_cascade = _cascade(
         objects, failed, file=annotations.instances_file or "", what="object"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -316,6 +317,8 @@ def test_annotations_of_rejected_images_cascade_one_row_each(corrupted):
     captions, instances = _source_json(root)
     bad_images = {f.record_id for f in planted if f.kind == "image"}
     bad_images.discard(min(im["id"] for im in captions["images"]))  # duplicate id: first kept
+    # a byte copy's annotations move to the kept image (next test), so none cascades
+    bad_images -= {f.record_id for f in planted if f.reason == "image_duplicate_bytes"}
     cascaded = set(result.rejects.filter(pl.col("reason") == "parent_image_rejected")["record_id"])
     expected = {
         str(a["id"])
@@ -327,15 +330,57 @@ def test_annotations_of_rejected_images_cascade_one_row_each(corrupted):
     assert len(expected) >= len(bad_images)
 
 
+def test_a_byte_copy_is_rejected_but_its_captions_and_objects_move_to_the_kept_image(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "train2017").mkdir()
+    photo = io.BytesIO()
+    Image.effect_noise((64, 48), 3).convert("RGB").save(photo, "JPEG")
+    for name in ("000000000001.jpg", "000000000002.jpg"):
+        (root / "train2017" / name).write_bytes(photo.getvalue())
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in (1, 2)]
+    captions = [
+        {"id": 11, "image_id": 1, "caption": "A grey square."},
+        {"id": 12, "image_id": 2, "caption": "Static on an old television."},
+    ]
+    objects = [
+        {"id": 21, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}
+    ]
+    categories = [{"id": 1, "name": "tv", "supercategory": "electronic"}]
+    (root / "annotations" / "captions_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": captions})
+    )
+    (root / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": objects, "categories": categories})
+    )
+    result = collect_source("s", root, CollectConfig(workers=1))
+    (kept,) = result.images["image_id"].to_list()
+    assert result.images["coco_image_id"].to_list() == [1]
+    assert sorted(result.captions["caption"]) == ["A grey square.", "Static on an old television."]
+    assert set(result.captions["image_id"]) == {kept}
+    assert result.objects.select("coco_annotation_id", "image_id").rows() == [(21, kept)]
+    (reject,) = result.rejects.to_dicts()
+    assert (reject["record_id"], reject["reason"]) == ("2", "image_duplicate_bytes")
+    assert "now belong to image 1" in reject["detail"]
+
+
 def test_every_good_record_of_the_corrupted_copy_is_kept(coco_mini, corrupted):
-    _, _, result = corrupted
+    root, planted, result = corrupted
     captions, instances = _source_json(coco_mini)
+    # the byte copy's own caption moves onto the image it copies; nothing else is added
+    copies = {f.record_id for f in planted if f.reason == "image_duplicate_bytes"}
+    moved = [a for a in _source_json(root)[0]["annotations"] if a["image_id"] in copies]
+    assert len(moved) == 1
     assert set(result.images["coco_image_id"]) == {im["id"] for im in captions["images"]}
-    assert set(result.captions["coco_caption_id"]) == {a["id"] for a in captions["annotations"]}
+    assert set(result.captions["coco_caption_id"]) == {
+        a["id"] for a in captions["annotations"] + moved
+    }
     assert set(result.objects["coco_annotation_id"]) == {a["id"] for a in instances["annotations"]}
-    assert result.counts()["captions"] == 400 and result.counts()["objects"] == 739
+    assert result.counts()["captions"] == 401 and result.counts()["objects"] == 739
     # The first record of a duplicated id wins: the kept caption is the original text.
-    originals = {a["id"]: a["caption"] for a in captions["annotations"]}
+    originals = {a["id"]: a["caption"] for a in captions["annotations"] + moved}
     for row in result.captions.iter_rows(named=True):
         assert row["caption"] == originals[row["coco_caption_id"]]
 
