@@ -1,5 +1,8 @@
 """Speed and memory of data collection: annotation ingestion at COCO scale, image validation.
 
+``--import-bench DIR`` times the QC-only import instead: ``collect_import`` of a LLaVA folder
+(``../shared/bench/make_llava_bench.py`` output) and its DuckDB write, in a subprocess.
+
 Run: ``.venv/bin/python benchmarks/collect.py`` (coco-mini from ``VLIT_COCO_MINI`` or
 ``../shared/coco-mini``). Everything it writes goes under ``benchmarks/out/`` (git-ignored).
 
@@ -235,6 +238,68 @@ def run_images(src: Path) -> dict[str, object]:
     }
 
 
+# --- QC-only import -----------------------------------------------------------------------------
+
+
+def import_child(root: Path, db: Path) -> dict[str, object]:
+    """collect_import of a LLaVA folder and its DuckDB write, timed in this process."""
+    from vlit_assets.core.imports import collect_import
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = collect_import("bench", root, workers=2, run_id="bench")
+    t1 = time.perf_counter()
+    with warehouse.connect(db) as con:
+        for name, frame in (
+            ("raw__conversations", result.conversations),
+            ("raw__images", result.images),
+            ("raw__rejects", result.rejects),
+        ):
+            warehouse.replace_source(con, name, frame, "bench")
+    t2 = time.perf_counter()
+    return {
+        "import_s": t1 - t0,
+        "write_s": t2 - t1,
+        "cpu_s": time.process_time() - c0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "counts": result.counts(),
+        "rejects": result.rejects_by_reason(),
+    }
+
+
+def run_import(root: Path) -> list[str]:
+    """Rows of the table for ``--import-bench``: the child's figures and its whole-process wall."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    db = OUT / "import.duckdb"
+    for stale in (db, db.with_suffix(".duckdb.wal")):
+        stale.unlink(missing_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--import-child", str(root), str(db)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"import failed:\n{proc.stderr}")
+    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    files = sorted(p.name for p in root.iterdir() if p.is_file())
+    return [
+        _row("what", "figure"),
+        _row("-" * 44, "-" * 14),
+        _row("folder", root.name),
+        *(_row(f"  {name}", f"{(root / name).stat().st_size / 1e6:.0f} MB") for name in files),
+        *(_row(f"  rows {k}", f"{v:,}") for k, v in fig["counts"].items()),
+        *(_row(f"  rejects {k}", f"{v:,}") for k, v in fig["rejects"].items()),
+        _row("import: read, validate, check images", f"{fig['import_s']:.2f} s"),
+        _row("import: write to DuckDB", f"{fig['write_s']:.2f} s"),
+        _row("import: CPU time (user + sys)", f"{fig['cpu_s']:.2f} s"),
+        _row("import: subprocess wall incl. start-up", f"{wall:.2f} s"),
+        _row("import: peak RSS (child, getrusage)", f"{rss:.0f} MB"),
+    ]
+
+
 def _row(what: str, value: str, target: str = "") -> str:
     return f"| {what:<44} | {value:>14} | {target:>10} |"
 
@@ -243,9 +308,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ingest", nargs=2, metavar=("ROOT", "DB"), help=argparse.SUPPRESS)
     parser.add_argument("--skip-images", action="store_true", help="only time ingestion")
+    parser.add_argument(
+        "--import-bench",
+        metavar="DIR",
+        help="instead: time the QC-only import of a LLaVA folder (e.g. make_llava_bench.py output)",
+    )
+    parser.add_argument("--import-child", nargs=2, metavar=("ROOT", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ingest:
         print(json.dumps(ingest(Path(args.ingest[0]), Path(args.ingest[1]))))
+        return
+    if args.import_child:
+        print(json.dumps(import_child(Path(args.import_child[0]), Path(args.import_child[1]))))
+        return
+    if args.import_bench:
+        print("\n".join(run_import(Path(args.import_bench).resolve())))
         return
     src = coco_mini()
     OUT.mkdir(parents=True, exist_ok=True)
