@@ -24,6 +24,14 @@ Measured on 100k images / 500k captions / 700k objects (benchmarks/collect.py): 
 load and validate, 1.3 GB peak RSS for the whole ingestion; one mistyped record in the 400 MB
 file costs about 4 s more.
 
+Why the scan stays here while instruction files (formats.py) use ijson: ijson hands back every
+record as Python objects, segmentation polygons included, where the scan hands 64 MB groups of
+raw bytes to pyarrow and only a refused group is parsed in Python. On LLaVA records, which are
+all kept, ijson wins (a 130 MB list: 0.5 s with ijson, 1.5 s scan + orjson); on COCO files,
+whose bulk is polygons we drop, the scan is the cheaper way to find the records. Bytes pyarrow
+would pass through unchecked (invalid UTF-8, a lone ``\\uD800`` escape) send their group to
+the Python path, which rejects the record holding them.
+
 Which record wins. The captions file declares the images; the instances file's image list
 only adds ids the captions file does not declare (such images have no captions and are
 rejected as ``image_without_captions``). For a duplicated id the first occurrence in file order
