@@ -75,8 +75,16 @@ def _image_text_scores(conversations: pl.DataFrame, scorer: ImageTextScorer | No
         .list.eval(pl.element().struct.field("value"))
         .list.join(" ")
     ).to_series()
-    values = scorer.score([Path(p) for p in conversations["image_path"]], answers.to_list())
-    return pl.Series("image_text_score", np.asarray(values, dtype=np.float64))
+    # text-only rows (no image) have no image-text score: null, never a guess
+    paths = conversations["image_path"].to_list()
+    with_image = [k for k, p in enumerate(paths) if p is not None]
+    out: list[float | None] = [None] * len(paths)
+    if with_image:
+        texts = answers.to_list()
+        values = scorer.score([Path(paths[k]) for k in with_image], [texts[k] for k in with_image])
+        for k, value in zip(with_image, np.asarray(values, dtype=np.float64).tolist(), strict=True):
+            out[k] = value
+    return pl.Series("image_text_score", out, pl.Float64)
 
 
 def with_inferred_types(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -522,3 +522,39 @@ def test_parquet_without_turn_columns_fails_naming_the_file(tmp_path: Path) -> N
     pl.DataFrame({"text": ["x"]}).write_parquet(tmp_path / "t.parquet")
     with pytest.raises(InstructionFormatError, match="t.parquet: conversations"):
         collect_import("s", tmp_path, workers=1)
+
+
+# ---------------------------------------------------------------- text-only rows downstream
+
+
+def test_text_only_rows_get_no_image_text_score_and_keep_a_null_export_path(tmp_path) -> None:
+    from vlit_assets.core.export import export_image_paths
+    from vlit_assets.core.quality import _image_text_scores
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(_jpeg())
+    rows = pl.DataFrame(
+        {
+            "conversation_id": ["c1", "c2"],
+            "source": ["s", "s"],
+            "image_path": [str(image), None],
+            "turns": [
+                [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A dog."}],
+                [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "Seven."}],
+            ],
+        }
+    )
+
+    class Scorer:
+        seen: list = []
+
+        def score(self, paths, texts):
+            self.seen.append((paths, texts))
+            return [0.25] * len(paths)
+
+    scores = _image_text_scores(rows, Scorer())
+    assert scores.to_list() == [0.25, None]
+    assert Scorer.seen == [([image], ["A dog."])]
+    paths, info = export_image_paths(rows, None)
+    assert paths.to_list() == ["a.jpg", None]
+    assert info["image_root"] == str(tmp_path)
