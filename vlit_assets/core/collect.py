@@ -41,12 +41,10 @@ first failing check in the order its validator lists them.
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import math
 import mmap
-import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+from vlit_assets.core.formats import bad_text
 from vlit_assets.core.ids import stable_id, stable_ids
 from vlit_assets.core.images import ImageJob, inspect_images
 from vlit_assets.core.schemas import (
@@ -383,39 +382,11 @@ def _read_whole(path: Path, arrays: dict[str, Sequence[_Field]]) -> dict[str, pl
     return frames
 
 
-# A \\uD800-\\uDBFF escape not followed by a low one, or a \\uDC00-\\uDFFF escape alone.
-_LONE_SURROGATE = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-)
-
-
-def _bad_text(data: np.ndarray) -> bool:
-    """True when the bytes hold invalid UTF-8 or a lone surrogate escape.
-
-    pyarrow's reader passes both through into strings that DuckDB and polars refuse later, so
-    such bytes go down the record-by-record path, which rejects the record that holds them.
-    """
-    view = memoryview(data)  # type: ignore[arg-type]
-    if _LONE_SURROGATE.search(view) is not None:
-        return True
-    if not (data >= 0x80).any():
-        return False
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        for off in range(0, len(data), _CHUNK_BYTES):
-            decoder.decode(view[off : off + _CHUNK_BYTES])
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
 def _read_coco_file(path: Path, arrays: dict[str, Sequence[_Field]]) -> dict[str, pl.DataFrame]:
     """The records of each named top-level array; every array is checked before any is read."""
     with open(path, "rb") as fh:
         empty = fh.seek(0, io.SEEK_END) == 0
-        dirty = not empty and _bad_text(
+        dirty = not empty and bad_text(
             np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         )
     frames = None if dirty else _read_whole(path, arrays)
@@ -705,7 +676,7 @@ def _read_records(doc: _JsonFile, key: str, fields: Sequence[_Field]) -> pl.Data
         # Groups bound the work of the slow path to the neighbourhood of a mistyped record.
         j = max(i + 1, int(np.searchsorted(starts, starts[i] + _GROUP_BYTES)))
         s, e = starts[i:j], ends[i:j]
-        dirty = doc.dirty and _bad_text(doc.data[int(s[0]) : int(e[-1]) + 1])
+        dirty = doc.dirty and bad_text(doc.data[int(s[0]) : int(e[-1]) + 1])
         frame = None if dirty else _read_fast(doc, s, e, fields, i)
         if frame is None:
             frame = _read_slow(doc, key, s, e, fields, i)

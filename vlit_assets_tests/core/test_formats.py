@@ -700,3 +700,82 @@ def test_limits_are_settings() -> None:
 
 def test_every_import_reject_reason_is_declared_in_schemas() -> None:
     assert set(IMPORT_REJECT_REASONS) <= set(REJECT_REASONS)
+
+
+# ---------------------------------------------------------------- the vectorised JSON Lines path
+
+
+def _variety() -> list[dict]:
+    """Records each check of the per-record path decides, valid and not, in one file."""
+    conv = _conv
+    base = [
+        _llava(id="plain"),
+        _llava("What is here?\n<image>", id="token-last"),
+        _llava("Look: <image> what is it?", id="token-mid"),
+        _llava("  <image>\n  padded  ", id="padded"),
+        _llava(id="plain"),  # a repeated id: its own key plain#1
+        _llava(id="typed", instruction_type="negative"),
+        _llava(id="labelled", instruction_type="unlabelled"),
+        _llava(id="bad-type", instruction_type="detail"),
+        {"id": "text-only", "conversations": conv(("human", "Hi?"), ("gpt", "Hello."))},
+        {"id": "text-token", "conversations": conv(("human", "<image> Hi?"), ("gpt", "Hey."))},
+        {"conversations": conv(("human", "<image>\nQ?"), ("gpt", "A.")), "image": "n.jpg"},
+        {
+            "id": None,
+            "image": "a.jpg",
+            "conversations": conv(("human", "<image>\nQ"), ("gpt", "A")),
+        },
+        _llava(id="  "),
+        _llava(id="sep\x1f"),
+        _llava("<image>\n\x1f", id="unit-separator-only"),
+        _llava("<image>\n\u2003", id="em-space-only"),
+        {k: v for k, v in _llava(id="dj").items() if k != "image"} | {"images": ["x.jpg"]},
+        _llava(id="both") | {"images": ["ignored.jpg"]},
+        _llava(id="two-images") | {"image": None, "images": ["a", "b"]},
+        _llava("<image>\n<image>\nQ?", id="two-tokens"),
+        GOOD | {"id": "unanswered", "conversations": conv(("human", "<image>\nQ?"))},
+        GOOD | {"id": "gpt-first", "conversations": conv(("gpt", "<image>\nQ?"), ("human", "A"))},
+        GOOD | {"id": "null-turn", "conversations": [GOOD["conversations"][0], None]},
+        GOOD | {"id": "null-value", "conversations": conv(("human", "<image>\nQ?"), ("gpt", None))},
+        GOOD | {"id": "empty-answer", "conversations": conv(("human", "<image>\nQ"), ("gpt", " "))},
+        GOOD
+        | {"id": "long", "conversations": conv(("human", "<image>\nQ"), ("gpt", "x" * 40_000))},
+        GOOD
+        | {
+            "id": "four-turns",
+            "conversations": conv(
+                ("human", "<image>\nQ"), ("gpt", "A"), ("human", "B"), ("gpt", "C")
+            ),
+        },
+        _llava(id="empty-image", image=""),
+        _llava(id="caf\u00e9 \U0001f600"),
+    ]
+    return base * 3  # repeats across blocks: keys plain#1, plain#2 ...
+
+
+@pytest.mark.parametrize("repeat_ids", [False, True], ids=["unique", "repeated conversation"])
+def test_vectorised_json_lines_equal_the_per_record_path(
+    tmp_path: Path, monkeypatch, repeat_ids: bool
+) -> None:
+    import vlit_assets.core.formats as formats
+
+    records = _variety()
+    if repeat_ids:  # the key of the second "plain" is "plain#1": this one maps to the same id
+        records.append(_llava(id="plain#1"))
+    else:
+        for k, record in enumerate(records):
+            if isinstance(record.get("id"), str) and record["id"].strip():
+                record["id"] = f"{record['id']}-{k // 29}"
+    path = _write(tmp_path / "v.jsonl", "\n".join(json.dumps(r) for r in records) + "\n")
+    monkeypatch.setattr(formats, "_FAST_BLOCK", 1 << 16)  # several blocks, each > any record
+    calls = []
+    real = formats._llava_record
+    monkeypatch.setattr(formats, "_llava_record", lambda *a: calls.append(a[1]) or real(*a))
+    fast = load_instruction_file(path, source="s", limits=ImportLimits(max_turn_chars=30_000))
+    used_fast = len(calls) < len(records)
+    monkeypatch.setattr(formats, "_fast_jsonl", lambda p, o: None)
+    slow = load_instruction_file(path, source="s", limits=ImportLimits(max_turn_chars=30_000))
+    assert fast.rows.height > 20 and slow.rejects.height > 20
+    assert fast.rows.equals(slow.rows)
+    assert fast.rejects.equals(slow.rejects)
+    assert used_fast != repeat_ids  # repeated conversation ids send the file down the slow path
