@@ -135,4 +135,4 @@ def test_principle_config_defaults_are_the_suite_defaults():
     from vlit_assets.defs.scored import PrincipleThresholdsConfig
 
     config = PrincipleThresholdsConfig()
-    assert PrincipleThresholds(**config.model_dump()) == PrincipleThresholds()
+    assert config.thresholds() == PrincipleThresholds()
