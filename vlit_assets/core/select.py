@@ -353,16 +353,20 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
 
 
 def _rank(frame: pl.DataFrame, failed: list[str]) -> pl.Series:
-    """Representative order: fewest failed rules, highest relevance, most turns, smallest id."""
+    """Representative order: fewest failed rules, highest relevance, most turns, earliest in
+    source order (``variant``: a copy comes after what it copies), smallest id."""
     order = frame.select(
         pl.sum_horizontal([pl.col(r).cast(pl.Int32) for r in failed]).alias("_fails"),
         pl.col("relevance").fill_nan(None).alias("_rel"),
         pl.col("n_turns").alias("_turns"),
+        pl.col("variant").alias("_order")
+        if "variant" in frame.columns
+        else pl.lit(0).alias("_order"),
         "conversation_id",
     ).with_row_index("_row")
     ranked = order.sort(
-        ["_fails", "_rel", "_turns", "conversation_id"],
-        descending=[False, True, True, False],
+        ["_fails", "_rel", "_turns", "_order", "conversation_id"],
+        descending=[False, True, True, False, False],
         nulls_last=True,
     )
     rank = np.empty(frame.height, dtype=np.int64)
