@@ -126,9 +126,7 @@ def relation_overlap(df: pl.DataFrame, objects: pl.DataFrame) -> tuple[int, int]
 
 
 def _pick(df: pl.DataFrame, n: int) -> pl.DataFrame:
-    key = [
-        hashlib.blake2b(c.encode(), digest_size=8).hexdigest() for c in df["conversation_id"]
-    ]
+    key = [hashlib.blake2b(c.encode(), digest_size=8).hexdigest() for c in df["conversation_id"]]
     return df.with_columns(pl.Series("_k", key)).sort("_k").head(n).drop("_k")
 
 

@@ -342,7 +342,7 @@ CONFIRM_CROWD_A = (
 INVENTORY_TAIL = (
     " It shows {inv}.",
     " Instead, I can see {inv}.",
-    " What it does show is {inv}.",
+    " What it does show: {inv}.",
     " The image contains {inv}.",
 )
 # Asked with the true count too (TRUE_COUNT_A), so a stated number does not give the answer away.
@@ -468,7 +468,7 @@ REGION_COUNT_A = (
 )
 REGION_ONLY_A = (
     "None: it is the only {x} in the image.",
-    "No others; {the} is the only {x} in the picture.",
+    "There are no others; {the} is the only {x} in the picture.",
 )
 REGION_CROWD_A = (
     "Besides the boxed one there is {crowd}, too many to count exactly.",

@@ -609,7 +609,7 @@ def test_negative_questions_are_answered_truly_and_absent_objects_never_affirmed
         assert asked_absent >= 1
         absent_questions += asked_absent
     assert absent_questions >= 120
-    assert sides["Yes"] >= 100 and sides["No"] >= 160, sides
+    assert sides["Yes"] >= 90 and sides["No"] >= 160, sides
     assert non_polar >= 20  # how-many and where questions about absent objects, answered so
 
 
