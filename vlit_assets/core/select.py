@@ -258,8 +258,11 @@ class SplitConfig:
 
     val_ratio: float = 0.05
     salt: str = "vlit-split-v1"
-    # Column hashed for the split; "image_id" keeps all conversations of an image together.
-    key: str = "conversation_id"
+    # Column hashed for the split. "image_id" (the default) is a group split: an image and
+    # all its conversations land on one side. When the frame has an ``image_sha256`` column
+    # (raw__images.sha256, joined by the final stage) the image's content hash is hashed
+    # instead, so the same picture under two names or in two sources stays together.
+    key: str = "image_id"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_ratio < 1.0:
@@ -299,6 +302,31 @@ def assign_split(conversation_ids: pl.Series, cfg: SplitConfig) -> pl.Series:
         raise ValueError(f"assign_split: {conversation_ids.name or 'ids'} has null values")
     draws = _unit_hashes(f"{cfg.salt}\x1f", conversation_ids.cast(pl.String).to_list())
     return pl.Series("split", np.where(draws < cfg.val_ratio, VAL, TRAIN), dtype=pl.String)
+
+
+IMAGE_HASH_COLUMN = "image_sha256"
+
+
+def split_group_expr(key: str, columns: list[str] | tuple[str, ...]) -> pl.Expr:
+    """What the split hashes for ``key``: the image content hash when known (key image_id)."""
+    if key == "image_id" and IMAGE_HASH_COLUMN in columns:
+        return (
+            pl.when(pl.col(IMAGE_HASH_COLUMN).is_not_null())
+            .then(pl.lit("sha256:") + pl.col(IMAGE_HASH_COLUMN))
+            .otherwise(pl.col("image_id").cast(pl.String))
+        )
+    return pl.col(key).cast(pl.String)
+
+
+def images_in_both_splits(rows: pl.DataFrame) -> int:
+    """Images (by content hash when known, else image_id) with rows in both train and val."""
+    if rows.is_empty():
+        return 0
+    group = split_group_expr("image_id", rows.columns).alias("_image")
+    sides = rows.filter(pl.col("split").is_not_null()).group_by(group).agg(
+        pl.col("split").n_unique().alias("_sides")
+    )
+    return int((sides["_sides"] > 1).sum())
 
 
 # ---------------------------------------------------------------- per-row rules
@@ -709,7 +737,10 @@ def decide(
         (pl.col("_balance") == r).fill_null(False).alias(r) for r in BALANCE_RULES
     )
     work = _failing_lists(work).with_columns(pl.col("first_failing_rule").is_null().alias("kept"))
-    split_of = assign_split(scored[split.key], split)
+    split_of = assign_split(
+        scored.select(split_group_expr(split.key, scored.columns).alias(split.key)).to_series(),
+        split,
+    )
     work = work.with_columns(pl.when(pl.col("kept")).then(split_of).otherwise(None).alias("split"))
     decisions = work.select([pl.col(c).cast(t) for c, t in DECISIONS_SCHEMA.items()])
     mask = decisions["kept"]

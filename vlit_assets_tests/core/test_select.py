@@ -12,12 +12,14 @@ import pytest
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.select import (
     DECISIONS_SCHEMA,
+    IMAGE_HASH_COLUMN,
     RULES,
     Balance,
     SplitConfig,
     Thresholds,
     assign_split,
     decide,
+    images_in_both_splits,
 )
 
 DIM = 64
@@ -462,3 +464,35 @@ def test_rows_scored_before_the_text_filters_are_not_judged_by_them() -> None:
         "text_chars", "text_words", "word_rep_ratio", "text_cluster_id", "image_width"
     )
     assert decide(old, unit_vectors(2)).kept.height == 2
+
+
+def test_default_split_puts_no_image_on_both_sides() -> None:
+    # Three conversations per image (global, negative, region): hashed per conversation, a
+    # val share of 0.3 puts some image on both sides; the default (image_id) never does.
+    rows = [row(f"conv_{img}_{k}", image_id=f"img_{img}") for img in range(60) for k in range(3)]
+    by_conv = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3, key="conversation_id"))
+    assert images_in_both_splits(by_conv.kept) > 0  # the rule below can fail
+    sel = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3))
+    assert SplitConfig().key == "image_id"
+    assert images_in_both_splits(sel.kept) == 0
+    assert set(sel.kept["split"]) == {"train", "val"}
+
+
+def test_the_same_picture_under_two_names_splits_together() -> None:
+    # Imported rows name their images themselves: the content hash keeps copies together.
+    rows = [
+        row(f"conv_{img}_{src}", image_id=f"img_{src}_{img}", source=src)
+        for img in range(60)
+        for src in ("coco", "imported")
+    ]
+    scored = frame(rows).with_columns(
+        pl.col("image_id").str.extract(r"_(\d+)$").alias(IMAGE_HASH_COLUMN)
+    )
+    sel = decide(scored, None, NO_DEDUP, split=SplitConfig(0.3))
+    per_picture = sel.kept.group_by(IMAGE_HASH_COLUMN).agg(pl.col("split").n_unique())
+    assert (per_picture["split"] == 1).all()
+    assert images_in_both_splits(sel.kept) == 0
+    # Without the hash column the two names are two images, and some land apart.
+    by_name = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3))
+    apart = by_name.kept.with_columns(pl.col("image_id").str.extract(r"_(\d+)$").alias("pic"))
+    assert (apart.group_by("pic").agg(pl.col("split").n_unique())["split"] > 1).any()
