@@ -20,6 +20,7 @@ from vlit_assets.core.select import (
     assign_split,
     decide,
     images_in_both_splits,
+    typicality,
 )
 
 DIM = 64
@@ -496,3 +497,52 @@ def test_the_same_picture_under_two_names_splits_together() -> None:
     by_name = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3))
     apart = by_name.kept.with_columns(pl.col("image_id").str.extract(r"_(\d+)$").alias("pic"))
     assert (apart.group_by("pic").agg(pl.col("split").n_unique())["split"] > 1).any()
+
+
+def _region(cid: str, box: str, answer: str, **over: object) -> dict:
+    turns = [
+        {"from": "human", "value": "What is inside the red box?"},
+        {"from": "gpt", "value": "That is a banana."},
+        {"from": "human", "value": "Where is the boxed banana?"},
+        {"from": "gpt", "value": answer},
+    ]
+    return row(cid, image_id="img_1", instruction_type="region", region_object_id=box,
+               turns=turns, **over)  # fmt: skip
+
+
+def test_region_conversations_about_different_boxes_are_not_near_duplicates() -> None:
+    rows = [
+        _region("conv_a", "obj_1", "It is in the top-left part of the image."),
+        _region("conv_b", "obj_2", "It is in the top-right part of the image."),
+        _region("conv_c", "obj_1", "It is in the top-left part of the picture."),
+    ]
+    v = unit_vectors(3)
+    v[1] = near(v[0], 1)
+    v[2] = near(v[0], 2)
+    sel = decide(frame(rows), v)
+    d = by_id(sel.decisions)
+    assert d["conv_b"]["kept"]  # another banana: its own conversation
+    assert d["conv_a"]["kept"] != d["conv_c"]["kept"]  # the same box twice: one stays
+    assert sel.report["neardup"]["pairs"] == 1
+
+
+def test_a_garbled_near_copy_does_not_win_on_relevance() -> None:
+    # Many rows share the template words; the copy swaps one for a word no other row uses.
+    common = [
+        _region(f"conv_{k}", f"obj_{k}", "It is in the top-left part of the image.")
+        for k in range(6)
+    ]
+    original = _region("conv_orig", "obj_9", "It is in the top-left part of the image.",
+                       relevance=0.30)  # fmt: skip
+    copy = _region("conv_copy", "obj_9", "It is in the quiet-left part of the image.",
+                   relevance=0.35)  # fmt: skip
+    rows = [*common, copy, original]
+    v = unit_vectors(len(rows))
+    v[-1] = near(v[-2], 3)
+    scored = frame(rows)
+    sel = decide(scored, v)
+    d = by_id(sel.decisions)
+    assert d["conv_orig"]["kept"] and not d["conv_copy"]["kept"]
+    assert d["conv_copy"]["representative_id"] == "conv_orig"
+    typ = dict(zip(scored["conversation_id"], typicality(scored), strict=True))
+    assert typ["conv_orig"] > typ["conv_copy"]
