@@ -46,7 +46,7 @@ RULES: dict[str, str] = {
     "image_too_small": "image_width or image_height < min_image_side",
     "image_aspect_ratio": "max(w/h, h/w) > max_aspect_ratio",
     "image_too_large": "image_bytes > max_image_bytes",
-    "low_relevance": "relevance < min_relevance",
+    "low_relevance": "relevance < min_relevance, or far below its instruction type (robust z)",
     "exact_duplicate": "another row with the same norm_text_hash ranks higher",
     "near_copy_text": "another row of the same MinHash text cluster ranks higher",
     "near_duplicate": "another row of the same near-duplicate cluster ranks higher",
@@ -172,9 +172,15 @@ class Thresholds:
     min_count_consistency: float = 1.0
     # Drop region conversations whose first answer does not name the boxed object.
     require_region_name_match: bool = True
-    # Drop when the answers' mean cosine to the image's captions is below this; None = off.
-    # Good template data on data/sample scores >= 0.28; text moved to another image <= 0.33.
-    min_relevance: float | None = 0.2
+    # Relevance (answers' mean cosine to the image's captions) is judged within each
+    # instruction type, because region and negative conversations score low by construction:
+    # a row fails when it lies more than relevance_max_z robust deviations (1.4826 * MAD)
+    # below the median of its type in the batch; None = off. Types with fewer than
+    # relevance_min_rows judged rows are not judged this way. See docs/selection.md.
+    relevance_max_z: float | None = 3.5
+    relevance_min_rows: int = 30
+    # And, whatever the type, when it is below this absolute floor; None = off.
+    min_relevance: float | None = 0.0
     # Drop when some answer has fewer words than this (a one-word "Yes." teaches nothing).
     min_answer_words_min: int = 2
     # Drop when the conversation has fewer question/answer pairs than this. One: single-round
@@ -215,6 +221,10 @@ class Thresholds:
         _check_unit_interval("min_count_consistency", self.min_count_consistency)
         if self.min_relevance is not None and not -1.0 <= self.min_relevance <= 1.0:
             raise ValueError(f"min_relevance must be a cosine in [-1, 1], got {self.min_relevance}")
+        if self.relevance_max_z is not None and self.relevance_max_z <= 0:
+            raise ValueError(f"relevance_max_z must be > 0, got {self.relevance_max_z}")
+        if self.relevance_min_rows < 2:
+            raise ValueError(f"relevance_min_rows must be >= 2, got {self.relevance_min_rows}")
         if self.min_answer_words_min < 0 or self.min_turns < 0:
             raise ValueError("min_answer_words_min and min_turns must be >= 0")
         if self.neardup_threshold is not None and not -1.0 <= self.neardup_threshold <= 1.0:
@@ -375,7 +385,8 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
         "image_too_large": _above("image_bytes", t.max_image_bytes),
         "low_relevance": (
             pl.col("relevance") < t.min_relevance if t.min_relevance is not None else off
-        ),
+        )
+        | (pl.col("relevance") < pl.col("_relevance_floor")).fill_null(False),
     }
     return {name: expr.fill_null(False).alias(name) for name, expr in exprs.items()}
 
@@ -414,6 +425,31 @@ def typicality(scored: pl.DataFrame) -> pl.Series:
     rows = pl.DataFrame({"_row": pl.int_range(scored.height, eager=True)})
     joined = rows.join(per_row, on="_row", how="left", maintain_order="left")
     return joined["typicality"]
+
+
+def relevance_floors(scored: pl.DataFrame, t: Thresholds) -> dict[str, float]:
+    """Per instruction type, the relevance below which a row is an outlier of its type:
+    median - relevance_max_z * 1.4826 * MAD over the type's rows with a relevance. Types
+    with fewer than ``relevance_min_rows`` such rows get no floor (too few to calibrate)."""
+    if t.relevance_max_z is None:
+        return {}
+    rel = pl.col("relevance").fill_nan(None)
+    stats = (
+        scored.filter(rel.is_not_null())
+        .group_by("instruction_type")
+        .agg(
+            rel.median().alias("median"),
+            (rel - rel.median()).abs().median().alias("mad"),
+            pl.len().alias("n"),
+        )
+        .filter(pl.col("n") >= t.relevance_min_rows)
+        .sort("instruction_type")
+    )
+    z = t.relevance_max_z * 1.4826
+    return {
+        itype: float(median - z * mad)
+        for itype, median, mad in stats.select("instruction_type", "median", "mad").iter_rows()
+    }
 
 
 def _rank(frame: pl.DataFrame, failed: list[str]) -> pl.Series:
@@ -769,7 +805,11 @@ def decide(
     scored = _with_optional(scored)
     extra = [thresholds.neardup_within] if thresholds.neardup_within else []
     extra += ["region_object_id"] if "region_object_id" in scored.columns else []
-    work = scored.select(
+    floors = relevance_floors(scored, thresholds)
+    floor_of = pl.col("instruction_type").replace_strict(
+        floors, default=None, return_dtype=pl.Float64
+    )
+    work = scored.with_columns(floor_of.alias("_relevance_floor")).select(
         *dict.fromkeys(
             [
                 *keep_cols,
@@ -807,6 +847,7 @@ def decide(
     report = _report(scored, kept, cands, decisions, vectors, kept_vectors)
     report["settings"] = _settings(thresholds, balance, split)
     report["neardup"] = neardup_info
+    report["relevance_floors"] = floors
     report["balance"] = balance_info
     return Selection(decisions=decisions, kept=kept, report=report)
 

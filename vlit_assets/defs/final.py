@@ -146,6 +146,8 @@ class FinalConfig(dg.Config):
     min_count_consistency: float = Thresholds.min_count_consistency
     require_region_name_match: bool = Thresholds.require_region_name_match
     min_relevance: float | None = Thresholds.min_relevance
+    relevance_max_z: float | None = Thresholds.relevance_max_z
+    relevance_min_rows: int = Thresholds.relevance_min_rows
     min_answer_words_min: int = Thresholds.min_answer_words_min
     min_turns: int = Thresholds.min_turns
     drop_exact_duplicates: bool = Thresholds.drop_exact_duplicates

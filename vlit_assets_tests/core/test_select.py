@@ -98,7 +98,7 @@ DEFECTS = [
     ({"word_rep_ratio": 0.51}, "repetitive_text"),
     ({"answer_rep_ratio": 0.31}, "repetitive_answer"),
     ({"special_char_ratio": 0.3}, "special_characters"),
-    ({"relevance": 0.05}, "low_relevance"),
+    ({"relevance": -0.05}, "low_relevance"),
 ]
 
 
@@ -179,7 +179,7 @@ def test_switched_off_thresholds_keep_their_defects() -> None:
 
 
 def test_a_row_lists_every_rule_it_fails_in_rule_order() -> None:
-    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=0.0, n_turns=0)
+    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=-0.1, n_turns=0)
     sel = decide(frame([row("conv_good"), bad]), unit_vectors(2))
     d = by_id(sel.decisions)["conv_bad"]
     assert d["failing_rules"] == [
@@ -546,3 +546,45 @@ def test_a_garbled_near_copy_does_not_win_on_relevance() -> None:
     assert d["conv_copy"]["representative_id"] == "conv_orig"
     typ = dict(zip(scored["conversation_id"], typicality(scored), strict=True))
     assert typ["conv_orig"] > typ["conv_copy"]
+
+
+def _typed(n: int, itype: str, centre: float, spread: float, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        row(
+            f"conv_{itype}_{k}",
+            instruction_type=itype,
+            relevance=centre + rng.uniform(-spread, spread),
+        )
+        for k in range(n)
+    ]
+
+
+def test_relevance_is_judged_within_each_instruction_type() -> None:
+    # Region rows score low by construction (0.02-0.30 here): the old fixed 0.2 cut would drop
+    # a third of them. Judged within their type only the real outliers go: a global row at
+    # 0.05 among globals around 0.55, and any row below the floor of 0.
+    rows = _typed(60, "global", 0.55, 0.15, 1) + _typed(60, "region", 0.16, 0.14, 2)
+    rows += [
+        row("conv_global_off", instruction_type="global", relevance=0.05),
+        row("conv_region_neg", instruction_type="region", relevance=-0.05),
+    ]
+    scored = frame(rows)
+    sel = decide(scored, None, NO_DEDUP)
+    low = set(
+        sel.decisions.filter(pl.col("failing_rules").list.contains("low_relevance"))[
+            "conversation_id"
+        ]
+    )
+    assert low == {"conv_global_off", "conv_region_neg"}
+    floors = sel.report["relevance_floors"]
+    assert floors["region"] < 0.0 < 0.05 < floors["global"] < 0.4
+    assert sum(r["relevance"] < 0.2 for r in rows) >= 20  # what a fixed 0.2 would have dropped
+    # A type with too few rows to calibrate is judged by the floor only.
+    few = decide(frame(rows[:10] + rows[-2:]), None, NO_DEDUP)
+    assert few.report["relevance_floors"] == {}
+    assert set(
+        few.decisions.filter(pl.col("failing_rules").list.contains("low_relevance"))[
+            "conversation_id"
+        ]
+    ) == {"conv_region_neg"}
