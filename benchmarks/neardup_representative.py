@@ -54,9 +54,7 @@ def _rare_counts(scored: pl.DataFrame) -> pl.Series:
         .unique(["_row", "w"])
     )
     df = words.group_by("w").len("df")
-    rare = (
-        words.join(df, on="w").group_by("_row").agg((pl.col("df") <= 2).sum().alias("rare"))
-    )
+    rare = words.join(df, on="w").group_by("_row").agg((pl.col("df") <= 2).sum().alias("rare"))
     rows = pl.DataFrame({"_row": pl.int_range(scored.height, eager=True)})
     return rows.join(rare, on="_row", how="left", maintain_order="left")["rare"].fill_null(0)
 

@@ -333,8 +333,10 @@ def images_in_both_splits(rows: pl.DataFrame) -> int:
     if rows.is_empty():
         return 0
     group = split_group_expr("image_id", rows.columns).alias("_image")
-    sides = rows.filter(pl.col("split").is_not_null()).group_by(group).agg(
-        pl.col("split").n_unique().alias("_sides")
+    sides = (
+        rows.filter(pl.col("split").is_not_null())
+        .group_by(group)
+        .agg(pl.col("split").n_unique().alias("_sides"))
     )
     return int((sides["_sides"] > 1).sum())
 
@@ -809,20 +811,24 @@ def decide(
     floor_of = pl.col("instruction_type").replace_strict(
         floors, default=None, return_dtype=pl.Float64
     )
-    work = scored.with_columns(floor_of.alias("_relevance_floor")).select(
-        *dict.fromkeys(
-            [
-                *keep_cols,
-                *extra,
-                "relevance",
-                "n_turns",
-                "mentioned_categories",
-                "variant",
-                "text_cluster_id",
-            ]
-        ),
-        *_row_rule_exprs(thresholds).values(),
-    ).with_columns(typicality(scored))
+    work = (
+        scored.with_columns(floor_of.alias("_relevance_floor"))
+        .select(
+            *dict.fromkeys(
+                [
+                    *keep_cols,
+                    *extra,
+                    "relevance",
+                    "n_turns",
+                    "mentioned_categories",
+                    "variant",
+                    "text_cluster_id",
+                ]
+            ),
+            *_row_rule_exprs(thresholds).values(),
+        )
+        .with_columns(typicality(scored))
+    )
     work = _exact_duplicates(work, thresholds)
     work = _text_near_copies(work, thresholds)
     work, neardup_info = _near_duplicates(work, vectors, thresholds)

@@ -526,7 +526,9 @@ def _good() -> pl.DataFrame:
 def test_planted_defects_are_found_by_their_metric() -> None:
     good = _good()
     bad, truth = plant_defects(good, OBJECTS, TAGS, seed=3, per_kind=2)
-    assert truth["defect"].value_counts().sort("defect")["count"].to_list() == [2] * len(DEFECT_KINDS)
+    assert truth["defect"].value_counts().sort("defect")["count"].to_list() == [2] * len(
+        DEFECT_KINDS
+    )
     assert set(truth["defect"]) == set(DEFECT_KINDS)
     assert bad["conversation_id"].to_list() == truth["conversation_id"].to_list()
     scored = score_rules(pl.concat([good, bad]), OBJECTS, TAGS)
