@@ -281,8 +281,8 @@ RELATION_Q = {
     ),
     "s": (
         "Which looks bigger in the picture, {a} or {b}?",
-        "How does the size of {a} compare with {b}?",
-        "{Be} {a} larger or smaller than {b}?",
+        "How does the size of {a} in the picture compare with {b}?",
+        "{Be} {a} larger or smaller in the picture than {b}?",
     ),
 }
 RELATION_A = (
