@@ -23,6 +23,7 @@ DEFECT_KINDS = (
     "near_copy",  # a copy of a good row with one word of one answer changed
     "one_word_answer",  # one answer replaced by a single word
     "moved_image",  # the conversation is attached to another image of the source
+    "present_denied",  # an object the image's boxes hold is denied ("No, there is no bench.")
 )
 
 _SWAP_WORDS = ("large", "small", "bright", "quiet", "distant", "narrow")
@@ -84,6 +85,17 @@ class _Planter:
         cat = self.rng.choice(countable)
         wrong = present[cat][0] + 1
         row["turns"][gpt[-1]]["value"] += f" I count {_NUMBER_NAMES[wrong]} {plural(cat)}."
+        return row
+
+    def present_denied(self, row: dict) -> dict | None:
+        present = self.present.get(row["image_id"], {})
+        if not present:
+            return None
+        cat = self.rng.choice(sorted(present))
+        row["turns"] += [
+            {"from": "human", "value": f"Is there {_article(cat)} in the image?"},
+            {"from": "gpt", "value": f"No, there is no {cat} in this picture."},
+        ]
         return row
 
     def near_copy(self, row: dict) -> dict | None:

@@ -77,6 +77,8 @@ class PrincipleThresholds:
     min_turns_mean: float = 2.0  # 4.0 | 3.92
     min_tags_per_conversation_mean: float = 1.0  # 3.76 | 3.02
     max_one_word_answer_share: float = 0.05
+    # split (what ships only): images with conversations in both train and val; None = off
+    max_images_in_both_splits: float | None = None
     # Distribution figures (entropies, yes-ratio, duplicate rate) of fewer conversations than
     # this say little about a dataset; they are reported as "not judged" instead of gating.
     min_samples_for_distribution: int = 30  # 0 | 0 (answer_words_min is 4 at least)
@@ -106,6 +108,7 @@ PRINCIPLES: dict[str, str] = {
     "answer_words_min": "complexity",
     "conversation_id": "format",
     "instruction_type": "format",
+    "images_in_both_splits": "split",
 }
 
 
@@ -149,6 +152,7 @@ def _dataset_expectations(t: PrincipleThresholds) -> list[Any]:
         ("answer_words_mean", t.min_answer_words_mean, None),
         ("turns_mean", t.min_turns_mean, None),
         ("tags_per_conversation_mean", t.min_tags_per_conversation_mean, None),
+        ("images_in_both_splits", None, t.max_images_in_both_splits),
     ]
     return [
         _band(column, low, high)

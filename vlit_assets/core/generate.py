@@ -7,12 +7,23 @@ decide what may be said are these (the tests check them on coco-mini):
   with any crowd box in the image is never given a number: presence answers call it "a crowd
   of people" ("a group of boats": scorers read "crowd" as people) and it is not asked about
   in counting, false-count or relation questions.
-- A relation "A is left of B" (or right, above, below) is stated only when it holds for every
-  pair of A and B boxes with box centres more than ``SPATIAL_MARGIN`` of the image width
-  (height) apart, and no box centre lies inside a box of the other side (a cup held by a person
-  is not "to the right of" that person). "The dogs" means all of them.
-- "A is larger than B" needs every A box to have at least ``SIZE_RATIO`` times the area of
-  every B box.
+- Relations are worded in the picture's frame ("further left in the picture than", "higher in
+  the picture than", "larger in the picture than"): the boxes show where things are drawn, not
+  how they stand in the world (trucks in the background are higher in the picture than a car,
+  not above it). A side relation is stated only when, on that axis, every A box ends at least
+  ``SPATIAL_GAP`` of the image width (height) before every B box begins: boxes that overlap on
+  the axis, or contain one another, are never left/right/higher/lower (a person standing on a
+  surfboard, a cup in a hand). "The dogs" means all of them.
+- "A is larger in the picture than B" needs every A box to have at least ``SIZE_RATIO`` times
+  the area of every B box.
+- English comes from ``vocab``'s one inflector: "people", "a pair of skis", "some broccoli"
+  (a mass noun: "the broccoli is", "three pieces of broccoli"), "a sheep", "an oven".
+- A question gets an answer of its form: only a polar question is answered "Yes"/"No" (a
+  how-many question about an absent object gets "There are no ..., so the count is zero", a
+  where-question "There is no ... in this image"), and only a request ("Describe ...",
+  "Can you ...?") may be answered "Sure.".
+- An inventory lists the most numerous categories; when it leaves some out it ends "among
+  other things", so it never reads as complete when it is not.
 - Region positions use image thirds of the box centre; coverage is the box area over the image
   area. Coordinates are those of the stored pixels, as COCO boxes are. Region objects are the
   largest non-crowd boxes covering at least ``region_min_area_frac`` of the image, distinct
@@ -64,11 +75,23 @@ from vlit_assets.core.ids import stable_id
 from vlit_assets.core.regions import RenderJob, choose_regions, region_stems, render_regions
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
 from vlit_assets.core.score import caption_mentions, stated_counts, turns_long
-from vlit_assets.core.vocab import NUMBER_WORDS
+from vlit_assets.core.vocab import (
+    MASS,
+    NUMBER_NAMES,
+    NUMBER_WORDS,
+    a_phrase,
+    count_noun,
+    count_phrase,
+    no_phrase,
+    number_word,
+    plural,
+    the_phrase,
+    unit_noun,
+)
 
-TEMPLATE_VERSION = "template-3"  # bump whenever a template, rule or selection changes
+TEMPLATE_VERSION = "template-4"  # bump whenever a template, rule or selection changes
 GENERATOR = "template"
-SPATIAL_MARGIN = 0.10
+SPATIAL_GAP = 0.03  # share of the image width (height) between boxes stated apart
 SIZE_RATIO = 2.0
 MIN_PAIRS = 3
 MAX_PAIRS = 4
@@ -117,70 +140,16 @@ PARALLEL_MIN_IMAGES = 20_000
 # --------------------------------------------------------------------------- English
 
 
-_PLURAL_IRREGULAR = {
-    "person": "people",
-    "man": "men",
-    "woman": "women",
-    "child": "children",
-    "mouse": "mice",
-    "foot": "feet",
-    "tooth": "teeth",
-    "goose": "geese",
-    "knife": "knives",
-    "sheep": "sheep",
-    "deer": "deer",
-    "fish": "fish",
-    "skis": "skis",
-    "scissors": "scissors",
-    "broccoli": "broccoli",
-}
-_PAIRED = frozenset({"skis", "scissors"})
-_NUMBER_HINT = r"(?i)[0-9]|\b(?:" + "|".join(NUMBER_WORDS) + r")\b"  # one COCO box is one pair
-_NUMBER_WORDS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-)
-
-
-@lru_cache(maxsize=2048)
-def plural(name: str) -> str:
-    """Plural of a category name; multi-word names inflect their last word."""
-    head, _, last = name.rpartition(" ")
-    if last in _PLURAL_IRREGULAR:
-        last = _PLURAL_IRREGULAR[last]
-    elif last.endswith(("s", "x", "z", "ch", "sh")):
-        last += "es"
-    elif last.endswith("y") and last[-2:-1] not in ("a", "e", "i", "o", "u", ""):
-        last = last[:-1] + "ies"
-    elif last.endswith("fe") and not last.endswith("ffe"):
-        last = last[:-2] + "ves"
-    else:
-        last += "s"
-    return f"{head} {last}" if head else last
-
-
-def number_word(n: int) -> str:
-    return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
-
-
-@lru_cache(maxsize=8192)
-def count_phrase(n: int, name: str, *, other: bool = False) -> str:
-    """ "three dogs", "one pair of skis", "two other people"."""
-    mid = " other" if other else ""
-    if name in _PAIRED:
-        return f"{number_word(n)}{mid} {'pair' if n == 1 else 'pairs'} of {name}"
-    return f"{number_word(n)}{mid} {name if n == 1 else plural(name)}"
+_NUMBER_HINT = r"(?i)[0-9]|\b(?:" + "|".join(NUMBER_WORDS) + r")\b"
+_NUMBER_WORDS = NUMBER_NAMES
+# The phrase helpers are vocab's (the project's one inflector); cached here, where they run
+# several times per conversation.
+plural = lru_cache(maxsize=2048)(plural)
+count_phrase = lru_cache(maxsize=8192)(count_phrase)
+a_phrase = lru_cache(maxsize=2048)(a_phrase)
+count_noun = lru_cache(maxsize=2048)(count_noun)
+the_phrase = lru_cache(maxsize=8192)(the_phrase)
+unit_noun = lru_cache(maxsize=2048)(unit_noun)
 
 
 @lru_cache(maxsize=2048)
@@ -189,32 +158,6 @@ def crowd_phrase(name: str, *, other: bool = False) -> str:
     # "crowd" alone reads as people (scorers map it to `person`), so other things are a group.
     word = "crowd" if name == "person" else "group"
     return f"a {word} of {'other ' if other else ''}{plural(name)}"
-
-
-@lru_cache(maxsize=2048)
-def a_phrase(name: str) -> str:
-    """Indefinite singular: "a dog", "an elephant", "a pair of skis", "some broccoli"."""
-    if name in _PAIRED:
-        return f"a pair of {name}"
-    if plural(name) == name:
-        return f"some {name}"
-    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
-
-
-@lru_cache(maxsize=2048)
-def count_noun(name: str) -> str:
-    """Noun after "how many": "dogs", "pairs of skis"."""
-    return f"pairs of {name}" if name in _PAIRED else plural(name)
-
-
-@lru_cache(maxsize=8192)
-def the_phrase(name: str, n: int, *, boxed: bool = False) -> tuple[str, str]:
-    """Definite phrase and its verb: ("the dog", "is"), ("the people", "are")."""
-    adj = "boxed " if boxed else ""
-    if n == 1:
-        noun = f"pair of {name}" if name in _PAIRED else name
-        return f"the {adj}{noun}", "is"
-    return f"the {adj}{plural(name)}", "are"
 
 
 def _join(items: Sequence[str]) -> str:
@@ -233,14 +176,17 @@ def _sentence(caption: str) -> str:
     return text if text[-1:] in ".!?" else f"{text}."
 
 
-REL_TEXT = {
-    "left": "to the left of",
-    "right": "to the right of",
-    "above": "above",
-    "below": "below",
-    "larger": "larger than",
-    "smaller": "smaller than",
+# Relations are said in the picture's frame: "higher in the picture" is what the boxes show,
+# "above" would claim a physical arrangement (trucks in the background are not above a car).
+REL_SHORT = {
+    "left": "further left",
+    "right": "further right",
+    "above": "higher",
+    "below": "lower",
+    "larger": "larger",
+    "smaller": "smaller",
 }
+REL_TEXT = {k: f"{v} in the picture than" for k, v in REL_SHORT.items()}
 OPPOSITE = {
     "left": "right",
     "right": "left",
@@ -266,11 +212,14 @@ DESCRIBE_Q = (
 )
 DESCRIBE_A = (
     "{c}",
-    "Sure. {c}",
     "Here is what it shows: {c}",
     "In short, the scene is this: {c}",
     "The photo can be summed up like this: {c}",
 )
+# Only a request ("Describe ...", "Can you ...?") is answered "Sure."; "What does this photo
+# show?" is a question, not a request.
+DESCRIBE_REQUEST_A = (*DESCRIBE_A, "Sure. {c}")
+REQUEST_STARTS = ("Can you", "Could you", "Would you", "Describe", "Give", "Summarize", "Tell")
 REDESCRIBE_Q = (
     "Can you describe it in a different way?",
     "How else would you describe the image?",
@@ -319,37 +268,59 @@ INVENTORY_A = (
 )
 RELATION_Q = {
     "h": (
-        "{Be} {a} to the left or to the right of {b}?",
-        "Where {be} {a} relative to {b}?",
-        "How {be} {a} positioned compared with {b}?",
-        "Describe where {a} {be} in relation to {b}.",
+        "In the picture, {be} {a} further left or further right than {b}?",
+        "Where {be} {a} in the picture relative to {b}?",
+        "How {be} {a} positioned in the frame compared with {b}?",
+        "Describe where {a} {be} in the picture in relation to {b}.",
     ),
     "v": (
-        "{Be} {a} above or below {b}?",
-        "Where {be} {a} relative to {b}?",
-        "How {be} {a} placed vertically compared with {b}?",
-        "Describe where {a} {be} in relation to {b}.",
+        "In the picture, {be} {a} higher or lower than {b}?",
+        "Where {be} {a} in the picture relative to {b}?",
+        "How {be} {a} placed vertically in the frame compared with {b}?",
+        "Describe where {a} {be} in the picture in relation to {b}.",
     ),
     "s": (
         "Which looks bigger in the picture, {a} or {b}?",
-        "How does the size of {a} compare with {b}?",
-        "{Be} {a} larger or smaller than {b}?",
+        "How does the size of {a} in the picture compare with {b}?",
+        "{Be} {a} larger or smaller in the picture than {b}?",
     ),
 }
 RELATION_A = (
     "{A} {be} {rel} {b}.",
     "From this viewpoint, {a} {be} {rel} {b}.",
-    "In the image, {a} {be} {rel} {b}.",
-    "Looking at the picture, {a} {be} {rel} {b}.",
+    "Looking at the frame, {a} {be} {rel} {b}.",
+)
+# Questions about an absent object, each with the answers that fit its form: only a polar
+# question is answered "No"; "how many" gets a count of none, "where" and "point out" a
+# statement that there is none.
+ABSENT_POLAR_A = (
+    "No, there {be} no {no} in this image.",
+    "No, I don't see any {no} here.",
+    "No. The picture does not contain any {no}.",
+    "No, there {be} no {no} in the picture.",
+)
+ABSENT_COUNT_A = (
+    "There {be} no {no} in this image, so the count is zero.",
+    "None: I can't see any {no} in the picture.",
+    "Zero. There {be} no {no} here.",
+)
+ABSENT_WHERE_A = (
+    "There is no {x} in this image.",
+    "I can't find any {no} in the picture; there is none.",
+    "Nowhere: the photo does not show any {no}.",
+)
+ABSENT_POINT_A = (
+    "I can't: there is no {x} in the picture.",
+    "There is nothing to point out; the image does not contain any {no}.",
 )
 ABSENT_Q = (
-    "Is there {a} in the image?",
-    "Can you see any {pl} in this picture?",
-    "Where is the {x} in this photo?",
-    "Can you point out the {x} in the picture?",
-    "Does the picture include {a}?",
-    "How many {cn} are in the image?",
-    "And is there {a}?",  # last: never the opening question (see _n_absent)
+    ("Is there {a} in the image?", ABSENT_POLAR_A),
+    ("Can you see any {pl} in this picture?", ABSENT_POLAR_A),
+    ("Where is the {x} in this photo?", ABSENT_WHERE_A),
+    ("Can you point out the {x} in the picture?", ABSENT_POINT_A),
+    ("Does the picture include {a}?", ABSENT_POLAR_A),
+    ("How many {cn} are in the image?", ABSENT_COUNT_A),
+    ("And is there {a}?", ABSENT_POLAR_A),  # last: never the opening question (see _n_absent)
 )
 # POPE-style probes about present objects. The polar forms are those of ABSENT_Q, so the
 # wording of a question never tells whether the answer is yes or no.
@@ -368,16 +339,10 @@ CONFIRM_CROWD_A = (
     "Yes, there is {crowd} in the image.",
     "Yes. I can see {crowd}, too many to count exactly.",
 )
-ABSENT_A = (
-    "No, there are no {pl} in this image.",
-    "No, I don't see any {pl} here.",
-    "No. The picture does not contain any {pl}.",
-    "No, there are no {pl} in the picture.",
-)
 INVENTORY_TAIL = (
     " It shows {inv}.",
     " Instead, I can see {inv}.",
-    " What it does show is {inv}.",
+    " What it does show: {inv}.",
     " The image contains {inv}.",
 )
 # Asked with the true count too (TRUE_COUNT_A), so a stated number does not give the answer away.
@@ -405,11 +370,11 @@ TRUE_COUNT_A = (
 # FALSE_RELATION_Q is asked with the relation that holds too, answered by TRUE_RELATION_A.
 TRUE_RELATION_A = (
     "Yes, {a} {be} {rel} {b}.",
-    "Yes. In the picture, {a} {be} {rel} {b}.",
+    "Yes. From this viewpoint, {a} {be} {rel} {b}.",
     "Yes, that is right: {a} {be} {rel} {b}.",
 )
 FALSE_RELATION_A = (
-    "No, {a} {be} {rel} {b}, not {frel} {pron}.",
+    "No, {a} {be} {rel} {b}, not {fshort}.",
     "No. Actually, {a} {be} {rel} {b}.",
     "No, it is the other way round: {a} {be} {rel} {b}.",
 )
@@ -465,7 +430,7 @@ REGION_REL_Q = (
 REGION_REL_A = (
     "{The} {be} {rel} {b}.",
     "Relative to the rest of the scene, {the} {be} {rel} {b}.",
-    "In the picture, {the} {be} {rel} {b}.",
+    "From this viewpoint, {the} {be} {rel} {b}.",
 )
 REGION_REL_MORE = " It is also {rel} {b}."
 # Asked with the relation that holds or its opposite; the answer states the one that holds.
@@ -476,7 +441,7 @@ REGION_REL_POLAR_Q = (
 )
 REGION_REL_YES_A = (
     "Yes, {the} {be} {rel} {b}.",
-    "Yes. In the picture, {the} {be} {rel} {b}.",
+    "Yes. From this viewpoint, {the} {be} {rel} {b}.",
 )
 REGION_REL_NO_A = (
     "No, {the} {be} {rel} {b}.",
@@ -503,7 +468,7 @@ REGION_COUNT_A = (
 )
 REGION_ONLY_A = (
     "None: it is the only {x} in the image.",
-    "No others; {the} is the only {x} in the picture.",
+    "There are no others; {the} is the only {x} in the picture.",
 )
 REGION_CROWD_A = (
     "Besides the boxed one there is {crowd}, too many to count exactly.",
@@ -580,7 +545,7 @@ _Box = tuple[str, float, float, float, float]  # object_id, x, y, w, h
 
 
 class _Cat:
-    """One category in one image: its boxes, whether it has a crowd box, and centre extremes."""
+    """One category in one image: its boxes, whether it has a crowd box, and box extremes."""
 
     __slots__ = ("name", "ids", "boxes", "crowd", "n", "ext")
 
@@ -590,58 +555,61 @@ class _Cat:
         self.boxes: list[_Box] = []
         self.crowd = False
         self.n = 0
+        # left-most left edge, right-most right edge, top-most top, bottom-most bottom,
+        # smallest and largest area
         self.ext: tuple[float, float, float, float, float, float] = (0, 0, 0, 0, 0, 0)
 
     def finish(self) -> None:
         self.n = len(self.boxes)
-        if self.n == 1:
-            _, x, y, w, h = self.boxes[0]
-            cx, cy, area = x + w / 2, y + h / 2, w * h
-            self.ext = (cx, cx, cy, cy, area, area)
-        elif self.n:
-            cx = [b[1] + b[3] / 2 for b in self.boxes]
-            cy = [b[2] + b[4] / 2 for b in self.boxes]
-            area = [b[3] * b[4] for b in self.boxes]
-            self.ext = (min(cx), max(cx), min(cy), max(cy), min(area), max(area))
+        if self.n:
+            self.ext = (
+                min(b[1] for b in self.boxes),
+                max(b[1] + b[3] for b in self.boxes),
+                min(b[2] for b in self.boxes),
+                max(b[2] + b[4] for b in self.boxes),
+                min(b[3] * b[4] for b in self.boxes),
+                max(b[3] * b[4] for b in self.boxes),
+            )
 
     @property
     def countable(self) -> bool:
         return self.n > 0 and not self.crowd
 
 
-def _centre_inside(a: list[_Box], b: list[_Box]) -> bool:
-    for _, ax, ay, aw, ah in a:
-        acx, acy = ax + aw / 2, ay + ah / 2
-        for _, bx, by, bw, bh in b:
-            if bx <= acx <= bx + bw and by <= acy <= by + bh:
-                return True
-            bcx, bcy = bx + bw / 2, by + bh / 2
-            if ax <= bcx <= ax + aw and ay <= bcy <= ay + ah:
-                return True
-    return False
+def _relations(
+    a: tuple[float, float, float, float, float, float],
+    b: tuple[float, float, float, float, float, float],
+    width: float,
+    height: float,
+) -> list[str]:
+    """Relations between two sets of boxes given by their extremes (see ``_Cat.ext``).
 
-
-def relations_between(a: _Cat, b: _Cat, width: float, height: float) -> list[str]:
-    """Relations "every a <rel> every b" that hold with a clear margin (see module doc)."""
-    a_minx, a_maxx, a_miny, a_maxy, a_mina, a_maxa = a.ext
-    b_minx, b_maxx, b_miny, b_maxy, b_mina, b_maxa = b.ext
-    mx, my = SPATIAL_MARGIN * width, SPATIAL_MARGIN * height
+    A side relation needs every A box to end, on that axis, at least ``SPATIAL_GAP`` of the
+    image before every B box begins: boxes that overlap on the axis (a person standing on a
+    surfboard, a cup held in a hand, one box inside another) are never left/right/above/below.
+    """
+    a_x0, a_x1, a_y0, a_y1, a_mina, a_maxa = a
+    b_x0, b_x1, b_y0, b_y1, b_mina, b_maxa = b
+    gx, gy = SPATIAL_GAP * width, SPATIAL_GAP * height
     out: list[str] = []
-    if a_maxx + mx < b_minx:
+    if a_x1 + gx <= b_x0:
         out.append("left")
-    elif a_minx - mx > b_maxx:
+    elif b_x1 + gx <= a_x0:
         out.append("right")
-    if a_maxy + my < b_miny:
+    if a_y1 + gy <= b_y0:
         out.append("above")
-    elif a_miny - my > b_maxy:
+    elif b_y1 + gy <= a_y0:
         out.append("below")
-    if out and _centre_inside(a.boxes, b.boxes):
-        out = []
     if a_mina >= SIZE_RATIO * b_maxa:
         out.append("larger")
     elif a_maxa * SIZE_RATIO <= b_mina:
         out.append("smaller")
     return out
+
+
+def relations_between(a: _Cat, b: _Cat, width: float, height: float) -> list[str]:
+    """Relations "every a <rel> every b" that the boxes support (see module doc)."""
+    return _relations(a.ext, b.ext, width, height)
 
 
 @dataclass
@@ -701,12 +669,18 @@ class _Scene:
         return cached
 
     def _make_inventory(self, limit: int) -> tuple[str, int, list[str]]:
-        cats = sorted(self.cats, key=lambda c: (c.crowd, -c.n, c.name))[:limit]
+        """The ``limit`` most numerous categories; a list cut short says "among other things",
+        so it never reads as everything the image holds."""
+        ranked = sorted(self.cats, key=lambda c: (c.crowd, -c.n, c.name))
+        cats = ranked[:limit]
         parts = [crowd_phrase(c.name) if c.crowd else count_phrase(c.n, c.name) for c in cats]
         first = cats[0] if cats else None
         singular = first is not None and not first.crowd and first.n == 1
         ids = [oid for c in cats for oid in c.ids]
-        return _join(parts), 1 if singular else 2, ids
+        text = _join(parts)
+        if len(ranked) > limit:
+            text += ", among other things"
+        return text, 1 if singular else 2, ids
 
 
 _Pair = tuple[str, str]
@@ -729,7 +703,9 @@ def _describe(d: _Draw, scene: _Scene, used: set[str], questions: Sequence[str])
         return None
     cid, text = d.pick(caps)
     used.add(cid)
-    return (d.pick(questions), d.pick(DESCRIBE_A).format(c=_sentence(text))), [cid]
+    q = d.pick(questions)
+    answers = DESCRIBE_REQUEST_A if q.startswith(REQUEST_STARTS) else DESCRIBE_A
+    return (q, d.pick(answers).format(c=_sentence(text))), [cid]
 
 
 # --------------------------------------------------------------------------- global
@@ -828,8 +804,11 @@ def _n_absent(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
     # "And is there ...?" cannot open a conversation; nothing is used before the first pair.
     questions = ABSENT_Q if used else ABSENT_Q[:-1]
     used.add(x)
-    q = d.pick(questions).format(a=a_phrase(x), pl=plural(x), x=x, cn=count_noun(x))
-    a = d.pick(ABSENT_A).format(pl=plural(x))
+    question, answers = d.pick(questions)
+    be, no = no_phrase(x)
+    one = x if x in MASS else unit_noun(x)
+    q = question.format(a=a_phrase(x), pl=plural(x), x=one, cn=count_noun(x))
+    a = d.pick(answers).format(be=be, no=no, x=one)
     ids: list[str] = []
     if s.cats:
         inv, _, ids = s.inventory()
@@ -863,9 +842,8 @@ def _n_false_relation(d: _Draw, s: _Scene, used: set[str]) -> _Fact | None:
     bn, _ = the_phrase(b.name, b.n)
     frel = REL_TEXT[OPPOSITE[rel]]
     q = d.pick(FALSE_RELATION_Q).format(a=an, b=bn, be=be, Be=_cap(be), frel=frel)
-    pron = "it" if b.n == 1 else "them"
     ans = d.pick(FALSE_RELATION_A).format(
-        a=an, b=bn, be=be, rel=REL_TEXT[rel], frel=frel, pron=pron
+        a=an, b=bn, be=be, rel=REL_TEXT[rel], fshort=REL_SHORT[OPPOSITE[rel]]
     )
     return (q, ans), [*a.ids, *b.ids]
 
@@ -1016,19 +994,19 @@ def _region_where(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list
     kind = d.below(3)
     if kind == 0:
         return (
-            d.pick(REGION_WHERE_Q).format(x=name),
+            d.pick(REGION_WHERE_Q).format(x=unit_noun(name)),
             d.pick(REGION_WHERE_A).format(loc=loc, The=The),
         ), []
     qloc = loc if kind == 1 else _loc(*_wrong_cell(d, row, col))
     answers = REGION_WHERE_YES_A if kind == 1 else REGION_WHERE_NO_A
-    q = d.pick(REGION_WHERE_POLAR_Q).format(x=name, qloc=qloc)
+    q = d.pick(REGION_WHERE_POLAR_Q).format(x=unit_noun(name), qloc=qloc)
     return (q, d.pick(answers).format(loc=loc, The=The)), []
 
 
 def _region_size(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list[str]]:
     _, name, _, _, w, h = obj
     p = max(1, round(100 * w * h / (s.img.width * s.img.height)))
-    q = d.pick(REGION_SIZE_Q).format(x=name)
+    q = d.pick(REGION_SIZE_Q).format(x=unit_noun(name))
     return (q, d.pick(REGION_SIZE_A).format(p=p, The=_cap(the))), []
 
 
@@ -1037,25 +1015,7 @@ def _box_relations(
 ) -> list[str]:
     """``relations_between`` for one box against a category, without building a ``_Cat``."""
     x, y, w, h = box
-    cx, cy, area = x + w / 2, y + h / 2, w * h
-    b_minx, b_maxx, b_miny, b_maxy, b_mina, b_maxa = b.ext
-    mx, my = SPATIAL_MARGIN * width, SPATIAL_MARGIN * height
-    out: list[str] = []
-    if cx + mx < b_minx:
-        out.append("left")
-    elif cx - mx > b_maxx:
-        out.append("right")
-    if cy + my < b_miny:
-        out.append("above")
-    elif cy - my > b_maxy:
-        out.append("below")
-    if out and _centre_inside([("", x, y, w, h)], b.boxes):
-        out = []
-    if area >= SIZE_RATIO * b_maxa:
-        out.append("larger")
-    elif area * SIZE_RATIO <= b_mina:
-        out.append("smaller")
-    return out
+    return _relations((x, x + w, y, y + h, w * h, w * h), b.ext, width, height)
 
 
 def _region_relation(
@@ -1078,7 +1038,7 @@ def _region_relation(
     kind = d.below(3)
     if kind:
         qrel = REL_TEXT[rel if kind == 1 else OPPOSITE[rel]]
-        q = d.pick(REGION_REL_POLAR_Q).format(x=name, qrel=qrel, b=bn)
+        q = d.pick(REGION_REL_POLAR_Q).format(x=unit_noun(name), qrel=qrel, b=bn)
         answers = REGION_REL_YES_A if kind == 1 else REGION_REL_NO_A
         return (q, d.pick(answers).format(the=the, be=be, rel=REL_TEXT[rel], b=bn)), list(other.ids)
     ans = d.pick(REGION_REL_A).format(the=the, The=_cap(the), be=be, rel=REL_TEXT[rel], b=bn)
@@ -1089,7 +1049,7 @@ def _region_relation(
         bn2, _ = the_phrase(other2.name, other2.n)
         ans += REGION_REL_MORE.format(rel=REL_TEXT[rel2], b=bn2)
         ids.extend(other2.ids)
-    return (d.pick(REGION_REL_Q).format(x=name), ans), ids
+    return (d.pick(REGION_REL_Q).format(x=unit_noun(name)), ans), ids
 
 
 def _region_count(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list[str]]:
@@ -1105,12 +1065,12 @@ def _region_count(d: _Draw, s: _Scene, obj: _Obj, the: str) -> tuple[_Pair, list
         q = d.pick(REGION_MORE_Q).format(cn=cn)
         crowd_a, alone_a, more_a = REGION_MORE_CROWD_A, REGION_MORE_NO_A, REGION_MORE_YES_A
     else:
-        q = d.pick(REGION_ALONE_Q).format(x=name)
+        q = d.pick(REGION_ALONE_Q).format(x=unit_noun(name))
         crowd_a, alone_a, more_a = REGION_ALONE_CROWD_A, REGION_ALONE_YES_A, REGION_ALONE_NO_A
     if own.crowd:
         a = d.pick(crowd_a).format(crowd=crowd_phrase(name, other=True))
     elif own.n == 1:
-        a = d.pick(alone_a).format(x=name, the=the, The=_cap(the))
+        a = d.pick(alone_a).format(x=unit_noun(name), the=the, The=_cap(the))
     else:
         k = own.n - 1
         cp = count_phrase(own.n, name)

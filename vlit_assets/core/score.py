@@ -376,7 +376,13 @@ def _with_caption_presence(claimed: pl.DataFrame, captions: pl.DataFrame | None)
 def negative_consistency(
     conversations: pl.DataFrame, pairs: pl.DataFrame, mentions: pl.DataFrame, ann: Annotations
 ) -> pl.DataFrame:
-    """Share of polar questions about an absent object whose answer denies it."""
+    """Share of negative claims that are right.
+
+    Judged claims are (a) polar questions about an absent object, right when the answer denies
+    it, and (b) denials in an answer of an object the image's boxes hold ("No, there is no
+    park bench." about a bench), always wrong: denying what is there is a hallucination too.
+    ``n_negative_questions`` counts both, ``n_negative_denied`` the right ones.
+    """
     asked = pairs.filter(pl.col("is_polar")).join(
         mentions.filter(pl.col("role") == "human").select(
             "conversation_id", "turn_idx", "category"
@@ -389,9 +395,27 @@ def negative_consistency(
         .agg(absent=(~pl.col("is_present")).any(), denies=pl.col("answer_denies").first())
         .filter(pl.col("absent"))
     )
-    per_conv = about_absent.group_by("conversation_id").agg(
-        n_negative_questions=pl.len().cast(pl.Int64),
-        n_negative_denied=pl.col("denies").sum().cast(pl.Int64),
+    denied = mentions.filter((pl.col("role") == "gpt") & pl.col("negated"))
+    false_denials = (
+        _with_presence(_judged(denied, conversations, ann), ann)
+        .filter(pl.col("is_present"))
+        .select("conversation_id", "turn_idx", "category")
+        .unique()
+        .group_by("conversation_id")
+        .agg(n_false=pl.len().cast(pl.Int64))
+    )
+    per_conv = (
+        about_absent.group_by("conversation_id")
+        .agg(
+            n_negative_questions=pl.len().cast(pl.Int64),
+            n_negative_denied=pl.col("denies").sum().cast(pl.Int64),
+        )
+        .join(false_denials, on="conversation_id", how="full", coalesce=True)
+        .with_columns(
+            n_negative_questions=pl.col("n_negative_questions").fill_null(0)
+            + pl.col("n_false").fill_null(0),
+            n_negative_denied=pl.col("n_negative_denied").fill_null(0),
+        )
     )
     return _per_conversation(conversations, per_conv, ann).select(
         "conversation_id",

@@ -46,7 +46,7 @@ RULES: dict[str, str] = {
     "image_too_small": "image_width or image_height < min_image_side",
     "image_aspect_ratio": "max(w/h, h/w) > max_aspect_ratio",
     "image_too_large": "image_bytes > max_image_bytes",
-    "low_relevance": "relevance < min_relevance",
+    "low_relevance": "relevance < min_relevance, or far below its instruction type (robust z)",
     "exact_duplicate": "another row with the same norm_text_hash ranks higher",
     "near_copy_text": "another row of the same MinHash text cluster ranks higher",
     "near_duplicate": "another row of the same near-duplicate cluster ranks higher",
@@ -172,9 +172,15 @@ class Thresholds:
     min_count_consistency: float = 1.0
     # Drop region conversations whose first answer does not name the boxed object.
     require_region_name_match: bool = True
-    # Drop when the answers' mean cosine to the image's captions is below this; None = off.
-    # Good template data on data/sample scores >= 0.28; text moved to another image <= 0.33.
-    min_relevance: float | None = 0.2
+    # Relevance (answers' mean cosine to the image's captions) is judged within each
+    # instruction type, because region and negative conversations score low by construction:
+    # a row fails when it lies more than relevance_max_z robust deviations (1.4826 * MAD)
+    # below the median of its type in the batch; None = off. Types with fewer than
+    # relevance_min_rows judged rows are not judged this way. See docs/selection.md.
+    relevance_max_z: float | None = 3.5
+    relevance_min_rows: int = 30
+    # And, whatever the type, when it is below this absolute floor; None = off.
+    min_relevance: float | None = 0.0
     # Drop when some answer has fewer words than this (a one-word "Yes." teaches nothing).
     min_answer_words_min: int = 2
     # Drop when the conversation has fewer question/answer pairs than this. One: single-round
@@ -215,6 +221,10 @@ class Thresholds:
         _check_unit_interval("min_count_consistency", self.min_count_consistency)
         if self.min_relevance is not None and not -1.0 <= self.min_relevance <= 1.0:
             raise ValueError(f"min_relevance must be a cosine in [-1, 1], got {self.min_relevance}")
+        if self.relevance_max_z is not None and self.relevance_max_z <= 0:
+            raise ValueError(f"relevance_max_z must be > 0, got {self.relevance_max_z}")
+        if self.relevance_min_rows < 2:
+            raise ValueError(f"relevance_min_rows must be >= 2, got {self.relevance_min_rows}")
         if self.min_answer_words_min < 0 or self.min_turns < 0:
             raise ValueError("min_answer_words_min and min_turns must be >= 0")
         if self.neardup_threshold is not None and not -1.0 <= self.neardup_threshold <= 1.0:
@@ -258,8 +268,11 @@ class SplitConfig:
 
     val_ratio: float = 0.05
     salt: str = "vlit-split-v1"
-    # Column hashed for the split; "image_id" keeps all conversations of an image together.
-    key: str = "conversation_id"
+    # Column hashed for the split. "image_id" (the default) is a group split: an image and
+    # all its conversations land on one side. When the frame has an ``image_sha256`` column
+    # (raw__images.sha256, joined by the final stage) the image's content hash is hashed
+    # instead, so the same picture under two names or in two sources stays together.
+    key: str = "image_id"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_ratio < 1.0:
@@ -299,6 +312,33 @@ def assign_split(conversation_ids: pl.Series, cfg: SplitConfig) -> pl.Series:
         raise ValueError(f"assign_split: {conversation_ids.name or 'ids'} has null values")
     draws = _unit_hashes(f"{cfg.salt}\x1f", conversation_ids.cast(pl.String).to_list())
     return pl.Series("split", np.where(draws < cfg.val_ratio, VAL, TRAIN), dtype=pl.String)
+
+
+IMAGE_HASH_COLUMN = "image_sha256"
+
+
+def split_group_expr(key: str, columns: list[str] | tuple[str, ...]) -> pl.Expr:
+    """What the split hashes for ``key``: the image content hash when known (key image_id)."""
+    if key == "image_id" and IMAGE_HASH_COLUMN in columns:
+        return (
+            pl.when(pl.col(IMAGE_HASH_COLUMN).is_not_null())
+            .then(pl.lit("sha256:") + pl.col(IMAGE_HASH_COLUMN))
+            .otherwise(pl.col("image_id").cast(pl.String))
+        )
+    return pl.col(key).cast(pl.String)
+
+
+def images_in_both_splits(rows: pl.DataFrame) -> int:
+    """Images (by content hash when known, else image_id) with rows in both train and val."""
+    if rows.is_empty():
+        return 0
+    group = split_group_expr("image_id", rows.columns).alias("_image")
+    sides = (
+        rows.filter(pl.col("split").is_not_null())
+        .group_by(group)
+        .agg(pl.col("split").n_unique().alias("_sides"))
+    )
+    return int((sides["_sides"] > 1).sum())
 
 
 # ---------------------------------------------------------------- per-row rules
@@ -347,16 +387,86 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
         "image_too_large": _above("image_bytes", t.max_image_bytes),
         "low_relevance": (
             pl.col("relevance") < t.min_relevance if t.min_relevance is not None else off
-        ),
+        )
+        | (pl.col("relevance") < pl.col("_relevance_floor")).fill_null(False),
     }
     return {name: expr.fill_null(False).alias(name) for name, expr in exprs.items()}
 
 
+def typicality(scored: pl.DataFrame) -> pl.Series:
+    """Mean log document frequency, within the batch, of the words of a row's answers.
+
+    A near copy with one word garbled or swapped carries a word the rest of the batch rarely
+    uses, so it is less typical than its original, whose words the batch shares. Null for a
+    row without answer words.
+    """
+    words = (
+        scored.select(
+            pl.int_range(pl.len()).alias("_row"),
+            pl.col("turns")
+            .list.eval(
+                pl.element()
+                .filter(pl.element().struct.field("from") == "gpt")
+                .struct.field("value")
+            )
+            .list.join(" ")
+            .str.to_lowercase()
+            .str.extract_all(r"[a-z][a-z']*")
+            .alias("_word"),
+        )
+        .explode("_word")
+        .drop_nulls("_word")
+        .unique(["_row", "_word"])
+    )
+    df = words.group_by("_word").len("_df")
+    per_row = (
+        words.join(df, on="_word")
+        .group_by("_row")
+        .agg(pl.col("_df").cast(pl.Float64).log().mean().alias("typicality"))
+    )
+    rows = pl.DataFrame({"_row": pl.int_range(scored.height, eager=True)})
+    joined = rows.join(per_row, on="_row", how="left", maintain_order="left")
+    return joined["typicality"]
+
+
+def relevance_floors(scored: pl.DataFrame, t: Thresholds) -> dict[str, float]:
+    """Per instruction type, the relevance below which a row is an outlier of its type:
+    median - relevance_max_z * 1.4826 * MAD over the type's rows with a relevance. Types
+    with fewer than ``relevance_min_rows`` such rows get no floor (too few to calibrate)."""
+    if t.relevance_max_z is None:
+        return {}
+    rel = pl.col("relevance").fill_nan(None)
+    stats = (
+        scored.filter(rel.is_not_null())
+        .group_by("instruction_type")
+        .agg(
+            rel.median().alias("median"),
+            (rel - rel.median()).abs().median().alias("mad"),
+            pl.len().alias("n"),
+        )
+        .filter(pl.col("n") >= t.relevance_min_rows)
+        .sort("instruction_type")
+    )
+    z = t.relevance_max_z * 1.4826
+    return {
+        itype: float(median - z * mad)
+        for itype, median, mad in stats.select("instruction_type", "median", "mad").iter_rows()
+    }
+
+
 def _rank(frame: pl.DataFrame, failed: list[str]) -> pl.Series:
-    """Representative order: fewest failed rules, highest relevance, most turns, earliest in
-    source order (``variant``: a copy comes after what it copies), smallest id."""
+    """Representative order: fewest failed rules, most typical words (see :func:`typicality`),
+    highest relevance, most turns, earliest in source order (``variant``: a copy comes after
+    what it copies), smallest id.
+
+    Typicality comes before relevance: on planted near copies of coco-mini, ranking by
+    relevance kept the garbled copy over its original in 42 of 90 pairs (see
+    docs/selection.md for the measured figures).
+    """
+    typ = pl.col("typicality") if "typicality" in frame.columns else pl.lit(None, pl.Float64)
     order = frame.select(
         pl.sum_horizontal([pl.col(r).cast(pl.Int32) for r in failed]).alias("_fails"),
+        typ.fill_nan(None).round(9).alias("_typ"),
         pl.col("relevance").fill_nan(None).alias("_rel"),
         pl.col("n_turns").alias("_turns"),
         pl.col("variant").alias("_order")
@@ -365,8 +475,8 @@ def _rank(frame: pl.DataFrame, failed: list[str]) -> pl.Series:
         "conversation_id",
     ).with_row_index("_row")
     ranked = order.sort(
-        ["_fails", "_rel", "_turns", "_order", "conversation_id"],
-        descending=[False, True, True, False, False],
+        ["_fails", "_typ", "_rel", "_turns", "_order", "conversation_id"],
+        descending=[False, True, True, True, False, False],
         nulls_last=True,
     )
     rank = np.empty(frame.height, dtype=np.int64)
@@ -437,6 +547,19 @@ def neardup_labels(
     return cluster_labels(n, pi, pj), int(pi.size)
 
 
+def _neardup_groups(work: pl.DataFrame, t: Thresholds) -> list | None:
+    """Rows that may be near duplicates share this key: ``neardup_within`` and, for a region
+    row, its box (``region_object_id``): two region conversations about two bananas of one
+    photo read alike but are about different things."""
+    if not t.neardup_within:
+        return None
+    key = pl.col(t.neardup_within).cast(pl.String)
+    if "region_object_id" in work.columns:
+        box = pl.col("region_object_id")
+        key = pl.when(box.is_not_null()).then(key + pl.lit("\x1fbox:") + box).otherwise(key)
+    return work.select(key.alias("_group"))["_group"].to_list()
+
+
 def _near_duplicates(
     work: pl.DataFrame, vectors: np.ndarray | None, t: Thresholds
 ) -> tuple[pl.DataFrame, dict]:
@@ -446,7 +569,7 @@ def _near_duplicates(
     else:
         assert vectors is not None
         ids = work["conversation_id"].to_list()
-        groups = work[t.neardup_within].to_list() if t.neardup_within else None
+        groups = _neardup_groups(work, t)
         labels, pairs = neardup_labels(ids, vectors, t.neardup_threshold, groups)
     work = work.with_columns(
         pl.Series("_label", labels),
@@ -687,19 +810,28 @@ def decide(
     keep_cols = ["conversation_id", "source", "instruction_type", "norm_text_hash"]
     scored = _with_optional(scored)
     extra = [thresholds.neardup_within] if thresholds.neardup_within else []
-    work = scored.select(
-        *dict.fromkeys(
-            [
-                *keep_cols,
-                *extra,
-                "relevance",
-                "n_turns",
-                "mentioned_categories",
-                "variant",
-                "text_cluster_id",
-            ]
-        ),
-        *_row_rule_exprs(thresholds).values(),
+    extra += ["region_object_id"] if "region_object_id" in scored.columns else []
+    floors = relevance_floors(scored, thresholds)
+    floor_of = pl.col("instruction_type").replace_strict(
+        floors, default=None, return_dtype=pl.Float64
+    )
+    work = (
+        scored.with_columns(floor_of.alias("_relevance_floor"))
+        .select(
+            *dict.fromkeys(
+                [
+                    *keep_cols,
+                    *extra,
+                    "relevance",
+                    "n_turns",
+                    "mentioned_categories",
+                    "variant",
+                    "text_cluster_id",
+                ]
+            ),
+            *_row_rule_exprs(thresholds).values(),
+        )
+        .with_columns(typicality(scored))
     )
     work = _exact_duplicates(work, thresholds)
     work = _text_near_copies(work, thresholds)
@@ -713,7 +845,10 @@ def decide(
         (pl.col("_balance") == r).fill_null(False).alias(r) for r in BALANCE_RULES
     )
     work = _failing_lists(work).with_columns(pl.col("first_failing_rule").is_null().alias("kept"))
-    split_of = assign_split(scored[split.key], split)
+    split_of = assign_split(
+        scored.select(split_group_expr(split.key, scored.columns).alias(split.key)).to_series(),
+        split,
+    )
     work = work.with_columns(pl.when(pl.col("kept")).then(split_of).otherwise(None).alias("split"))
     decisions = work.select([pl.col(c).cast(t) for c, t in DECISIONS_SCHEMA.items()])
     mask = decisions["kept"]
@@ -722,6 +857,7 @@ def decide(
     report = _report(scored, kept, cands, decisions, vectors, kept_vectors)
     report["settings"] = _settings(thresholds, balance, split)
     report["neardup"] = neardup_info
+    report["relevance_floors"] = floors
     report["balance"] = balance_info
     return Selection(decisions=decisions, kept=kept, report=report)
 

@@ -31,9 +31,18 @@ from vlit_assets.core.schemas import (
     FINAL_RUNS,
     META_CHECK_RESULTS,
     META_SOURCES,
+    RAW_IMAGES,
     SCORED_CONVERSATIONS,
 )
-from vlit_assets.core.select import DECISIONS_SCHEMA, Balance, SplitConfig, Thresholds, decide
+from vlit_assets.core.select import (
+    DECISIONS_SCHEMA,
+    IMAGE_HASH_COLUMN,
+    Balance,
+    SplitConfig,
+    Thresholds,
+    decide,
+    images_in_both_splits,
+)
 from vlit_assets.defs.partitions import WRITER_POOL
 from vlit_assets.defs.scored import PrincipleThresholdsConfig, record_dataset_metrics
 from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
@@ -137,6 +146,8 @@ class FinalConfig(dg.Config):
     min_count_consistency: float = Thresholds.min_count_consistency
     require_region_name_match: bool = Thresholds.require_region_name_match
     min_relevance: float | None = Thresholds.min_relevance
+    relevance_max_z: float | None = Thresholds.relevance_max_z
+    relevance_min_rows: int = Thresholds.relevance_min_rows
     min_answer_words_min: int = Thresholds.min_answer_words_min
     min_turns: int = Thresholds.min_turns
     drop_exact_duplicates: bool = Thresholds.drop_exact_duplicates
@@ -148,8 +159,9 @@ class FinalConfig(dg.Config):
     balance_seed: int = Balance.seed
     val_ratio: float = SplitConfig.val_ratio
     split_salt: str = SplitConfig.salt
-    # What the split hashes: conversation_id (default), or image_id to keep every
-    # conversation about one image (and its region crops) in the same split.
+    # What the split hashes: image_id (default; by the image's content hash, so an image and
+    # every conversation about it, whatever its name or source, land on one side), or
+    # conversation_id (leaks images between train and val).
     split_key: str = SplitConfig.key
 
     def thresholds(self) -> Thresholds:
@@ -201,6 +213,7 @@ def final(
         for source, why in sorted(gated.items()):
             context.log.warning(f"source {source!r} held back: {why}")
         scored = everything.filter(~pl.col("source").is_in(sorted(gated))).sort("conversation_id")
+        scored = with_image_hashes(con, scored)
         cache = EmbeddingCache(con)
         vectors = stored_vectors(scored, embedder, cache)
         selection = decide(scored, vectors, config.thresholds(), config.balance(), config.split())
@@ -208,7 +221,9 @@ def final(
         decisions = pl.concat(
             [selection.decisions, held_back_decisions(held)], how="vertical"
         ).with_columns(pl.lit(run_id).alias("run_id"))
-        kept = selection.kept.with_columns(pl.lit(run_id).alias("final_run_id"))
+        kept = selection.kept.drop(IMAGE_HASH_COLUMN).with_columns(
+            pl.lit(run_id).alias("final_run_id")
+        )
         warehouse.replace_all(con, FINAL_DECISIONS, decisions)
         warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
         warehouse.upsert(
@@ -265,6 +280,17 @@ class FinalSuiteConfig(PrincipleThresholdsConfig):
     max_exact_duplicate_share: float = 0.0
     min_relevance_mean: float | None = 0.30
     max_one_word_answer_share: float = 0.0
+    max_images_in_both_splits: float | None = 0.0  # no image on both sides of the split
+
+
+def with_image_hashes(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` plus ``image_sha256`` from raw__images (null where the image is unknown)."""
+    hashes = (
+        warehouse.read_source(con, RAW_IMAGES)
+        .select("source", "image_id", pl.col("sha256").alias(IMAGE_HASH_COLUMN))
+        .unique(["source", "image_id"])
+    )
+    return rows.join(hashes, on=["source", "image_id"], how="left", maintain_order="left")
 
 
 # Figures the final rules cannot restore in someone else's dataset without dropping good rows
@@ -300,8 +326,11 @@ def final_figures(rows: pl.DataFrame) -> tuple[dict, dict[str, str]]:
 
 
 def validate_final(con: duckdb.DuckDBPyConnection, _source: str, config: FinalSuiteConfig):
-    rows = warehouse.read_source(con, FINAL_CONVERSATIONS).drop("split", "final_run_id")
+    shipped = warehouse.read_source(con, FINAL_CONVERSATIONS)
+    leaked = images_in_both_splits(with_image_hashes(con, shipped))
+    rows = shipped.drop("split", "final_run_id")
     figures, unjudged = final_figures(rows)
+    figures["images_in_both_splits"] = leaked
     return validate_scored(rows, figures, config.thresholds(), unjudged=unjudged)
 
 

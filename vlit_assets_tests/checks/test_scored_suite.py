@@ -21,6 +21,7 @@ from vlit_assets.checks.gx_runner import SuiteOutcome
 from vlit_assets.checks.scored_suite import (
     DATASET,
     SAMPLES,
+    PrincipleThresholds,
     stored_dataset_figures,
     validate_scored,
     validate_scored_table,
@@ -293,3 +294,15 @@ def test_stored_figures_match_scoring(scoring: Scoring) -> None:
     stored = stored_dataset_figures(scoring.scored.scored)
     for key, value in stored.items():
         assert value == pytest.approx(scoring.scored.dataset[key]), key
+
+
+def test_an_image_on_both_sides_of_the_split_fails_the_final_bands(scoring: Scoring) -> None:
+    final = PrincipleThresholds(max_images_in_both_splits=0.0)
+    rows, figures = scoring.scored.scored, scoring.scored.dataset
+    leaked = validate_scored(rows, {**figures, "images_in_both_splits": 3}, final)
+    assert dataset_id("images_in_both_splits") in failed_ids(leaked)
+    clean = validate_scored(rows, {**figures, "images_in_both_splits": 0}, final)
+    assert dataset_id("images_in_both_splits") not in failed_ids(clean)
+    # The scored stage has no split: the band is off there.
+    scored = validate_scored(rows, {**figures, "images_in_both_splits": 3})
+    assert dataset_id("images_in_both_splits") not in failed_ids(scored)

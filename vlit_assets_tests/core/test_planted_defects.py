@@ -10,6 +10,8 @@ the real MiniLM model. Each kind has one rule over the scored columns (``RULE_FO
   neither boxed nor mentioned in the conversation; one a caption happens to name is present
   by that definition, which costs recall, not precision.
 - negative_flipped -> ``negative_consistency < 1``.
+- present_denied -> ``negative_consistency < 1``: a denial of an object the boxes hold counts
+  as a wrong negative claim (the "No, there is no park bench." about a bench).
 - wrong_count -> ``count_consistency < 1``.
 - near_copy -> ``same_image_near_duplicate``: an exact duplicate, or a near-duplicate cluster
   (cosine >= 0.95) holding another conversation of the same input image (``image_path``, so
@@ -62,6 +64,7 @@ RULE_FOR_KIND = {
     "near_copy": "same_image_near_duplicate",
     "one_word_answer": "one_word_answer",
     "moved_image": "chair_i_majority",
+    "present_denied": "negative_inconsistent",
 }
 
 

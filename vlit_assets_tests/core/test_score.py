@@ -204,6 +204,10 @@ def test_bad_captions_frame_names_the_table() -> None:
         ("Are there any kittens?", "Sure, a kitten sleeps there.", 0.0),
         ("Is the dog sitting next to a cat?", "No, the dog is alone.", 1.0),
         ("Is there a dog?", "Yes, there are three dogs.", None),  # dog is present
+        # Denying what the boxes hold is wrong whatever the question ("no park bench" case).
+        ("Is there a dog?", "No, there is no dog.", 0.0),
+        ("What is on the couch?", "Nothing; there is no couch here.", 0.0),
+        ("Is there a cat in the image?", "No, there is no cat and no dog.", 0.5),
         ("What is the cat doing?", "There is no cat.", None),  # not a polar question
         ("Can you describe the cat?", "There is no cat.", None),  # a request, not polar
     ],
@@ -522,7 +526,9 @@ def _good() -> pl.DataFrame:
 def test_planted_defects_are_found_by_their_metric() -> None:
     good = _good()
     bad, truth = plant_defects(good, OBJECTS, TAGS, seed=3, per_kind=2)
-    assert truth["defect"].value_counts().sort("defect")["count"].to_list() == [2] * 6
+    assert truth["defect"].value_counts().sort("defect")["count"].to_list() == [2] * len(
+        DEFECT_KINDS
+    )
     assert set(truth["defect"]) == set(DEFECT_KINDS)
     assert bad["conversation_id"].to_list() == truth["conversation_id"].to_list()
     scored = score_rules(pl.concat([good, bad]), OBJECTS, TAGS)
@@ -535,6 +541,8 @@ def test_planted_defects_are_found_by_their_metric() -> None:
     assert by_kind["absent_object"]["chair_s"].all()
     assert by_kind["moved_image"]["chair_s"].all()
     assert (by_kind["negative_flipped"]["negative_consistency"] < 1).all()
+    assert (by_kind["present_denied"]["negative_consistency"] < 1).all()
+    assert not by_kind["present_denied"]["chair_s"].any()  # CHAIR reads only what is claimed
     assert (by_kind["wrong_count"]["count_consistency"] < 1).all()
     assert (by_kind["one_word_answer"]["answer_words_min"] == 1).all()
     near = by_kind["near_copy"].join(

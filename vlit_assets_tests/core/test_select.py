@@ -12,12 +12,15 @@ import pytest
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.select import (
     DECISIONS_SCHEMA,
+    IMAGE_HASH_COLUMN,
     RULES,
     Balance,
     SplitConfig,
     Thresholds,
     assign_split,
     decide,
+    images_in_both_splits,
+    typicality,
 )
 
 DIM = 64
@@ -95,7 +98,7 @@ DEFECTS = [
     ({"word_rep_ratio": 0.51}, "repetitive_text"),
     ({"answer_rep_ratio": 0.31}, "repetitive_answer"),
     ({"special_char_ratio": 0.3}, "special_characters"),
-    ({"relevance": 0.05}, "low_relevance"),
+    ({"relevance": -0.05}, "low_relevance"),
 ]
 
 
@@ -176,7 +179,7 @@ def test_switched_off_thresholds_keep_their_defects() -> None:
 
 
 def test_a_row_lists_every_rule_it_fails_in_rule_order() -> None:
-    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=0.0, n_turns=0)
+    bad = row("conv_bad", chair_i=0.5, answer_words_min=1, relevance=-0.1, n_turns=0)
     sel = decide(frame([row("conv_good"), bad]), unit_vectors(2))
     d = by_id(sel.decisions)["conv_bad"]
     assert d["failing_rules"] == [
@@ -462,3 +465,126 @@ def test_rows_scored_before_the_text_filters_are_not_judged_by_them() -> None:
         "text_chars", "text_words", "word_rep_ratio", "text_cluster_id", "image_width"
     )
     assert decide(old, unit_vectors(2)).kept.height == 2
+
+
+def test_default_split_puts_no_image_on_both_sides() -> None:
+    # Three conversations per image (global, negative, region): hashed per conversation, a
+    # val share of 0.3 puts some image on both sides; the default (image_id) never does.
+    rows = [row(f"conv_{img}_{k}", image_id=f"img_{img}") for img in range(60) for k in range(3)]
+    by_conv = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3, key="conversation_id"))
+    assert images_in_both_splits(by_conv.kept) > 0  # the rule below can fail
+    sel = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3))
+    assert SplitConfig().key == "image_id"
+    assert images_in_both_splits(sel.kept) == 0
+    assert set(sel.kept["split"]) == {"train", "val"}
+
+
+def test_the_same_picture_under_two_names_splits_together() -> None:
+    # Imported rows name their images themselves: the content hash keeps copies together.
+    rows = [
+        row(f"conv_{img}_{src}", image_id=f"img_{src}_{img}", source=src)
+        for img in range(60)
+        for src in ("coco", "imported")
+    ]
+    scored = frame(rows).with_columns(
+        pl.col("image_id").str.extract(r"_(\d+)$").alias(IMAGE_HASH_COLUMN)
+    )
+    sel = decide(scored, None, NO_DEDUP, split=SplitConfig(0.3))
+    per_picture = sel.kept.group_by(IMAGE_HASH_COLUMN).agg(pl.col("split").n_unique())
+    assert (per_picture["split"] == 1).all()
+    assert images_in_both_splits(sel.kept) == 0
+    # Without the hash column the two names are two images, and some land apart.
+    by_name = decide(frame(rows), None, NO_DEDUP, split=SplitConfig(0.3))
+    apart = by_name.kept.with_columns(pl.col("image_id").str.extract(r"_(\d+)$").alias("pic"))
+    assert (apart.group_by("pic").agg(pl.col("split").n_unique())["split"] > 1).any()
+
+
+def _region(cid: str, box: str, answer: str, **over: object) -> dict:
+    turns = [
+        {"from": "human", "value": "What is inside the red box?"},
+        {"from": "gpt", "value": "That is a banana."},
+        {"from": "human", "value": "Where is the boxed banana?"},
+        {"from": "gpt", "value": answer},
+    ]
+    return row(cid, image_id="img_1", instruction_type="region", region_object_id=box,
+               turns=turns, **over)  # fmt: skip
+
+
+def test_region_conversations_about_different_boxes_are_not_near_duplicates() -> None:
+    rows = [
+        _region("conv_a", "obj_1", "It is in the top-left part of the image."),
+        _region("conv_b", "obj_2", "It is in the top-right part of the image."),
+        _region("conv_c", "obj_1", "It is in the top-left part of the picture."),
+    ]
+    v = unit_vectors(3)
+    v[1] = near(v[0], 1)
+    v[2] = near(v[0], 2)
+    sel = decide(frame(rows), v)
+    d = by_id(sel.decisions)
+    assert d["conv_b"]["kept"]  # another banana: its own conversation
+    assert d["conv_a"]["kept"] != d["conv_c"]["kept"]  # the same box twice: one stays
+    assert sel.report["neardup"]["pairs"] == 1
+
+
+def test_a_garbled_near_copy_does_not_win_on_relevance() -> None:
+    # Many rows share the template words; the copy swaps one for a word no other row uses.
+    common = [
+        _region(f"conv_{k}", f"obj_{k}", "It is in the top-left part of the image.")
+        for k in range(6)
+    ]
+    original = _region("conv_orig", "obj_9", "It is in the top-left part of the image.",
+                       relevance=0.30)  # fmt: skip
+    copy = _region("conv_copy", "obj_9", "It is in the quiet-left part of the image.",
+                   relevance=0.35)  # fmt: skip
+    rows = [*common, copy, original]
+    v = unit_vectors(len(rows))
+    v[-1] = near(v[-2], 3)
+    scored = frame(rows)
+    sel = decide(scored, v)
+    d = by_id(sel.decisions)
+    assert d["conv_orig"]["kept"] and not d["conv_copy"]["kept"]
+    assert d["conv_copy"]["representative_id"] == "conv_orig"
+    typ = dict(zip(scored["conversation_id"], typicality(scored), strict=True))
+    assert typ["conv_orig"] > typ["conv_copy"]
+
+
+def _typed(n: int, itype: str, centre: float, spread: float, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        row(
+            f"conv_{itype}_{k}",
+            instruction_type=itype,
+            relevance=centre + rng.uniform(-spread, spread),
+        )
+        for k in range(n)
+    ]
+
+
+def test_relevance_is_judged_within_each_instruction_type() -> None:
+    # Region rows score low by construction (0.02-0.30 here): the old fixed 0.2 cut would drop
+    # a third of them. Judged within their type only the real outliers go: a global row at
+    # 0.05 among globals around 0.55, and any row below the floor of 0.
+    rows = _typed(60, "global", 0.55, 0.15, 1) + _typed(60, "region", 0.16, 0.14, 2)
+    rows += [
+        row("conv_global_off", instruction_type="global", relevance=0.05),
+        row("conv_region_neg", instruction_type="region", relevance=-0.05),
+    ]
+    scored = frame(rows)
+    sel = decide(scored, None, NO_DEDUP)
+    low = set(
+        sel.decisions.filter(pl.col("failing_rules").list.contains("low_relevance"))[
+            "conversation_id"
+        ]
+    )
+    assert low == {"conv_global_off", "conv_region_neg"}
+    floors = sel.report["relevance_floors"]
+    assert floors["region"] < 0.0 < 0.05 < floors["global"] < 0.4
+    assert sum(r["relevance"] < 0.2 for r in rows) >= 20  # what a fixed 0.2 would have dropped
+    # A type with too few rows to calibrate is judged by the floor only.
+    few = decide(frame(rows[:10] + rows[-2:]), None, NO_DEDUP)
+    assert few.report["relevance_floors"] == {}
+    assert set(
+        few.decisions.filter(pl.col("failing_rules").list.contains("low_relevance"))[
+            "conversation_id"
+        ]
+    ) == {"conv_region_neg"}
