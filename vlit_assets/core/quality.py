@@ -7,6 +7,7 @@ re-embeds nothing it has seen.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,14 +189,19 @@ def score_conversations(
     """
     encoded_before = cache.encoded if cache is not None else 0
     conversations, kinds = with_inferred_types(conversations)
-    rules = score_rules(conversations, objects, tags, categories, captions)
-    texts = text_statistics(conversations, config.rep_len)
-    copies = minhash_clusters(
-        conversations.with_columns(dedup_group()),
-        order="variant",
-        within="_dedup_group",
-        config=config.minhash,
-    )
+    # Independent parts; polars, numpy and rensa release the GIL in their kernels, so threads
+    # keep both cores busy.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        texts_job = pool.submit(text_statistics, conversations, config.rep_len)
+        copies_job = pool.submit(
+            minhash_clusters,
+            conversations.with_columns(dedup_group()),
+            order="variant",
+            within="_dedup_group",
+            config=config.minhash,
+        )
+        rules = score_rules(conversations, objects, tags, categories, captions)
+        texts, copies = texts_job.result(), copies_job.result()
     embed = needs_vectors(config, captions)
     if embed and embedder is None:
         raise ValueError("score_conversations: these settings need an embedder")

@@ -46,55 +46,83 @@ def conversation_text(turns: pl.Expr) -> pl.Expr:
     )
 
 
-_WORD = r"[\p{L}\p{N}']+"  # a word for the repetition ratios: punctuation never counts
-_SPACE_TOKEN = r"\S+"  # a token for MinHash shingles: whitespace-separated, as Data-Juicer's
+# Tokens are whitespace-separated, as Data-Juicer's. For the repetition ratios a word is a token
+# with the punctuation at its ends stripped (Data-Juicer's words_refinement); MinHash shingles
+# use the tokens as they are.
+_WHITESPACE = ["\n", "\t", "\r", "\u00a0"]
+_EDGE_PUNCTUATION = ".,;:!?\"'()[]{}<>*#`~_-\u2018\u2019\u201c\u201d\u2026"
 
 
-def _token_hashes(texts: pl.Series, pattern: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, hash) of every lowercased token of ``texts`` matching ``pattern``, in order."""
+def _token_hashes(texts: pl.Series, *, strip: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, hash) of every lowercased whitespace token of ``texts``, in order (see above)."""
+    token = pl.col("token")
+    if strip:
+        token = token.str.strip_chars(_EDGE_PUNCTUATION)
     tokens = (
         pl.DataFrame({"text": texts})
         .select(
             row=pl.int_range(pl.len(), dtype=pl.UInt32),
-            token=pl.col("text").str.to_lowercase().str.extract_all(pattern),
+            token=pl.col("text")
+            .str.to_lowercase()
+            .str.replace_many(_WHITESPACE, [" "] * len(_WHITESPACE))
+            .str.split(" "),
         )
         .explode("token", keep_nulls=False)
+        .select("row", token=token)
+        .filter(pl.col("token") != "")
     )
     return tokens["row"].to_numpy(), tokens["token"].hash(seed=seed).to_numpy()
 
 
-def _gram_hashes(rows: np.ndarray, hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of the word n-grams that lie inside one row, and the row of each.
-
-    A rolling combination h_0 * M^(n-1) + ... + h_(n-1) in wrapping 64-bit arithmetic; ``rows``
-    must be sorted, as the exploded tokens are.
-    """
-    m = rows.size - n + 1
+def _rolling(hashes: np.ndarray, n: int) -> np.ndarray:
+    """Hash of every run of ``n`` consecutive tokens: h_0 * M^(n-1) + ... + h_(n-1), wrapping."""
+    m = hashes.size - n + 1
+    gram = np.zeros(max(m, 0), dtype=np.uint64)
     if m <= 0:
-        return np.empty(0, np.uint32), np.empty(0, np.uint64)
-    gram = np.zeros(m, dtype=np.uint64)
+        return gram
     with np.errstate(over="ignore"):
         for k in range(n):
-            gram = gram * _MIX + hashes[k : k + m]
-    inside = rows[:m] == rows[n - 1 :]
-    return rows[:m][inside], gram[inside]
+            np.multiply(gram, _MIX, out=gram)
+            np.add(gram, hashes[k : k + m], out=gram)
+    return gram
+
+
+def _gram_hashes(rows: np.ndarray, hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of the word n-grams that lie inside one row, and the row of each (``rows`` sorted,
+    as the exploded tokens are)."""
+    gram = _rolling(hashes, n)
+    if gram.size == 0:
+        return np.empty(0, np.uint32), gram
+    inside = rows[: gram.size] == rows[n - 1 :]
+    return rows[: gram.size][inside], gram[inside]
 
 
 def _repeated_share(rows: np.ndarray, grams: np.ndarray, n: int) -> np.ndarray:
-    """Per row, the share of its n-grams that occur more than once in that row (0 if none)."""
+    """Per row, the share of its n-grams that occur more than once in that row (0 if none).
+
+    Row and gram go into one sortable 64-bit key (row in the top bits, 64 - row bits of the
+    gram hash below), so one sort finds the repeated grams of every row at once.
+    """
     total = np.bincount(rows, minlength=n).astype(np.float64)
     if grams.size == 0:
         return np.zeros(n)
-    with np.errstate(over="ignore"):
-        keyed = grams ^ (rows.astype(np.uint64) * _MIX)
-    repeated = pl.Series(keyed).is_duplicated().to_numpy()
-    counts = np.bincount(rows[repeated], minlength=n).astype(np.float64)
+    shift = np.uint64(64 - max(int(n).bit_length(), 1))
+    key = (rows.astype(np.uint64) << shift) | (grams >> np.uint64(64 - int(shift)))
+    key.sort()
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    lengths = np.diff(np.r_[starts, key.size])
+    repeated = lengths > 1
+    counts = np.bincount(
+        (key[starts[repeated]] >> shift).astype(np.int64),
+        weights=lengths[repeated],
+        minlength=n,
+    )
     return np.divide(counts, total, out=np.zeros(n), where=total > 0)
 
 
 def word_repetition(texts: pl.Series, rep_len: int = 10) -> np.ndarray:
     """Per text, the share of its word ``rep_len``-grams that occur more than once in it."""
-    rows, hashes = _token_hashes(texts, _WORD, seed=7)
+    rows, hashes = _token_hashes(texts, strip=True, seed=7)
     return _repeated_share(*_gram_hashes(rows, hashes, rep_len), texts.len())
 
 
@@ -127,11 +155,16 @@ def text_statistics(conversations: pl.DataFrame, rep_len: int = 10) -> pl.DataFr
             .str.replace_all(IMAGE_TOKEN, "", literal=True),
         )
     )
-    turn_rows, hashes = _token_hashes(turns["value"], _WORD, seed=7)
+    turn_rows, hashes = _token_hashes(turns["value"], strip=True, seed=7)
     conv_of_turn = turns["conv"].to_numpy()
     conv_rows = conv_of_turn[turn_rows]
-    whole = _repeated_share(*_gram_hashes(conv_rows, hashes, rep_len), n)
-    per_turn = _repeated_share(*_gram_hashes(turn_rows, hashes, rep_len), turns.height)
+    # one rolling pass; a gram is inside a conversation, and possibly inside one turn
+    gram = _rolling(hashes, rep_len)
+    m = gram.size
+    in_conv = conv_rows[:m] == conv_rows[rep_len - 1 :] if m else np.zeros(0, bool)
+    in_turn = turn_rows[:m] == turn_rows[rep_len - 1 :] if m else np.zeros(0, bool)
+    whole = _repeated_share(conv_rows[:m][in_conv], gram[in_conv], n)
+    per_turn = _repeated_share(turn_rows[:m][in_turn], gram[in_turn], turns.height)
     answers = turns["answer"].fill_null(False).to_numpy()
     best = np.full(n, -1.0)
     np.maximum.at(best, conv_of_turn[answers], per_turn[answers])
@@ -177,7 +210,7 @@ def _shingle_sets(texts: pl.Series, size: int) -> tuple[np.ndarray, np.ndarray]:
     makes them distinct).
     """
     n = texts.len()
-    rows, hashes = _token_hashes(texts, _SPACE_TOKEN, seed=11)
+    rows, hashes = _token_hashes(texts, strip=False, seed=11)
     gram_rows, grams = _gram_hashes(rows, hashes, size)
     lengths = np.bincount(rows, minlength=n)
     short = np.flatnonzero((lengths > 0) & (lengths < size))
