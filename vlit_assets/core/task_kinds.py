@@ -134,6 +134,8 @@ SPATIAL_STRONG = _rx(
     r"\bwhere (?:is|are|was|were|in|exactly)\b"
     r"|\b(?:left|right)(?: side| hand side)? of\b"
     r"|\bleft or (?:to the )?right\b|\babove or below\b|\bin front of\b|\bon top of\b"
+    r"|\b(?:further|farther) (?:left|right)\b|\bhigher or lower\b|\blarger or smaller\b"
+    r"|\blooks (?:bigger|larger|smaller)\b"
     r"|\b(?:next to|beside|behind|beneath|underneath|under|below|above|between|near|nearby|"
     r"across from|adjacent to|close to|far from|opposite)\b"
     r"|\b(?:relative to|in relation to|with respect to|compared (?:with|to)|compare (?:with|to)|"
