@@ -412,6 +412,7 @@ def typicality(scored: pl.DataFrame) -> pl.Series:
             .list.join(" ")
             .str.to_lowercase()
             .str.extract_all(r"[a-z][a-z']*")
+            .list.eval(pl.element().hash(seed=5))  # counting hashes, not strings
             .alias("_word"),
         )
         .explode("_word")
@@ -427,6 +428,13 @@ def typicality(scored: pl.DataFrame) -> pl.Series:
     rows = pl.DataFrame({"_row": pl.int_range(scored.height, eager=True)})
     joined = rows.join(per_row, on="_row", how="left", maintain_order="left")
     return joined["typicality"]
+
+
+def semantic_dedup_possible(vectors: np.ndarray | None, t: Thresholds) -> bool:
+    """Whether semantic near duplicates can pair any rows: on, and two rows have vectors."""
+    if t.neardup_threshold is None or vectors is None or vectors.shape[0] < 2:
+        return False
+    return int(np.isfinite(vectors[:, 0]).sum()) >= 2
 
 
 def relevance_floors(scored: pl.DataFrame, t: Thresholds) -> dict[str, float]:
@@ -831,7 +839,13 @@ def decide(
             ),
             *_row_rule_exprs(thresholds).values(),
         )
-        .with_columns(typicality(scored))
+        .with_columns(
+            # only the semantic near-duplicate representative uses it (copies and MinHash
+            # groups tie on it or go by source order): skip it when no row can be paired
+            typicality(scored)
+            if semantic_dedup_possible(vectors, thresholds)
+            else pl.lit(None, pl.Float64).alias("typicality")
+        )
     )
     work = _exact_duplicates(work, thresholds)
     work = _text_near_copies(work, thresholds)
