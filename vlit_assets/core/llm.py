@@ -984,3 +984,65 @@ def run_requests_sync(
         return go()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-run") as pool:
         return pool.submit(go).result()
+
+
+class ProgressLine:
+    """An ``on_result`` callback that reports progress as one line every ``every_s`` seconds.
+
+    The line says done/total, rate, ETA, cache hits and errors by kind, e.g.
+    ``llm 12/24 (50%), 1.9/s, ETA 0:06, cache hits 3, errors timeout=1``. It is handed to
+    ``emit`` (a logger's info, print): nothing is emitted for a run shorter than ``every_s``
+    except the closing line from ``finish``.
+    """
+
+    def __init__(self, total: int, emit: Callable[[str], None], *, every_s: float = 5.0) -> None:
+        self.total = total
+        self.emit = emit
+        self.every_s = every_s
+        self.done = 0
+        self.cache_hits = 0
+        self.errors: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._last = self.started
+        self.lines = 0
+
+    def __call__(self, result: LLMResult) -> None:
+        self.done += 1
+        self.cache_hits += result.cache_hit
+        if result.error:
+            self.errors[result.error] += 1
+        now = time.monotonic()
+        if now - self._last >= self.every_s and self.done < self.total:
+            self._last = now
+            self._emit(now)
+
+    def finish(self) -> None:
+        now = time.monotonic()
+        if now - self.started >= self.every_s or self.lines:
+            self._emit(now)
+
+    def line(self, now: float | None = None) -> str:
+        now = time.monotonic() if now is None else now
+        elapsed = max(now - self.started, 1e-9)
+        fresh = self.done - self.cache_hits
+        rate = fresh / elapsed
+        left = self.total - self.done
+        eta = "?" if rate <= 0 else _clock(left / rate)
+        pct = 100 * self.done / self.total if self.total else 100.0
+        parts = [f"llm {self.done}/{self.total} ({pct:.0f}%)", f"{rate:.2f}/s", f"ETA {eta}"]
+        parts.append(f"cache hits {self.cache_hits}")
+        if self.errors:
+            kinds = " ".join(f"{k}={n}" for k, n in sorted(self.errors.items()))
+            parts.append(f"errors {kinds}")
+        return ", ".join(parts)
+
+    def _emit(self, now: float) -> None:
+        self.lines += 1
+        self.emit(self.line(now))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

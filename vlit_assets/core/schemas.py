@@ -235,6 +235,31 @@ GENERATED_CONVERSATIONS = Table(
     "One row per generated (or imported) conversation, failed generations included.",
 )
 
+GENERATED_LLM_REQUESTS = Table(
+    "generated__llm_requests",
+    {
+        "conversation_id": "VARCHAR",  # the generated__conversations row the request is for
+        "source": "VARCHAR",
+        "request_hash": "VARCHAR",  # llm__cache key
+        "model": "VARCHAR",
+        "prompt_version": "VARCHAR",
+        "cache_hit": "BOOLEAN",
+        "attempts": "INTEGER",  # HTTP attempts this run (0 for a cache hit or an unsent request)
+        "wait_ms": "DOUBLE",  # backoff and slot waits between attempts
+        "latency_ms": "DOUBLE",  # first send to final answer
+        "finish_reason": "VARCHAR",
+        "error": "VARCHAR",  # request error (timeout, http_503, deadline, ...) or null
+        "parse_failure": "VARCHAR",  # prompts.FAILURES key, or null
+        "detail": "VARCHAR",  # what the error or parse failure was, in words
+        "repaired": "VARCHAR",  # what the parser mended (e.g. "closed 1 bracket"), or null
+        "prompt_tokens": "INTEGER",
+        "completion_tokens": "INTEGER",
+        "run_id": "VARCHAR",
+    },
+    ("conversation_id",),
+    "One row per LLM request of the self-instruct generator: attempts, waits, errors, repairs.",
+)
+
 SCORE_COLUMNS = {
     # correctness (core/score.py; docs/metrics.md)
     "format_valid": "BOOLEAN",
@@ -437,6 +462,7 @@ TABLES: dict[str, Table] = {
         RAW_REJECTS,
         RAW_CONVERSATIONS,
         GENERATED_CONVERSATIONS,
+        GENERATED_LLM_REQUESTS,
         SCORED_CONVERSATIONS,
         FINAL_DECISIONS,
         FINAL_CONVERSATIONS,
