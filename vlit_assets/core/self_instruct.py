@@ -351,10 +351,33 @@ class SelfInstructRun:
         return self.rows.filter(pl.col("drop_reason").is_null()).height
 
     @property
+    def failed(self) -> int:
+        """Planned requests that got no reply: request errors, not parse failures, and not the
+        ones a spent budget kept from being sent."""
+        return sum(
+            n
+            for r, n in self.errors.items()
+            if r.startswith("llm_error:") and r != "llm_error:budget_exhausted"
+        )
+
+    @property
     def failed_share(self) -> float:
-        """Share of planned requests that got no reply at all (errors, not parse failures)."""
-        failed = sum(n for r, n in self.errors.items() if r.startswith("llm_error:"))
-        return failed / self.requests if self.requests else 0.0
+        return self.failed / self.requests if self.requests else 0.0
+
+    def failure_warning(self, warn_share: float) -> str | None:
+        """A loud one-line warning when at least ``warn_share`` of the requests failed."""
+        if not self.requests or self.failed == 0 or self.failed_share < warn_share:
+            return None
+        causes = ", ".join(
+            f"{r.removeprefix('llm_error:')} {n}"
+            for r, n in sorted(self.errors.items())
+            if r.startswith("llm_error:") and r != "llm_error:budget_exhausted"
+        )
+        every = "EVERY" if self.failed == self.requests else f"{self.failed_share:.0%} of"
+        return (
+            f"LLM: {every} {self.requests} requests failed ({self.failed} without a reply: "
+            f"{causes}); the LLM rows of this run are drops"
+        )
 
     @property
     def repaired(self) -> int:
