@@ -46,6 +46,7 @@ class GeneratedConfig(dg.Config):
     llm_warn_share: float = 0.5
     # When more than this share got no reply, fail the stage and keep the previous rows.
     llm_fail_share: float | None = None
+    llm_progress_every_s: float = 5.0  # a progress line in the logs this often while requests run
 
 
 def _llm_metadata(run: SelfInstructRun, settings: LLMSettings) -> dict[str, object]:
@@ -181,6 +182,7 @@ def generated__conversations(
             run_id=context.run_id,
             max_images=config.llm_max_images,
             progress=context.log.info,
+            progress_every_s=config.llm_progress_every_s,
         )
         frames.append(run.rows)
         requests = run.request_rows
