@@ -48,17 +48,6 @@ NGRAM = 4
 COPY_SHARE = 0.5
 MIN_COPIED_GRAMS = 4
 
-LLM_CHECK_COLUMNS: dict[str, str] = {
-    "n_denied_present": "INTEGER",
-    "denied_present_objects": "VARCHAR[]",
-    "example_overlap": "DOUBLE",
-    "example_copy": "BOOLEAN",
-    "annotation_leak": "BOOLEAN",
-    "annotation_leak_terms": "VARCHAR[]",
-    "n_repeated_questions": "INTEGER",
-    "n_unjudged_claims": "INTEGER",
-    "unjudged_claims": "VARCHAR[]",
-}
 
 _WORD = r"[a-z0-9']+"
 _LEAK_PATTERN = (

@@ -19,6 +19,7 @@ from vlit_assets.core.embed import (
     relevance,
 )
 from vlit_assets.core.image_text import ImageTextScorer
+from vlit_assets.core.llm_checks import llm_checks
 from vlit_assets.core.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS, UNLABELLED
 from vlit_assets.core.score import dataset_metrics, score_rules
@@ -227,6 +228,7 @@ def score_conversations(
         .join(texts, **keep)
         .join(copies, **keep)
         .join(image_facts(conversations, images), **keep)
+        .join(llm_checks(conversations, objects, tags, captions, categories), **keep)
         .join(rel, **keep)
         .join(dup, **keep)
         .with_columns(

@@ -260,6 +260,19 @@ GENERATED_LLM_REQUESTS = Table(
     "One row per LLM request of the self-instruct generator: attempts, waits, errors, repairs.",
 )
 
+# core/llm_checks.py fills these; declared here, where every column of a table is.
+LLM_CHECK_COLUMNS = {
+    "n_denied_present": "INTEGER",  # present categories an answer denies; null: no annotations
+    "denied_present_objects": "VARCHAR[]",
+    "example_overlap": "DOUBLE",  # highest share of a turn's 4-grams from the prompt's examples
+    "example_copy": "BOOLEAN",
+    "annotation_leak": "BOOLEAN",  # "mention", "caption", "bounding box", box numbers, ...
+    "annotation_leak_terms": "VARCHAR[]",
+    "n_repeated_questions": "INTEGER",
+    "n_unjudged_claims": "INTEGER",  # attribute/action words no caption uses: not judged
+    "unjudged_claims": "VARCHAR[]",
+}
+
 SCORE_COLUMNS = {
     # correctness (core/score.py; docs/metrics.md)
     "format_valid": "BOOLEAN",
@@ -315,6 +328,8 @@ SCORE_COLUMNS = {
     "image_width": "INTEGER",
     "image_height": "INTEGER",
     "image_bytes": "BIGINT",
+    # what small LLMs get wrong (core/llm_checks.py)
+    **LLM_CHECK_COLUMNS,
     # relevance
     "relevance": "DOUBLE",  # answers vs the image's own captions (text embeddings)
     "image_text_score": "DOUBLE",  # optional image-text model; null when not configured
