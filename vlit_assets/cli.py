@@ -273,6 +273,8 @@ _RESOURCE_FLAGS = {
     "llm_deadline": "deadline_s",
     "llm_temperature": "temperature",
     "llm_max_tokens": "max_tokens",
+    "llm_verify_url": "verify_base_url",
+    "llm_verify_model": "verify_model",
 }
 # Flag destination -> (GeneratedConfig field, variable read by `vlit run`, parser).
 _OP_FLAGS: dict[str, tuple[str, str, object]] = {
@@ -284,6 +286,7 @@ _OP_FLAGS: dict[str, tuple[str, str, object]] = {
     "llm_max_images": ("llm_max_images", "VLIT_LLM_MAX_IMAGES", int),
     "llm_warn_share": ("llm_warn_share", "VLIT_LLM_WARN_SHARE", float),
     "llm_fail_share": ("llm_fail_share", "VLIT_LLM_FAIL_SHARE", float),
+    "llm_verify": ("llm_verify", "VLIT_LLM_VERIFY", "bool"),
 }
 _TYPES = ("global", "negative", "region")
 
@@ -300,6 +303,15 @@ def _types(value: str) -> list[str]:
             f"{value!r}: a comma-separated list of {', '.join(_TYPES)}"
         )
     return types
+
+
+def _flag(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true/false, yes/no, on/off or 1/0")
 
 
 def _concurrency(value: str) -> str:
@@ -395,6 +407,20 @@ def add_llm_arguments(run: argparse.ArgumentParser) -> None:
     add("--llm-warn-share", type=_share, metavar="X",
         help="warn when at least this share of LLM requests failed ($VLIT_LLM_WARN_SHARE, "
         "default 0.5)")  # fmt: skip
+    add("--llm-verify", action="store_true", default=None,
+        help="verification pass: ask the verifier whether each answer of every usable LLM "
+        "conversation is supported by the annotations; counted in the budget "
+        "($VLIT_LLM_VERIFY)")  # fmt: skip
+    add(
+        "--llm-verify-url",
+        metavar="URL",
+        help="verifier endpoint ($VLIT_LLM_VERIFY_BASE_URL, default: --llm-url)",
+    )
+    add(
+        "--llm-verify-model",
+        metavar="NAME",
+        help="verifier model ($VLIT_LLM_VERIFY_MODEL, default: --llm-model)",
+    )
     add("--llm-fail-share", type=_share, metavar="X",
         help="fail the stage (keeping the previous rows) when more than this share of LLM "
         "requests failed; 0 fails on any ($VLIT_LLM_FAIL_SHARE, default: never)")  # fmt: skip
@@ -426,7 +452,12 @@ def _env_op_config(environ: Mapping[str, str]) -> dict:
         if not raw:
             continue
         try:
-            config[field] = _types(raw) if kind is None else kind(raw)  # type: ignore[operator]
+            if kind is None:
+                config[field] = _types(raw)
+            elif kind == "bool":
+                config[field] = _flag(raw)
+            else:
+                config[field] = kind(raw)  # type: ignore[operator]
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ConfigError(f"${variable}={raw!r}: {exc}") from exc
     return config
@@ -497,6 +528,14 @@ def llm_summary_lines(metadata: Mapping[str, object]) -> list[str]:
         lines.append(f"  budget reached: {meta['llm/budget_stop']}")
     if meta.get("llm/stopped", "no") != "no":
         lines.append(f"  stopped early: {meta['llm/stopped']}")
+    if "verify/requests" in meta:
+        row("verification requests", meta["verify/requests"])
+        row("verified conversations", meta["verify/verified"])
+        row("answers supported", meta["verify/answers_supported"])
+        row("answers contradicted", meta["verify/answers_contradicted"])
+        row("answers unknown", meta["verify/answers_unknown"])
+        for key in sorted(k for k in meta if k.startswith("verify/errors/")):
+            row(f"verification failed: {key.removeprefix('verify/errors/')}", meta[key])
     warning = meta.get("llm/warning", "none")
     if warning and warning != "none":
         lines += ["", f"!!! WARNING: {warning}"]

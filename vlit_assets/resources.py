@@ -72,6 +72,8 @@ LLM_ENV = {
     "deadline_s": "VLIT_LLM_DEADLINE_S",
     "temperature": "VLIT_LLM_TEMPERATURE",
     "max_tokens": "VLIT_LLM_MAX_TOKENS",
+    "verify_base_url": "VLIT_LLM_VERIFY_BASE_URL",
+    "verify_model": "VLIT_LLM_VERIFY_MODEL",
 }
 LLM_DEFAULTS: dict[str, object] = {
     "base_url": "",
@@ -84,7 +86,12 @@ LLM_DEFAULTS: dict[str, object] = {
     "deadline_s": None,
     "temperature": 0.7,
     "max_tokens": 1024,
+    "verify_base_url": "",
+    "verify_model": "",
 }
+
+
+_TEXT_SETTINGS = ("base_url", "model", "api_key", "concurrency", "verify_base_url", "verify_model")
 
 
 def _env_value(name: str, variable: str, raw: str, kind: type) -> object:
@@ -150,6 +157,14 @@ class LLMResource(dg.ConfigurableResource):
     max_tokens: int | None = Field(
         None, description="$VLIT_LLM_MAX_TOKENS: reply length limit per request (1024)"
     )
+    verify_base_url: str | None = Field(
+        None,
+        description="$VLIT_LLM_VERIFY_BASE_URL: endpoint of the optional verification pass "
+        "(default: base_url; the pass runs only with the generated stage's llm_verify)",
+    )
+    verify_model: str | None = Field(
+        None, description="$VLIT_LLM_VERIFY_MODEL: model of the verification pass (default: model)"
+    )
 
     def resolved(self, environ: Mapping[str, str] | None = None) -> dict[str, object]:
         """Each setting from run config, else its variable, else the default."""
@@ -162,7 +177,7 @@ class LLMResource(dg.ConfigurableResource):
                 default = LLM_DEFAULTS[name]
                 if not raw:
                     value = default
-                elif name in ("base_url", "model", "api_key", "concurrency"):
+                elif name in _TEXT_SETTINGS:
                     value = raw
                 else:
                     kind = (
@@ -180,6 +195,18 @@ class LLMResource(dg.ConfigurableResource):
     @property
     def model_name(self) -> str:
         return str(self.resolved()["model"])
+
+    def verifier_settings(self):
+        """The settings of the verification pass: its own endpoint and model if set."""
+        import dataclasses
+
+        values = self.resolved()
+        settings = self.settings()
+        return dataclasses.replace(
+            settings,
+            base_url=str(values["verify_base_url"] or settings.base_url),
+            model=str(values["verify_model"] or settings.model),
+        )
 
     def settings(self):
         from vlit_assets.core.llm import LLMSettings

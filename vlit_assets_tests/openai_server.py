@@ -113,8 +113,16 @@ def contains(text: str) -> Matcher:
 
 
 def default_responder(body: dict) -> str:
-    """A valid conversation JSON built only from the request's last user message."""
+    """A valid conversation JSON built only from the request's last user message; for a
+    verification request (core/verify.py), a "supported" verdict for every answer."""
     user = last_user_message(body)
+    system = next((m.get("content", "") for m in body.get("messages") or []
+                   if m.get("role") == "system"), "")  # fmt: skip
+    if isinstance(system, str) and system.startswith("You check answers"):
+        n = len(re.findall(r"^Answer \d+: ", user, flags=re.MULTILINE))
+        verdicts = [{"answer": k, "verdict": "supported", "reason": "as annotated"}
+                    for k in range(1, n + 1)]  # fmt: skip
+        return json.dumps({"verdicts": verdicts})
     captions = re.findall(r"^- (.+)$", user.split("Objects:")[0], flags=re.MULTILINE)
     objects = re.findall(r"^- ([^:\n]+): \[", user, flags=re.MULTILINE)
     region = re.search(r"^Region \(in the red box\): ([^:\n]+):", user, flags=re.MULTILINE)

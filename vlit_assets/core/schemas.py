@@ -260,6 +260,30 @@ GENERATED_LLM_REQUESTS = Table(
     "One row per LLM request of the self-instruct generator: attempts, waits, errors, repairs.",
 )
 
+GENERATED_LLM_VERIFICATION = Table(
+    "generated__llm_verification",
+    {
+        "conversation_id": "VARCHAR",  # a usable LLM conversation of generated__conversations
+        "source": "VARCHAR",
+        "verifier_model": "VARCHAR",
+        "verifier_prompt_version": "VARCHAR",
+        "request_hash": "VARCHAR",  # llm__cache key of the verification request
+        "n_answers": "INTEGER",
+        "verified_supported": "INTEGER",  # answers the verifier found supported
+        "verified_contradicted": "INTEGER",
+        "verified_unknown": "INTEGER",  # claims the annotations cannot settle
+        "verified_share": "DOUBLE",  # supported / answers; null when the verifier gave no verdict
+        "verdicts": "VARCHAR[]",  # per answer, in order
+        "error": "VARCHAR",  # llm_error:<cause> or llm_parse:<failure>; null when verified
+        "cache_hit": "BOOLEAN",
+        "prompt_tokens": "INTEGER",
+        "completion_tokens": "INTEGER",
+        "run_id": "VARCHAR",
+    },
+    ("conversation_id",),
+    "One row per usable LLM conversation the optional verifier was asked about.",
+)
+
 # core/llm_checks.py fills these; declared here, where every column of a table is.
 LLM_CHECK_COLUMNS = {
     "n_denied_present": "INTEGER",  # present categories an answer denies; null: no annotations
@@ -478,6 +502,7 @@ TABLES: dict[str, Table] = {
         RAW_CONVERSATIONS,
         GENERATED_CONVERSATIONS,
         GENERATED_LLM_REQUESTS,
+        GENERATED_LLM_VERIFICATION,
         SCORED_CONVERSATIONS,
         FINAL_DECISIONS,
         FINAL_CONVERSATIONS,

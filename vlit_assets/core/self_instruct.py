@@ -143,6 +143,13 @@ def _load(
     return out
 
 
+def load_images(
+    images: pl.DataFrame, captions: pl.DataFrame, objects: pl.DataFrame, tags: pl.DataFrame
+) -> list[_Image]:
+    """Each image with its captions, normalised boxes and tags, as the prompts show them."""
+    return _load(images, captions, objects, tags)
+
+
 def _sampling_seed(seed: int, conversation_id: str) -> int:
     return int(stable_id("seed", seed, conversation_id)[5:], 16) % (2**31)
 

@@ -8,10 +8,17 @@ from vlit_assets.checks.generated_suite import validate_generated
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.collect import find_coco_files
 from vlit_assets.core.generate import TemplateConfig, generate_templates, generation_workers
-from vlit_assets.core.llm import Budget, LLMSettings, RequestCache
+from vlit_assets.core.llm import (
+    Budget,
+    LLMSettings,
+    ProgressLine,
+    RequestCache,
+    run_requests_sync,
+)
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     GENERATED_LLM_REQUESTS,
+    GENERATED_LLM_VERIFICATION,
     RAW_CAPTIONS,
     RAW_CATEGORIES,
     RAW_CONVERSATIONS,
@@ -20,6 +27,7 @@ from vlit_assets.core.schemas import (
     RAW_TAGS,
 )
 from vlit_assets.core.self_instruct import SelfInstructRun, generate_self_instruct
+from vlit_assets.core.verify import plan_verification, verification_rows
 from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
 from vlit_assets.resources import LLMResource, ProjectPaths, WarehouseResource
 
@@ -47,6 +55,10 @@ class GeneratedConfig(dg.Config):
     # When more than this share got no reply, fail the stage and keep the previous rows.
     llm_fail_share: float | None = None
     llm_progress_every_s: float = 5.0  # a progress line in the logs this often while requests run
+    # Ask the LLM resource's verifier (verify_model / verify_base_url, else the same model)
+    # whether each answer of every usable LLM conversation is supported by the annotations;
+    # counted in the same budget.
+    llm_verify: bool = False
 
 
 def _llm_metadata(run: SelfInstructRun, settings: LLMSettings) -> dict[str, object]:
@@ -131,6 +143,9 @@ def generated__conversations(
             rows = warehouse.read_source(con, RAW_CONVERSATIONS, source)
             warehouse.replace_source(con, GENERATED_CONVERSATIONS, rows, source)
             warehouse.replace_source(con, GENERATED_LLM_REQUESTS, _no_requests(), source)
+            warehouse.replace_source(
+                con, GENERATED_LLM_VERIFICATION, GENERATED_LLM_VERIFICATION.empty_frame(), source
+            )
             return dg.MaterializeResult(
                 metadata={
                     "dagster/row_count": rows.height,
@@ -162,8 +177,10 @@ def generated__conversations(
         )
     ]
     requests = _no_requests()
+    verification = GENERATED_LLM_VERIFICATION.empty_frame()
     if config.use_llm and llm.configured:
         settings = llm.settings()
+        budget = Budget(config.max_requests, config.max_tokens, config.max_cost_usd)
         run = generate_self_instruct(
             raw[RAW_IMAGES.name],
             raw[RAW_CAPTIONS.name],
@@ -174,7 +191,7 @@ def generated__conversations(
             regions_dir=paths.regions_dir,
             settings=settings,
             cache=RequestCache(opener=warehouse_db.connect),
-            budget=Budget(config.max_requests, config.max_tokens, config.max_cost_usd),
+            budget=budget,
             types=config.llm_types,
             per_image=config.llm_per_image,
             seed=config.seed,
@@ -190,6 +207,9 @@ def generated__conversations(
         metadata["llm/warning"] = run.failure_warning(config.llm_warn_share) or "none"
         metadata["generators"] = f"template + llm ({settings.model})"
         _warn_or_fail(context, run, config)
+        if config.llm_verify:
+            verification = _verify(context, run.rows, raw, llm, warehouse_db, budget)
+            metadata |= _verify_metadata(verification)
     else:
         why = "use_llm is off" if not config.use_llm else "no LLM endpoint configured"
         metadata["generators"] = f"template only ({why})"
@@ -197,6 +217,7 @@ def generated__conversations(
     with warehouse_db.connect() as con:
         warehouse.replace_source(con, GENERATED_CONVERSATIONS, rows, source)
         warehouse.replace_source(con, GENERATED_LLM_REQUESTS, requests, source)
+        warehouse.replace_source(con, GENERATED_LLM_VERIFICATION, verification, source)
     context.log.info(f"{source}: {rows.height} conversations; {metadata['generators']}")
     return dg.MaterializeResult(
         metadata={
@@ -206,6 +227,48 @@ def generated__conversations(
             **metadata,
         }
     )
+
+
+def _verify(
+    context: dg.AssetExecutionContext,
+    rows: pl.DataFrame,
+    raw: dict[str, pl.DataFrame],
+    llm: LLMResource,
+    warehouse_db: WarehouseResource,
+    budget: Budget,
+) -> pl.DataFrame:
+    """The optional verification pass over the usable LLM rows (requests outside the lock)."""
+    settings = llm.verifier_settings()
+    plan = plan_verification(
+        rows,
+        raw[RAW_IMAGES.name],
+        raw[RAW_CAPTIONS.name],
+        raw[RAW_OBJECTS.name],
+        raw[RAW_TAGS.name],
+    )
+    line = ProgressLine(len(plan), context.log.info)
+    results = run_requests_sync(
+        plan, settings, cache=RequestCache(opener=warehouse_db.connect), budget=budget,
+        on_result=line,
+    )  # fmt: skip
+    line.finish()
+    return verification_rows(plan, results, model=settings.model, run_id=context.run_id)
+
+
+def _verify_metadata(verification: pl.DataFrame) -> dict[str, object]:
+    done = verification.filter(pl.col("error").is_null())
+    metadata: dict[str, object] = {
+        "verify/requests": verification.height,
+        "verify/verified": done.height,
+        "verify/answers_supported": int(done["verified_supported"].sum() or 0),
+        "verify/answers_contradicted": int(done["verified_contradicted"].sum() or 0),
+        "verify/answers_unknown": int(done["verified_unknown"].sum() or 0),
+    }
+    if done.height:
+        metadata["verify/share_mean"] = round(float(done["verified_share"].mean()), 4)
+    for error, n in verification.group_by("error").len().drop_nulls("error").iter_rows():
+        metadata[f"verify/errors/{error}"] = n
+    return metadata
 
 
 def _no_requests() -> pl.DataFrame:

@@ -253,3 +253,30 @@ def test_every_llm_request_failing_warns_loudly_and_can_fail_the_stage(tmp_path,
         failed = run_source(env.instance, "sample", sample, stages=("generated",), op_config=config)
         assert not failed.success
         assert env.query(sql) == kept  # the failed stage wrote nothing
+
+
+def test_verification_pass_stores_verdicts_with_the_verifier_model(tmp_path, monkeypatch):
+    with FakeOpenAIServer(max_lifetime_s=120) as server, pipeline_env(tmp_path, monkeypatch) as env:
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "writer")
+        monkeypatch.setenv("VLIT_LLM_VERIFY_MODEL", "judge")
+        config = {"generated__conversations": LLM_QUICK | {"llm_verify": True}}
+        result = run_source(
+            env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+        )
+        assert result.success
+        metadata = materialization_metadata(result, "generated__conversations")
+        usable = env.scalar(
+            "SELECT count(*) FROM generated__conversations "
+            "WHERE generator = 'llm' AND drop_reason IS NULL"
+        )
+        rows = env.query(
+            "SELECT verifier_model, verified_share, error FROM generated__llm_verification"
+        )
+        models = {m for (m,) in env.query("SELECT DISTINCT model FROM generated__conversations "
+                                          "WHERE generator = 'llm'")}  # fmt: skip
+    assert usable == 3 and len(rows) == usable
+    assert {r[0] for r in rows} == {"judge"} and models == {"writer"}
+    assert all(share == 1.0 and error is None for _, share, error in rows)
+    assert metadata["verify/verified"] == 3 and metadata["verify/answers_contradicted"] == 0
+    assert len(server.log) == 6  # three conversations, three verifications
