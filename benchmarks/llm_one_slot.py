@@ -37,6 +37,7 @@ def main() -> None:
         results = run_requests_sync(requests, settings, cache=None)
         elapsed = time.monotonic() - started
         posts = len(server.log)
+        busy = server.busy_s
     errors = Counter(r.error for r in results if r.error)
     ideal = args.requests * args.reply_s
     print(f"{'requests':<28}{args.requests:>10}")
@@ -46,6 +47,7 @@ def main() -> None:
     print(f"{'elapsed s':<28}{elapsed:>10.1f}")
     print(f"{'ideal serial s':<28}{ideal:>10.1f}")
     print(f"{'over ideal':<28}{elapsed / ideal - 1:>10.1%}")
+    print(f"{'server busy share':<28}{busy / elapsed:>10.1%}")
 
 
 if __name__ == "__main__":

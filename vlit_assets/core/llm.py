@@ -420,18 +420,26 @@ _OVERLOAD = frozenset({"timeout", "connection", "http_429", "http_503"})
 # Latency is compared per completion token, plus this many tokens' worth for the prompt and
 # the first token, so that long and short replies are comparable.
 _TOKEN_OFFSET = 32
-_GROW_BELOW = 1.3  # latency within this factor of the best: the server is not queueing
-_CUT_ABOVE = 1.7  # beyond it: requests wait behind others, so fewer go in flight
+# A reply within _GROW_BELOW (or a quarter of the requests in flight) times the best latency
+# seen: the server keeps up, so the limit grows. At _CUT_ABOVE (or half the requests in
+# flight) times the best: requests wait behind each other the way they do on a server that
+# answers one or two at a time, so the limit halves. Between the two it holds. Scaling with
+# the requests in flight keeps noise and a busy client (slower across the board) from being
+# read as queueing on a server that runs many requests at once; a server that queues more
+# than that costs nothing but latency, since a queued request does not time out.
+_GROW_BELOW = 1.3
+_CUT_ABOVE = 1.7
 
 
 class ConcurrencyLimit:
     """How many requests may be in flight: AIMD on latency and overload signals.
 
-    Starts at 1 (or fixed at ``maximum`` when not adaptive). While replies come back as fast
-    as the best seen, the limit grows (by one per reply until the first cut, then by one per
-    round trip). When a reply takes ``_CUT_ABOVE`` times the best, or an attempt times out or
-    gets 429/503/no connection, the limit halves, at most once per round trip: only requests
-    sent after the last cut can cut again.
+    Starts at 1 (or fixed at ``maximum`` when not adaptive). While replies come back about as
+    fast as the best seen, the limit grows (by one per reply until the first cut, then by one
+    per two replies). When two replies in a row take markedly longer (see ``_CUT_ABOVE``) the
+    limit halves, but not below 2; when an attempt times out or gets 429/503/no connection it
+    halves down to 1. At most one cut per round trip: only requests sent after the last cut
+    can cut again.
     """
 
     def __init__(self, maximum: int, adaptive: bool) -> None:
@@ -442,6 +450,7 @@ class ConcurrencyLimit:
         self.peak = 0
         self.lowest = self.highest = int(self.limit)
         self._slow_start = True
+        self._slow_in_row = 0
         self._best: float | None = None
         self._last_cut = -math.inf
         self._changed = asyncio.Event()
@@ -467,30 +476,41 @@ class ConcurrencyLimit:
         self.in_flight -= 1
         self._changed.set()
 
-    def on_success(self, sent_at: float, latency_s: float, completion_tokens: int) -> None:
+    def on_success(
+        self, sent_at: float, latency_s: float, completion_tokens: int, in_flight: int = 1
+    ) -> None:
+        """One reply: ``in_flight`` requests were out (this one included) when it was sent."""
         if not self.adaptive:
             return
         per_token = latency_s / (max(completion_tokens, 0) + _TOKEN_OFFSET)
         if self._best is None or per_token < self._best:
             self._best = per_token
         ratio = per_token / self._best if self._best > 0 else 1.0
-        if ratio >= _CUT_ABOVE:
-            self._cut(sent_at)
-        elif ratio <= _GROW_BELOW:
-            self.limit += 1.0 if self._slow_start else 1.0 / self.limit
-            self.limit = min(self.limit, float(self.maximum))
+        if ratio >= max(_CUT_ABOVE, in_flight / 2):
+            # Two slow replies in a row: one alone is as likely a hiccup as a queue.
+            self._slow_in_row += 1
+            if self._slow_in_row >= 2:
+                # Not below 2: one request waiting while one is answered keeps a one-slot
+                # server busy without a gap, and a waiting request does not time out.
+                self._cut(sent_at, floor=2.0)
+        else:
+            self._slow_in_row = 0
+            if ratio <= max(_GROW_BELOW, in_flight / 4):
+                self.limit += 1.0 if self._slow_start else 0.5
+                self.limit = min(self.limit, float(self.maximum))
         self._note()
 
     def on_overload(self, sent_at: float) -> None:
         if self.adaptive:
-            self._cut(sent_at)
+            self._cut(sent_at, floor=1.0)
             self._note()
 
-    def _cut(self, sent_at: float) -> None:
+    def _cut(self, sent_at: float, *, floor: float) -> None:
         if sent_at <= self._last_cut:
             return  # sent before the last cut: its delay is already accounted for
+        self._slow_in_row = 0
         self._slow_start = False
-        self.limit = max(1.0, self.limit / 2)
+        self.limit = max(min(floor, self.limit), self.limit / 2)
         self._last_cut = time.monotonic()
 
     def _note(self) -> None:
@@ -640,7 +660,7 @@ class _Run:
                 self.failed_in_row = 0
                 if result.error is None:
                     self.limit.on_success(
-                        sent_at, self.last_reply - sent_at, result.completion_tokens
+                        sent_at, self.last_reply - sent_at, result.completion_tokens, ahead
                     )
                 return result
             finally:

@@ -25,6 +25,7 @@ import pytest
 from vlit_assets.core.llm import (
     CACHE_TABLE,
     Budget,
+    ConcurrencyLimit,
     LLMRequest,
     LLMResult,
     LLMSettings,
@@ -517,7 +518,8 @@ def test_one_slot_server_gets_no_retry_storm() -> None:
     assert arrivals_n <= 26 and stats.attempts <= 26
     assert stats.failed_attempts.get("timeout", 0) == 0 and stats.retries == 0
     assert sum(r.attempts for r in results) == stats.attempts
-    assert stats.concurrency_high <= 3  # it found out that the server takes one at a time
+    # It found out that the server takes one at a time: one answered, one waiting.
+    assert stats.concurrency_final <= 2 and stats.concurrency_high <= 4
 
 
 def test_fixed_concurrency_queued_requests_are_not_resent() -> None:
@@ -571,3 +573,30 @@ def test_a_dead_endpoint_is_given_up_on(tmp_path: Path) -> None:
     assert all(r.error in {"connection", "gave_up"} for r in results)
     assert sum(r.error == "gave_up" for r in results) >= 7
     assert stats.attempts <= 5  # four in a row, maybe one more already on its way
+
+
+def test_adaptive_limit_reaches_the_ceiling_on_a_server_that_runs_requests_in_parallel(
+    server: FakeOpenAIServer,
+) -> None:
+    server.latency_s = 0.1
+    stats = RunStats()
+    settings = make_settings(server, concurrency=8, timeout_s=5.0)
+    results = run_requests_sync(
+        [make_request(i) for i in range(64)], settings, cache=None, stats=stats
+    )
+    assert all(r.error is None for r in results)
+    assert stats.concurrency_high == 8 and stats.peak_in_flight == 8
+
+
+def test_429_halves_the_limit_down_to_one(server: FakeOpenAIServer) -> None:
+    limit = ConcurrencyLimit(8, adaptive=True)
+    limit.limit = 8.0
+    limit.on_overload(time.monotonic())
+    assert limit.allowed == 4
+    limit.on_overload(time.monotonic())
+    assert limit.allowed == 2
+    limit.on_overload(time.monotonic())
+    assert limit.allowed == 1
+    fixed = ConcurrencyLimit(8, adaptive=False)
+    fixed.on_overload(time.monotonic())
+    assert fixed.allowed == 8
