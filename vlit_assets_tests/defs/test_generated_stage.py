@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
+from vlit_assets.core import lineage, warehouse
 from vlit_assets.runner import run_source
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 from vlit_assets_tests.pipeline import (
@@ -275,6 +276,12 @@ def test_verification_pass_stores_verdicts_with_the_verifier_model(tmp_path, mon
         )
         models = {m for (m,) in env.query("SELECT DISTINCT model FROM generated__conversations "
                                           "WHERE generator = 'llm'")}  # fmt: skip
+        (cid,) = env.query("SELECT min(conversation_id) FROM generated__llm_verification")[0]
+        with warehouse.connect(env.db_path, read_only=True) as con:
+            chain = lineage.lineage(con, cid)
+    assert chain["llm_request"]["attempts"] == 1 and chain["llm_request"]["error"] is None
+    assert chain["verification"]["verifier_model"] == "judge"
+    assert "[llm request]" in lineage.render(chain) and "[verification]" in lineage.render(chain)
     assert usable == 3 and len(rows) == usable
     assert {r[0] for r in rows} == {"judge"} and models == {"writer"}
     assert all(share == 1.0 and error is None for _, share, error in rows)
