@@ -34,8 +34,9 @@ LLM_DEFECT_KINDS = (
     "unjudged_claim",
 )
 
-_COLOURS = ("purple", "pink", "golden", "silver", "striped", "orange")
-_ACTIONS = ("juggling", "dancing", "climbing", "swimming", "singing", "painting")
+# Not "orange" (also a COCO category) or "painting" (also a noun): the metric skips both.
+_COLOURS = ("purple", "pink", "golden", "silver", "striped", "beige")
+_ACTIONS = ("juggling", "dancing", "climbing", "swimming", "knitting", "skipping")
 _PRESCRIBED = {"What is the object in the red box?"}
 _LEAKS = (
     " There is no mention of {absent} in the picture.",

@@ -101,16 +101,17 @@ def test_missing_columns_are_named() -> None:
 # ------------------------------------------------------------------------------ planted
 
 
-@pytest.fixture(scope="module")
-def planted(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
-    raw = collect_source("coco-mini", coco_mini)
+def plant_and_check(root: Path, work: Path, *, per_kind: int = PER_KIND, seed: int = 11):
+    """Template rows of a COCO source plus planted LLM defects, through llm_checks, with the
+    planted kind (``good`` for the rest) and one boolean column per rule."""
+    raw = collect_source("coco-mini", root)
     good = generate_templates(
         raw.images, raw.captions, raw.objects, raw.categories, raw.tags,
-        source="coco-mini", image_root=find_coco_files(coco_mini).image_dir,
-        regions_dir=tmp_path_factory.mktemp("regions"), config=TemplateConfig(render_regions=False),
+        source="coco-mini", image_root=find_coco_files(root).image_dir,
+        regions_dir=work / "regions", config=TemplateConfig(render_regions=False),
     ).filter(pl.col("drop_reason").is_null())  # fmt: skip
     bad, truth = plant_llm_defects(
-        good, raw.objects, raw.tags, raw.captions, seed=11, per_kind=PER_KIND
+        good, raw.objects, raw.tags, raw.captions, seed=seed, per_kind=per_kind
     )
     scored = llm_checks(pl.concat([good, bad]), raw.objects, raw.tags, raw.captions, raw.categories)
     return (
@@ -122,6 +123,20 @@ def planted(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> pl.Dat
             unjudged_claim=pl.col("n_unjudged_claims") > 0,
         )
     )
+
+
+def precision_recall(frame: pl.DataFrame, kind: str, rule: str) -> tuple[float, float, int]:
+    """Over the good rows and the rows of ``kind`` (other kinds are neither right nor wrong)."""
+    counted = frame.filter(pl.col("defect").is_in([kind, "good"]))
+    flagged = counted.filter(pl.col(rule))
+    precision = float((flagged["defect"] == kind).mean()) if flagged.height else 0.0
+    recall = float(frame.filter(pl.col("defect") == kind)[rule].mean())
+    return precision, recall, flagged.height
+
+
+@pytest.fixture(scope="module")
+def planted(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    return plant_and_check(coco_mini, tmp_path_factory.mktemp("planted"))
 
 
 RULE = {
@@ -145,11 +160,7 @@ def test_good_template_rows_trip_none_of_the_rules(planted: pl.DataFrame) -> Non
 def test_each_planted_kind_is_found_with_precision_and_recall(
     planted: pl.DataFrame, kind: str
 ) -> None:
-    counted = planted.filter(pl.col("defect").is_in([kind, "good"]))
-    flagged = counted.filter(pl.col(RULE[kind]))
-    precision = (flagged["defect"] == kind).mean() if flagged.height else 0.0
-    ours = planted.filter(pl.col("defect") == kind)
-    recall = ours[RULE[kind]].mean()
-    assert ours.height == PER_KIND
+    precision, recall, flagged = precision_recall(planted, kind, RULE[kind])
+    assert planted.filter(pl.col("defect") == kind).height == PER_KIND
     assert recall >= TARGET, f"{kind}: recall {recall:.3f}"
-    assert precision >= TARGET, f"{kind}: precision {precision:.3f} of {flagged.height}"
+    assert precision >= TARGET, f"{kind}: precision {precision:.3f} of {flagged}"
