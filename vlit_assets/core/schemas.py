@@ -354,6 +354,11 @@ SCORE_COLUMNS = {
     "image_bytes": "BIGINT",
     # what small LLMs get wrong (core/llm_checks.py)
     **LLM_CHECK_COLUMNS,
+    # the optional LLM verifier (generated__llm_verification); null when it did not judge
+    "verified_share": "DOUBLE",  # answers it found supported / answers
+    "verified_contradicted": "INTEGER",
+    "verifier_model": "VARCHAR",
+    "verifier_prompt_version": "VARCHAR",
     # relevance
     "relevance": "DOUBLE",  # answers vs the image's own captions (text embeddings)
     "image_text_score": "DOUBLE",  # optional image-text model; null when not configured

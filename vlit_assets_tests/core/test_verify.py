@@ -90,3 +90,24 @@ def test_verification_round_trip_with_verdicts_failures_and_budget(tmp_path: Pat
     assert (judged["verified_share"] == judged["verified_supported"] / judged["n_answers"]).all()
     assert set(out["error"].drop_nulls()) <= {"llm_parse:no_json", "llm_error:budget_exhausted"}
     assert answered and all(r.cache_hit for r in again)  # verdicts are cached like any reply
+
+
+def test_verified_scores_reach_the_scored_rows(tmp_path: Path) -> None:
+    from vlit_assets.core.quality import score_conversations
+
+    f = frames()
+    with FakeOpenAIServer(max_lifetime_s=60) as server:
+        rows = _generated(tmp_path, server)
+        requests = plan_verification(rows, f["images"], f["captions"], f["objects"], f["tags"])
+        server.add_faults("A red bus", Fault("content", content="not a verdict"))
+        settings = LLMSettings(base_url=server.base_url, model="judge", timeout_s=5.0)
+        results = run_requests_sync(requests, settings, cache=None)
+    verification = verification_rows(requests, results, model="judge", run_id="r2")
+    scored = score_conversations(
+        rows, objects=f["objects"], tags=f["tags"], categories=None, captions=None,
+        embedder=None, cache=None, verification=verification,
+    ).scored  # fmt: skip
+    got = {r["image_id"]: (r["verified_share"], r["verifier_model"]) for r in scored.to_dicts()}
+    assert got["img_a"] == (1.0, "judge")  # every answer supported
+    assert got["img_b"] == (None, None)  # no verdict: null, never a pass
+    assert set(scored["verifier_prompt_version"].drop_nulls()) == {VERIFY_PROMPT_VERSION}
