@@ -81,7 +81,7 @@ _NOT_ACTIONS = frozenset((
 _NAME_WORDS = frozenset(w for name in CATEGORY_NAMES for w in name.split())
 _SET_PHRASES = (
     r"\b(?:in short|(?:the )?red (?:box|rectangle|frame)|"
-    r"looking at (?:the|this) (?:picture|image|photo|scene))\b"
+    r"looking at (?:the|this) (?:picture|image|photo|photograph|scene|frame|shot|view))\b"
 )
 
 
