@@ -6,7 +6,7 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vlit_assets.resources import PROJECT_ROOT
@@ -118,6 +118,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"vlit: --images {args.images}: not a directory", file=sys.stderr)
             return 2
     stages = SOURCE_STAGES[: SOURCE_STAGES.index(args.stage) + 1] if args.stage else SOURCE_STAGES
+    try:
+        run_config = llm_run_config(args, stages)
+    except ConfigError as exc:
+        print(f"vlit: {exc}", file=sys.stderr)
+        return 2
     print(f"vlit: source {name!r} <- {root}")
     print(f"vlit: DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     print(f"vlit: db={resolve_path(os.environ['VLIT_DB_PATH'])}")
@@ -131,8 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         images_dir=images_dir,
         stages=stages,
         tags={"vlit/entry": "cli"},
+        run_config=run_config,
     )
     code = print_summary(result, name, instance)
+    if "generated" in stages:
+        print_llm_summary(result)
     if args.stage or code != 0:
         if code != 0:
             print("\nfinal stage not run: this source's run or a blocking check failed")
@@ -248,6 +256,306 @@ def print_final_summary(result, instance=None) -> int:
     return 0 if result.success and not failed else 1
 
 
+# ---------------------------------------------------------------------------------------------
+# LLM settings (self-instruct): flags, VLIT_LLM_* variables, --config run.yaml, the summary
+
+GENERATED_OP = "generated__conversations"
+
+# Flag destination -> LLMResource field. The resource falls back on its VLIT_LLM_* variable
+# when a run starts (also under `vlit ui`, see resources.LLM_ENV); a flag wins over both.
+_RESOURCE_FLAGS = {
+    "llm_url": "base_url",
+    "llm_model": "model",
+    "llm_concurrency": "concurrency",
+    "llm_max_concurrency": "max_concurrency",
+    "llm_timeout": "timeout_s",
+    "llm_retries": "max_retries",
+    "llm_deadline": "deadline_s",
+    "llm_temperature": "temperature",
+    "llm_max_tokens": "max_tokens",
+    "llm_verify_url": "verify_base_url",
+    "llm_verify_model": "verify_model",
+}
+# Flag destination -> (GeneratedConfig field, variable read by `vlit run`, parser).
+_OP_FLAGS: dict[str, tuple[str, str, object]] = {
+    "llm_budget_requests": ("max_requests", "VLIT_LLM_BUDGET_REQUESTS", int),
+    "llm_budget_tokens": ("max_tokens", "VLIT_LLM_BUDGET_TOKENS", int),
+    "llm_budget_usd": ("max_cost_usd", "VLIT_LLM_BUDGET_USD", float),
+    "llm_types": ("llm_types", "VLIT_LLM_TYPES", None),
+    "llm_per_image": ("llm_per_image", "VLIT_LLM_PER_IMAGE", int),
+    "llm_max_images": ("llm_max_images", "VLIT_LLM_MAX_IMAGES", int),
+    "llm_warn_share": ("llm_warn_share", "VLIT_LLM_WARN_SHARE", float),
+    "llm_fail_share": ("llm_fail_share", "VLIT_LLM_FAIL_SHARE", float),
+    "llm_verify": ("llm_verify", "VLIT_LLM_VERIFY", "bool"),
+}
+_TYPES = ("global", "negative", "region")
+
+
+class ConfigError(ValueError):
+    """A run config, flag or variable that cannot be used; the message names which."""
+
+
+def _types(value: str) -> list[str]:
+    types = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in types if t not in _TYPES]
+    if not types or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a comma-separated list of {', '.join(_TYPES)}"
+        )
+    return types
+
+
+def _flag(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true/false, yes/no, on/off or 1/0")
+
+
+def _concurrency(value: str) -> str:
+    text = value.strip().lower()
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"{value!r}: 'auto' or a positive integer")
+    return text
+
+
+def _share(value: str) -> float:
+    share = float(value)
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r}: a share between 0 and 1")
+    return share
+
+
+def add_llm_arguments(run: argparse.ArgumentParser) -> None:
+    """The LLM flags of `vlit run`, in a group of their own."""
+    group = run.add_argument_group(
+        "LLM self-instruct",
+        "Each flag overrides its VLIT_LLM_* variable (from the shell or .env), which overrides "
+        "the default; --config run.yaml sits between the variables and the flags. The API key "
+        "is read from VLIT_LLM_API_KEY only. Endpoint settings are also read by `vlit ui` runs.",
+    )
+    add = group.add_argument
+    add("--config", metavar="RUN.yaml",
+        help="Dagster run config (ops/resources) merged under these flags, e.g. "
+        "resources: {llm: {config: {timeout_s: 120}}}")  # fmt: skip
+    add("--no-llm", action="store_true", help="templates only, even with an endpoint set")
+    add("--llm-url", metavar="URL", help="OpenAI-compatible base URL ($VLIT_LLM_BASE_URL)")
+    add("--llm-model", metavar="NAME", help="model name ($VLIT_LLM_MODEL)")
+    add("--llm-concurrency", type=_concurrency, metavar="auto|N",
+        help="requests in flight: 'auto' adapts to what the server takes, N is fixed "
+        "($VLIT_LLM_CONCURRENCY, default auto)")  # fmt: skip
+    add("--llm-max-concurrency", type=int, metavar="N",
+        help="ceiling for auto ($VLIT_LLM_MAX_CONCURRENCY, default 16)")  # fmt: skip
+    add("--llm-timeout", type=float, metavar="S",
+        help="seconds per attempt without any reply from the server ($VLIT_LLM_TIMEOUT_S, "
+        "default 60)")  # fmt: skip
+    add("--llm-retries", type=int, metavar="N",
+        help="retries per request ($VLIT_LLM_MAX_RETRIES, default 4)")  # fmt: skip
+    add("--llm-deadline", type=float, metavar="S",
+        help="whole-stage limit; what is not done by then is dropped as llm_error:deadline "
+        "($VLIT_LLM_DEADLINE_S, default none)")  # fmt: skip
+    add(
+        "--llm-max-tokens",
+        type=int,
+        metavar="N",
+        help="reply length limit per request ($VLIT_LLM_MAX_TOKENS, default 1024)",
+    )
+    add(
+        "--llm-temperature",
+        type=float,
+        metavar="T",
+        help="sampling temperature ($VLIT_LLM_TEMPERATURE, default 0.7)",
+    )
+    add(
+        "--llm-budget-requests",
+        type=int,
+        metavar="N",
+        help="send at most N requests ($VLIT_LLM_BUDGET_REQUESTS)",
+    )
+    add(
+        "--llm-budget-tokens",
+        type=int,
+        metavar="N",
+        help="stop sending after N tokens ($VLIT_LLM_BUDGET_TOKENS)",
+    )
+    add(
+        "--llm-budget-usd",
+        type=float,
+        metavar="USD",
+        help="stop sending after this cost; needs a known price ($VLIT_LLM_BUDGET_USD)",
+    )
+    add(
+        "--llm-types",
+        type=_types,
+        metavar="T,T",
+        help="instruction types for the LLM: global,negative,region ($VLIT_LLM_TYPES)",
+    )
+    add(
+        "--llm-per-image",
+        type=int,
+        metavar="N",
+        help="LLM conversations per image and type ($VLIT_LLM_PER_IMAGE, default 1)",
+    )
+    add(
+        "--llm-max-images",
+        type=int,
+        metavar="N",
+        help="self-instruct for the first N images only ($VLIT_LLM_MAX_IMAGES)",
+    )
+    add("--llm-warn-share", type=_share, metavar="X",
+        help="warn when at least this share of LLM requests failed ($VLIT_LLM_WARN_SHARE, "
+        "default 0.5)")  # fmt: skip
+    add("--llm-verify", action="store_true", default=None,
+        help="verification pass: ask the verifier whether each answer of every usable LLM "
+        "conversation is supported by the annotations; counted in the budget "
+        "($VLIT_LLM_VERIFY)")  # fmt: skip
+    add(
+        "--llm-verify-url",
+        metavar="URL",
+        help="verifier endpoint ($VLIT_LLM_VERIFY_BASE_URL, default: --llm-url)",
+    )
+    add(
+        "--llm-verify-model",
+        metavar="NAME",
+        help="verifier model ($VLIT_LLM_VERIFY_MODEL, default: --llm-model)",
+    )
+    add("--llm-fail-share", type=_share, metavar="X",
+        help="fail the stage (keeping the previous rows) when more than this share of LLM "
+        "requests failed; 0 fails on any ($VLIT_LLM_FAIL_SHARE, default: never)")  # fmt: skip
+
+
+def load_run_config(path: str) -> dict:
+    """A Dagster run config from a YAML file; a clear error when it is not one."""
+    import yaml
+
+    file = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping, got a "
+                          f"{type(data).__name__}")  # fmt: skip
+    return data
+
+
+def _env_op_config(environ: Mapping[str, str]) -> dict:
+    config: dict[str, object] = {}
+    for field, variable, kind in _OP_FLAGS.values():
+        raw = (environ.get(variable) or "").strip()
+        if not raw:
+            continue
+        try:
+            if kind is None:
+                config[field] = _types(raw)
+            elif kind == "bool":
+                config[field] = _flag(raw)
+            else:
+                config[field] = kind(raw)  # type: ignore[operator]
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"${variable}={raw!r}: {exc}") from exc
+    return config
+
+
+def llm_run_config(
+    args: argparse.Namespace, stages: Sequence[str], environ: Mapping[str, str] | None = None
+) -> dict:
+    """The run config for `vlit run`: variables, then --config, then flags (later wins)."""
+    from vlit_assets.runner import merge_config
+
+    environ = os.environ if environ is None else environ
+    from_file = load_run_config(args.config) if getattr(args, "config", None) else {}
+    if "generated" not in stages:
+        return from_file
+    op: dict[str, object] = {}
+    resource: dict[str, object] = {}
+    for dest, field in _RESOURCE_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            resource[field] = str(value) if field == "concurrency" else value
+    for dest, (field, _, _) in _OP_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            op[field] = value
+    if getattr(args, "no_llm", False):
+        op["use_llm"] = False
+    base = {"ops": {GENERATED_OP: {"config": _env_op_config(environ)}}}
+    flags: dict[str, object] = {"ops": {GENERATED_OP: {"config": op}}}
+    if resource:
+        flags["resources"] = {"llm": {"config": resource}}
+    return merge_config(merge_config(base, from_file), flags)
+
+
+def _metadata_value(value: object) -> object:
+    return getattr(value, "value", getattr(value, "data", value))
+
+
+def llm_summary_lines(metadata: Mapping[str, object]) -> list[str]:
+    """The LLM section of the run summary, from generated__conversations' metadata."""
+    meta = {k: _metadata_value(v) for k, v in metadata.items()}
+    generators = str(meta.get("generators", ""))
+    if "llm/requests" not in meta:
+        return ["", f"LLM: not used ({generators or 'stage not run'})"]
+    lines = ["", f"LLM: {generators}"]
+
+    def row(label: str, value: object) -> None:
+        lines.append(f"  {label:<50} {value!s:>9}")
+
+    row("requests planned", meta["llm/requests"])
+    row("sent", meta.get("llm/sent", "?"))
+    row("attempts", meta.get("llm/attempts", "?"))
+    row("retries", meta.get("llm/retries", "?"))
+    row("cache hits", meta["llm/cache_hits"])
+    row("parsed", meta.get("llm/parsed", "?"))
+    row("repaired by the parser", meta.get("llm/repaired", 0))
+    for key in sorted(k for k in meta if k.startswith("drops/llm_")):
+        row(f"dropped: {key.removeprefix('drops/')}", meta[key])
+    for key in sorted(k for k in meta if k.startswith("llm/failed_attempts/")):
+        row(f"failed attempts: {key.removeprefix('llm/failed_attempts/')}", meta[key])
+    row("prompt tokens", meta["llm/prompt_tokens"])
+    row("completion tokens", meta["llm/completion_tokens"])
+    row("cost (USD)", meta["llm/cost_usd"])
+    lines.append(f"  {'concurrency':<30} {meta.get('llm/concurrency', '?')!s:>29}")
+    if meta.get("llm/elapsed_s") is not None:
+        row("seconds", meta["llm/elapsed_s"])
+    if meta.get("llm/budget_stop", "no") != "no":
+        lines.append(f"  budget reached: {meta['llm/budget_stop']}")
+    if meta.get("llm/stopped", "no") != "no":
+        lines.append(f"  stopped early: {meta['llm/stopped']}")
+    if "verify/requests" in meta:
+        row("verification requests", meta["verify/requests"])
+        row("verified conversations", meta["verify/verified"])
+        row("answers supported", meta["verify/answers_supported"])
+        row("answers contradicted", meta["verify/answers_contradicted"])
+        row("answers unknown", meta["verify/answers_unknown"])
+        for key in sorted(k for k in meta if k.startswith("verify/errors/")):
+            row(f"verification failed: {key.removeprefix('verify/errors/')}", meta[key])
+    warning = meta.get("llm/warning", "none")
+    if warning and warning != "none":
+        lines += ["", f"!!! WARNING: {warning}"]
+    return lines
+
+
+def print_llm_summary(result) -> None:
+    for mat in result.get_asset_materialization_events():
+        if mat.asset_key.to_user_string() == GENERATED_OP:
+            for line in llm_summary_lines(mat.materialization.metadata):
+                print(line, file=sys.stderr if line.startswith("!!!") else sys.stdout)
+            return
+    for event in result.all_events:
+        if event.is_step_failure and event.step_key and GENERATED_OP in event.step_key:
+            err = event.step_failure_data.error if event.step_failure_data else None
+            message = err.message.strip() if err else "unknown error"
+            if "llm_fail_share" in message:
+                print(f"\n!!! {message}", file=sys.stderr)
+
+
 def ui_command(host: str, port: int) -> tuple[list[str], Path]:
     """The `dagster dev` command line for this project, and the directory to start it in.
 
@@ -295,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", help="DuckDB file (default: $VLIT_DB_PATH or data/warehouse/vlit.duckdb)"
     )
     run.add_argument("--stage", choices=STAGES, help="stop after this stage (default: all)")
+    add_llm_arguments(run)
     run.set_defaults(func=cmd_run)
     trace = sub.add_parser(
         "lineage", help="print one conversation's chain: annotations -> generation -> scores"

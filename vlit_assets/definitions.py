@@ -61,10 +61,8 @@ defs = dg.Definitions(
         ),
         "embedder": EmbedderResource(),
         "automation": automation.AutomationSettings(),
-        "llm": LLMResource(
-            base_url=dg.EnvVar("VLIT_LLM_BASE_URL"),
-            model=dg.EnvVar("VLIT_LLM_MODEL"),
-            api_key=dg.EnvVar("VLIT_LLM_API_KEY"),
-        ),
+        # Unset fields take their VLIT_LLM_* variable when a run starts, so a run config that
+        # sets some of them keeps the others (resources.LLM_ENV).
+        "llm": LLMResource(),
     },
 )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+from pydantic import Field
 
 from vlit_assets.core import warehouse
 
@@ -58,34 +60,170 @@ class ProjectPaths(dg.ConfigurableResource):
         return resolve_path(self.output_dir) / "exports"
 
 
-class LLMResource(dg.ConfigurableResource):
-    """An OpenAI-compatible endpoint for self-instruct; empty base_url/model = not configured."""
+# Settings of the LLM resource and the variables they fall back on, read when a run starts.
+LLM_ENV = {
+    "base_url": "VLIT_LLM_BASE_URL",
+    "model": "VLIT_LLM_MODEL",
+    "api_key": "VLIT_LLM_API_KEY",
+    "concurrency": "VLIT_LLM_CONCURRENCY",
+    "max_concurrency": "VLIT_LLM_MAX_CONCURRENCY",
+    "timeout_s": "VLIT_LLM_TIMEOUT_S",
+    "max_retries": "VLIT_LLM_MAX_RETRIES",
+    "deadline_s": "VLIT_LLM_DEADLINE_S",
+    "temperature": "VLIT_LLM_TEMPERATURE",
+    "max_tokens": "VLIT_LLM_MAX_TOKENS",
+    "verify_base_url": "VLIT_LLM_VERIFY_BASE_URL",
+    "verify_model": "VLIT_LLM_VERIFY_MODEL",
+}
+LLM_DEFAULTS: dict[str, object] = {
+    "base_url": "",
+    "model": "",
+    "api_key": "",
+    "concurrency": "auto",
+    "max_concurrency": 16,
+    "timeout_s": 60.0,
+    "max_retries": 4,
+    "deadline_s": None,
+    "temperature": 0.7,
+    "max_tokens": 1024,
+    "verify_base_url": "",
+    "verify_model": "",
+}
 
-    base_url: str = ""
-    model: str = ""
-    api_key: str = ""  # from dg.EnvVar only; never logged, never stored
-    concurrency: int = 16
-    timeout_s: float = 60.0
-    max_retries: int = 6
-    temperature: float = 0.7
-    max_tokens: int = 1024
+
+_TEXT_SETTINGS = ("base_url", "model", "api_key", "concurrency", "verify_base_url", "verify_model")
+
+
+def _env_value(name: str, variable: str, raw: str, kind: type) -> object:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"${variable}={raw!r}: {name} must be a {kind.__name__}") from exc
+
+
+def _parse_concurrency(value: str, where: str) -> int | None:
+    """None for "auto", else a positive int."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"{where}: concurrency must be 'auto' or a positive integer, got {value!r}"
+        )
+    return n
+
+
+class LLMResource(dg.ConfigurableResource):
+    """An OpenAI-compatible endpoint for self-instruct; no base_url or model = not configured.
+
+    Every field left unset (None) takes its ``VLIT_LLM_*`` variable when a run starts, and the
+    built-in default when that is unset or empty. So a run config that sets only some fields
+    (say ``concurrency`` and ``timeout_s``) keeps the endpoint and model of the environment.
+    """
+
+    base_url: str | None = Field(
+        None, description="$VLIT_LLM_BASE_URL; e.g. http://127.0.0.1:8080/v1"
+    )
+    model: str | None = Field(None, description="$VLIT_LLM_MODEL")
+    api_key: str | None = Field(
+        None, description="$VLIT_LLM_API_KEY; set it in the environment, never in run config"
+    )
+    concurrency: str | None = Field(
+        None,
+        description="$VLIT_LLM_CONCURRENCY: 'auto' (default; adapts to what the server takes, "
+        "up to max_concurrency) or a fixed number of requests in flight",
+    )
+    max_concurrency: int | None = Field(
+        None, description="$VLIT_LLM_MAX_CONCURRENCY: ceiling for 'auto' (default 16)"
+    )
+    timeout_s: float | None = Field(
+        None,
+        description="$VLIT_LLM_TIMEOUT_S: per attempt, counted from the server's last reply so "
+        "a queued request is not abandoned (default 60)",
+    )
+    max_retries: int | None = Field(
+        None, description="$VLIT_LLM_MAX_RETRIES: retries per request after the first attempt (4)"
+    )
+    deadline_s: float | None = Field(
+        None,
+        description="$VLIT_LLM_DEADLINE_S: whole-stage limit; requests not done by then fail as "
+        "llm_error:deadline (default: none)",
+    )
+    temperature: float | None = Field(None, description="$VLIT_LLM_TEMPERATURE (0.7)")
+    max_tokens: int | None = Field(
+        None, description="$VLIT_LLM_MAX_TOKENS: reply length limit per request (1024)"
+    )
+    verify_base_url: str | None = Field(
+        None,
+        description="$VLIT_LLM_VERIFY_BASE_URL: endpoint of the optional verification pass "
+        "(default: base_url; the pass runs only with the generated stage's llm_verify)",
+    )
+    verify_model: str | None = Field(
+        None, description="$VLIT_LLM_VERIFY_MODEL: model of the verification pass (default: model)"
+    )
+
+    def resolved(self, environ: Mapping[str, str] | None = None) -> dict[str, object]:
+        """Each setting from run config, else its variable, else the default."""
+        env = os.environ if environ is None else environ
+        out: dict[str, object] = {}
+        for name, variable in LLM_ENV.items():
+            value = getattr(self, name)
+            if value is None:
+                raw = (env.get(variable) or "").strip()
+                default = LLM_DEFAULTS[name]
+                if not raw:
+                    value = default
+                elif name in _TEXT_SETTINGS:
+                    value = raw
+                else:
+                    kind = (
+                        int if name in ("max_concurrency", "max_retries", "max_tokens") else float
+                    )
+                    value = _env_value(name, variable, raw, kind)
+            out[name] = value
+        return out
 
     @property
     def configured(self) -> bool:
-        return bool(self.base_url.strip() and self.model.strip())
+        values = self.resolved()
+        return bool(str(values["base_url"]).strip() and str(values["model"]).strip())
+
+    @property
+    def model_name(self) -> str:
+        return str(self.resolved()["model"])
+
+    def verifier_settings(self):
+        """The settings of the verification pass: its own endpoint and model if set."""
+        import dataclasses
+
+        values = self.resolved()
+        settings = self.settings()
+        return dataclasses.replace(
+            settings,
+            base_url=str(values["verify_base_url"] or settings.base_url),
+            model=str(values["verify_model"] or settings.model),
+        )
 
     def settings(self):
         from vlit_assets.core.llm import LLMSettings
 
+        values = self.resolved()
+        fixed = _parse_concurrency(str(values["concurrency"]), "LLMResource.concurrency")
         return LLMSettings(
-            base_url=self.base_url,
-            model=self.model,
-            api_key=self.api_key or "not-needed",
-            concurrency=self.concurrency,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
+            base_url=str(values["base_url"]),
+            model=str(values["model"]),
+            api_key=str(values["api_key"] or "not-needed"),
+            concurrency=fixed if fixed is not None else int(values["max_concurrency"]),  # type: ignore[arg-type]
+            adaptive=fixed is None,
+            timeout_s=float(values["timeout_s"]),  # type: ignore[arg-type]
+            max_retries=int(values["max_retries"]),  # type: ignore[arg-type]
+            deadline_s=None if values["deadline_s"] is None else float(values["deadline_s"]),  # type: ignore[arg-type]
+            temperature=float(values["temperature"]),  # type: ignore[arg-type]
+            max_tokens=int(values["max_tokens"]),  # type: ignore[arg-type]
         )
 
 

@@ -39,11 +39,13 @@ def run_source(
     op_config: Mapping[str, Mapping[str, Any]] | None = None,
     tags: Mapping[str, str] | None = None,
     log_level: str = "INFO",
+    run_config: Mapping[str, Any] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize ``stages`` (with their blocking checks) for the ``source`` partition.
 
     ``root`` registers the source's directory (None: use the registry or the conventions of
-    the raw stage); ``op_config`` adds config for other stages' ops by op name.
+    the raw stage); ``op_config`` adds config for other stages' ops by op name; ``run_config``
+    (resources, ops, ...) is merged over what these build, key by key.
     """
     ensure_partition(instance, source)
     raw_config: dict[str, Any] = {}
@@ -58,14 +60,26 @@ def run_source(
     ops: dict[str, Any] = {name: {"config": dict(cfg)} for name, cfg in (op_config or {}).items()}
     if "raw" in stages:
         ops.setdefault("raw", {"config": {}})["config"].update(raw_config)
+    built = {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
     return defs.resolve_job_def("source_job").execute_in_process(
-        run_config={"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}},
+        run_config=merge_config(built, run_config or {}),
         instance=instance,
         partition_key=source,
         asset_selection=stage_selection(stages),
         raise_on_error=False,
         tags={"vlit/source": source, **(tags or {})},
     )
+
+
+def merge_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in: nested mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def run_final(

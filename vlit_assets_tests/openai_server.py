@@ -6,6 +6,10 @@ limit, server error, hang, malformed or truncated content, refusal). Every arriv
 with its request hash so tests can prove what was (not) sent twice. It shuts itself down after
 ``max_lifetime_s`` and refuses work beyond ``max_requests`` so a stuck test cannot leave it
 running.
+
+``slots=1`` makes it behave like llama.cpp's server on a laptop: one reply is worked on at a
+time (``latency_s`` each) and the rest wait in arrival order; a reply whose client gave up is
+still worked on to the end, as a real server does.
 """
 
 from __future__ import annotations
@@ -109,8 +113,16 @@ def contains(text: str) -> Matcher:
 
 
 def default_responder(body: dict) -> str:
-    """A valid conversation JSON built only from the request's last user message."""
+    """A valid conversation JSON built only from the request's last user message; for a
+    verification request (core/verify.py), a "supported" verdict for every answer."""
     user = last_user_message(body)
+    system = next((m.get("content", "") for m in body.get("messages") or []
+                   if m.get("role") == "system"), "")  # fmt: skip
+    if isinstance(system, str) and system.startswith("You check answers"):
+        n = len(re.findall(r"^Answer \d+: ", user, flags=re.MULTILINE))
+        verdicts = [{"answer": k, "verdict": "supported", "reason": "as annotated"}
+                    for k in range(1, n + 1)]  # fmt: skip
+        return json.dumps({"verdicts": verdicts})
     captions = re.findall(r"^- (.+)$", user.split("Objects:")[0], flags=re.MULTILINE)
     objects = re.findall(r"^- ([^:\n]+): \[", user, flags=re.MULTILINE)
     region = re.search(r"^Region \(in the red box\): ([^:\n]+):", user, flags=re.MULTILINE)
@@ -141,8 +153,12 @@ class FakeOpenAIServer:
         responder: Callable[[dict], str] = default_responder,
         max_lifetime_s: float = 300.0,
         max_requests: int = 200_000,
+        slots: int | None = None,
     ) -> None:
         self.latency_s = latency_s
+        self.slots = slots
+        self._slot_sem = threading.Semaphore(slots) if slots else None
+        self.busy_s = 0.0  # time spent working on replies, summed over slots
         self.responder = responder
         self.max_lifetime_s = max_lifetime_s
         self.max_requests = max_requests
@@ -242,9 +258,18 @@ class FakeOpenAIServer:
             fault: Fault | None = Fault.http(503)
         else:
             fault = self._fault_for(body, rhash)
-        if self.latency_s:
-            self._stop.wait(self.latency_s)
-        status, headers, payload = self._answer(body, fault)
+        if self._slot_sem is not None:
+            with self._slot_sem:
+                began = time.monotonic()
+                if self.latency_s:
+                    self._stop.wait(self.latency_s)
+                status, headers, payload = self._answer(body, fault)
+                with self._lock:
+                    self.busy_s += time.monotonic() - began
+        else:
+            if self.latency_s:
+                self._stop.wait(self.latency_s)
+            status, headers, payload = self._answer(body, fault)
         self._record(
             LoggedRequest(
                 rhash,
@@ -340,8 +365,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--lifetime-s", type=float, default=300.0)
+    parser.add_argument("--slots", type=int, default=None, help="replies worked on at once")
     args = parser.parse_args()
-    with FakeOpenAIServer(latency_s=args.latency_ms / 1000, max_lifetime_s=args.lifetime_s) as srv:
+    with FakeOpenAIServer(
+        latency_s=args.latency_ms / 1000, max_lifetime_s=args.lifetime_s, slots=args.slots
+    ) as srv:
         print(srv.base_url, flush=True)
         watcher = threading.Thread(target=sys.stdin.read, daemon=True)
         watcher.start()

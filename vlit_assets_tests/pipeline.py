@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[En
     monkeypatch.setenv("VLIT_DB_PATH", str(db_path))
     monkeypatch.setenv("VLIT_DATA_DIR", str(REPO / "data"))
     monkeypatch.setenv("VLIT_OUTPUT_DIR", str(output_dir))
+    for key in [k for k in os.environ if k.startswith("VLIT_LLM_")]:
+        monkeypatch.delenv(key)  # a developer's LLM settings must not leak into tests
     for key in ("VLIT_LLM_BASE_URL", "VLIT_LLM_MODEL", "VLIT_LLM_API_KEY"):
         monkeypatch.setenv(key, "")
     home = tmp_path / "dagster_home"

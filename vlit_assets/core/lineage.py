@@ -64,6 +64,13 @@ def lineage(con: duckdb.DuckDBPyConnection, conversation_id: str) -> dict[str, A
     }
     chain["generated"] = {k: v for k, v in generated.items() if k != "turns"}
     chain["turns"] = generated["turns"]
+    # LLM rows: what the request cost on the wire, and the optional verifier's verdicts.
+    for key, table in (("llm_request", "generated__llm_requests"),
+                       ("verification", "generated__llm_verification")):  # fmt: skip
+        if table_exists(con, table):
+            row = _one(con, f'SELECT * FROM "{table}" WHERE conversation_id = ?', [conversation_id])
+            if row is not None:
+                chain[key] = row
     if table_exists(con, "scored__conversations"):
         scored = _one(
             con,
@@ -108,6 +115,9 @@ def render(chain: dict[str, Any]) -> str:
     block("annotations used: captions", chain["annotations"]["captions"])
     block("annotations used: objects", chain["annotations"]["objects"])
     block("generated", chain["generated"])
+    for key, title in (("llm_request", "llm request"), ("verification", "verification")):
+        if key in chain:
+            block(title, chain[key])
     block("turns", [f"{t['from']}: {t['value']}" for t in chain["turns"]])
     block("scores", chain.get("scores") or "not scored yet")
     block("decision", chain.get("decision") or "no final decision yet")

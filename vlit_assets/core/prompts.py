@@ -21,7 +21,8 @@ FAILURES = {
     "empty": "the reply has no text",
     "refusal": "the model declined to answer",
     "no_json": "the reply holds no JSON object",
-    "truncated_json": "the JSON ends before it is closed (length limit or cut connection)",
+    "truncated_json": "the JSON ends before it is closed: cut by the length limit, or (with "
+    "finish_reason=stop) unclosed in a way that closing its brackets does not mend",
     "bad_json": "the JSON is closed but cannot be parsed, even after repairs",
     "bad_shape": "the JSON has no list of question/answer pairs under 'conversation'",
     "non_alternating": "turns given with speakers do not alternate human, gpt, human, ...",
@@ -288,6 +289,7 @@ class ParsedReply:
     turns: list[dict[str, str]] = field(default_factory=list)
     failure: str | None = None
     detail: str | None = None
+    repaired: str | None = None  # what was mended to parse it (e.g. "closed 1 bracket")
 
     @property
     def ok(self) -> bool:
@@ -334,6 +336,60 @@ def _scan_balanced(text: str, start: int) -> tuple[int | None, str]:
             if not stack:
                 return i + 1, ""
     return None, "open"
+
+
+def _closers(text: str, start: int) -> str | None:
+    """The brackets that would close the value opening at ``start``; None if the text ends
+    inside a string (then more than brackets is missing)."""
+    stack: list[str] = []
+    in_string = escaped = False
+    pairs = {"{": "}", "[": "]"}
+    for ch in text[start:]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in pairs:
+            stack.append(pairs[ch])
+        elif ch in "}]" and stack:
+            stack.pop()
+    return None if in_string else "".join(reversed(stack))
+
+
+def _close_unclosed(
+    body: str, start: int, finish_reason: str | None, min_exchanges: int
+) -> ParsedReply:
+    """A value that never closes: mended when the model stopped on its own (``stop``) and only
+    closing brackets are missing; otherwise ``truncated_json`` saying which case it was."""
+    if finish_reason == "length":
+        return ParsedReply(
+            failure="truncated_json",
+            detail=f"cut by the length limit (finish_reason=length): ...{body[-80:]}",
+        )
+    closers = _closers(body, start)
+    if closers and finish_reason == "stop":
+        obj, parsed = _loads(body[start:].rstrip() + closers)
+        if parsed:
+            reply = _shape(obj, min_exchanges)
+            if reply.ok:
+                n = len(closers)
+                return ParsedReply(
+                    turns=reply.turns, repaired=f"closed {n} bracket{'s' * (n != 1)}"
+                )
+    why = (
+        "ends inside a string"
+        if closers is None
+        else "closing its brackets does not give a valid reply"
+    )
+    return ParsedReply(
+        failure="truncated_json",
+        detail=f"unclosed with finish_reason={finish_reason}; {why}: ...{body[-80:]}",
+    )
 
 
 def _strip_trailing_commas(candidate: str) -> str:
@@ -421,12 +477,16 @@ def _prefer(current: ParsedReply | None, new: ParsedReply) -> ParsedReply:
     return current
 
 
-def parse_reply(text: str | None, *, min_exchanges: int = 2) -> ParsedReply:
+def parse_reply(
+    text: str | None, *, min_exchanges: int = 2, finish_reason: str | None = None
+) -> ParsedReply:
     """Turns from an LLM reply asked for ``{"conversation": [{"q": .., "a": ..}, ..]}``.
 
     Tolerates code fences, prose around the JSON, trailing commas and a list of
-    ``{"from"/"role", "value"/"content"}`` turns in place of q/a pairs. Every other reply gets a
-    failure code from ``FAILURES``; a JSON value that never closes is reported as truncated.
+    ``{"from"/"role", "value"/"content"}`` turns in place of q/a pairs. A JSON value that never
+    closes is closed when ``finish_reason`` is ``stop`` (small models often drop the final
+    ``}``) and reported as ``truncated_json`` otherwise, the detail saying whether the length
+    limit cut it. Every other reply gets a failure code from ``FAILURES``.
     """
     if text is None or not text.strip():
         return ParsedReply(failure="empty")
@@ -442,9 +502,10 @@ def parse_reply(text: str | None, *, min_exchanges: int = 2) -> ParsedReply:
         if end is None:
             if why == "open":
                 # Everything after an unclosed opener is inside it: nothing more to try.
-                first_failure = _prefer(
-                    first_failure, ParsedReply(failure="truncated_json", detail=body[-80:])
-                )
+                unclosed = _close_unclosed(body, match.start(), finish_reason, min_exchanges)
+                if unclosed.ok:
+                    return unclosed
+                first_failure = _prefer(first_failure, unclosed)
                 break
             position = match.start() + 1
             continue
@@ -460,3 +521,112 @@ def parse_reply(text: str | None, *, min_exchanges: int = 2) -> ParsedReply:
     if no_reply_json and _REFUSAL.search(text.strip()):
         return ParsedReply(failure="refusal", detail=text.strip()[:200])
     return first_failure or ParsedReply(failure="no_json", detail=text.strip()[:200])
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification (optional second pass): is each answer supported by the annotations?
+
+VERIFY_PROMPT_VERSION = "verify-2025.1"
+VERDICTS = ("supported", "contradicted", "unknown")
+
+VERIFY_SYSTEM_PROMPT = """\
+You check answers in a conversation about an image against the image's annotations. You cannot \
+see the image: you receive its captions written by people, the annotated objects with their \
+category and box [x0, y0, x1, y1] normalised to the image size, the categories that are present \
+and some that are absent, then the numbered answers to check (each after its question).
+
+For every answer, give one verdict:
+- "supported": everything the answer states about the image follows from the annotations \
+(general knowledge and reasoning that does not claim anything new about the image is fine);
+- "contradicted": the answer states something the annotations rule out (an absent object, a \
+wrong count, denying an object that is present, a wrong relation);
+- "unknown": the answer claims something about the image (an action, a colour, a material) \
+that the annotations neither support nor rule out.
+
+Reply with one JSON object and nothing else:
+{"verdicts": [{"answer": 1, "verdict": "supported", "reason": "<a few words>"}, ...]}"""
+
+
+def build_verify_messages(
+    turns: Sequence[Mapping[str, str]],
+    *,
+    captions: list[str],
+    objects: list[dict],
+    present: list[str],
+    absent: list[str],
+    region: dict | None,
+) -> list[dict]:
+    """Chat messages asking for one verdict per answer of ``turns`` (human/gpt turns)."""
+    lines = [
+        format_annotations(
+            captions=captions, objects=objects, present=present, absent=absent, region=region
+        ),
+        "",
+        "Answers to check:",
+    ]
+    k = 0
+    question = ""
+    for turn in turns:
+        if turn["from"] == "human":
+            question = turn["value"]
+            continue
+        k += 1
+        lines += [f"Question {k}: {question}", f"Answer {k}: {turn['value']}"]
+    if k == 0:
+        raise ValueError("build_verify_messages: the conversation has no answer to check")
+    return [
+        {"role": "system", "content": VERIFY_SYSTEM_PROMPT},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """One verdict per answer (in order), or why the reply gave none."""
+
+    verdicts: list[str] = field(default_factory=list)
+    failure: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def parse_verdicts(
+    text: str | None, n_answers: int, *, finish_reason: str | None = None
+) -> Verdicts:
+    """Verdicts from a reply to :func:`build_verify_messages`; each of the ``n_answers``
+    answers needs exactly one verdict from ``VERDICTS`` (numbered 1..n or given in order)."""
+    if text is None or not text.strip():
+        return Verdicts(failure="empty")
+    body = _FENCE.sub("", text)
+    match = _OPENER.search(body)
+    if match is None:
+        return Verdicts(failure="no_json", detail=text.strip()[:200])
+    end, _ = _scan_balanced(body, match.start())
+    if end is None:
+        if finish_reason == "stop" and (closers := _closers(body, match.start())):
+            candidate = body[match.start() :].rstrip() + closers
+        else:
+            return Verdicts(failure="truncated_json", detail=f"finish_reason={finish_reason}")
+    else:
+        candidate = body[match.start() : end]
+    obj, parsed = _loads(candidate)
+    if not parsed:
+        return Verdicts(failure="bad_json")
+    items = obj.get("verdicts") if isinstance(obj, dict) else obj
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return Verdicts(failure="bad_shape", detail="no list of objects under 'verdicts'")
+    out: dict[int, str] = {}
+    for position, item in enumerate(items, start=1):
+        verdict = str(item.get("verdict", "")).strip().lower()
+        number = item.get("answer", position)
+        if verdict not in VERDICTS or not isinstance(number, int) or number in out:
+            return Verdicts(failure="bad_shape", detail=f"verdict item {position}: {item}")
+        out[number] = verdict
+    if sorted(out) != list(range(1, n_answers + 1)):
+        return Verdicts(
+            failure="bad_shape", detail=f"verdicts for answers {sorted(out)}, need 1..{n_answers}"
+        )
+    return Verdicts(verdicts=[out[k] for k in range(1, n_answers + 1)])

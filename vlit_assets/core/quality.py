@@ -20,6 +20,7 @@ from vlit_assets.core.embed import (
     relevance,
 )
 from vlit_assets.core.image_text import ImageTextScorer
+from vlit_assets.core.llm_checks import llm_checks
 from vlit_assets.core.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS, UNLABELLED
 from vlit_assets.core.score import dataset_metrics, score_rules
@@ -117,6 +118,17 @@ def with_inferred_types(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.D
     return typed.drop("type_inferred").select(conversations.columns), facts
 
 
+def _verified(conversations: pl.DataFrame, verification: pl.DataFrame | None) -> pl.DataFrame:
+    """The verifier's verified_* columns (generated__llm_verification rows it judged)."""
+    columns = ("verified_share", "verified_contradicted", "verifier_model",
+               "verifier_prompt_version")  # fmt: skip
+    if verification is None:
+        return conversations.select("conversation_id").with_columns(
+            *(pl.lit(None).alias(c) for c in columns)
+        )
+    return verification.filter(pl.col("error").is_null()).select("conversation_id", *columns)
+
+
 def dedup_group() -> pl.Expr:
     """What two rows must share to be text near-copies: the image, and for region rows the box.
 
@@ -181,6 +193,7 @@ def score_conversations(
     run_id: str = "",
     image_text: ImageTextScorer | None = None,
     images: pl.DataFrame | None = None,
+    verification: pl.DataFrame | None = None,
 ) -> QualityResult:
     """Score every conversation; annotation-based metrics are null where annotations are absent.
 
@@ -233,6 +246,8 @@ def score_conversations(
         .join(texts, **keep)
         .join(copies, **keep)
         .join(image_facts(conversations, images), **keep)
+        .join(llm_checks(conversations, objects, tags, captions, categories), **keep)
+        .join(_verified(conversations, verification), **keep)
         .join(rel, **keep)
         .join(dup, **keep)
         .with_columns(

@@ -235,6 +235,68 @@ GENERATED_CONVERSATIONS = Table(
     "One row per generated (or imported) conversation, failed generations included.",
 )
 
+GENERATED_LLM_REQUESTS = Table(
+    "generated__llm_requests",
+    {
+        "conversation_id": "VARCHAR",  # the generated__conversations row the request is for
+        "source": "VARCHAR",
+        "request_hash": "VARCHAR",  # llm__cache key
+        "model": "VARCHAR",
+        "prompt_version": "VARCHAR",
+        "cache_hit": "BOOLEAN",
+        "attempts": "INTEGER",  # HTTP attempts this run (0 for a cache hit or an unsent request)
+        "wait_ms": "DOUBLE",  # backoff and slot waits between attempts
+        "latency_ms": "DOUBLE",  # first send to final answer
+        "finish_reason": "VARCHAR",
+        "error": "VARCHAR",  # request error (timeout, http_503, deadline, ...) or null
+        "parse_failure": "VARCHAR",  # prompts.FAILURES key, or null
+        "detail": "VARCHAR",  # what the error or parse failure was, in words
+        "repaired": "VARCHAR",  # what the parser mended (e.g. "closed 1 bracket"), or null
+        "prompt_tokens": "INTEGER",
+        "completion_tokens": "INTEGER",
+        "run_id": "VARCHAR",
+    },
+    ("conversation_id",),
+    "One row per LLM request of the self-instruct generator: attempts, waits, errors, repairs.",
+)
+
+GENERATED_LLM_VERIFICATION = Table(
+    "generated__llm_verification",
+    {
+        "conversation_id": "VARCHAR",  # a usable LLM conversation of generated__conversations
+        "source": "VARCHAR",
+        "verifier_model": "VARCHAR",
+        "verifier_prompt_version": "VARCHAR",
+        "request_hash": "VARCHAR",  # llm__cache key of the verification request
+        "n_answers": "INTEGER",
+        "verified_supported": "INTEGER",  # answers the verifier found supported
+        "verified_contradicted": "INTEGER",
+        "verified_unknown": "INTEGER",  # claims the annotations cannot settle
+        "verified_share": "DOUBLE",  # supported / answers; null when the verifier gave no verdict
+        "verdicts": "VARCHAR[]",  # per answer, in order
+        "error": "VARCHAR",  # llm_error:<cause> or llm_parse:<failure>; null when verified
+        "cache_hit": "BOOLEAN",
+        "prompt_tokens": "INTEGER",
+        "completion_tokens": "INTEGER",
+        "run_id": "VARCHAR",
+    },
+    ("conversation_id",),
+    "One row per usable LLM conversation the optional verifier was asked about.",
+)
+
+# core/llm_checks.py fills these; declared here, where every column of a table is.
+LLM_CHECK_COLUMNS = {
+    "n_denied_present": "INTEGER",  # present categories an answer denies; null: no annotations
+    "denied_present_objects": "VARCHAR[]",
+    "example_overlap": "DOUBLE",  # highest share of a turn's 4-grams from the prompt's examples
+    "example_copy": "BOOLEAN",
+    "annotation_leak": "BOOLEAN",  # "mention", "caption", "bounding box", box numbers, ...
+    "annotation_leak_terms": "VARCHAR[]",
+    "n_repeated_questions": "INTEGER",
+    "n_unjudged_claims": "INTEGER",  # attribute/action words no caption uses: not judged
+    "unjudged_claims": "VARCHAR[]",
+}
+
 SCORE_COLUMNS = {
     # correctness (core/score.py; docs/metrics.md)
     "format_valid": "BOOLEAN",
@@ -290,6 +352,13 @@ SCORE_COLUMNS = {
     "image_width": "INTEGER",
     "image_height": "INTEGER",
     "image_bytes": "BIGINT",
+    # what small LLMs get wrong (core/llm_checks.py)
+    **LLM_CHECK_COLUMNS,
+    # the optional LLM verifier (generated__llm_verification); null when it did not judge
+    "verified_share": "DOUBLE",  # answers it found supported / answers
+    "verified_contradicted": "INTEGER",
+    "verifier_model": "VARCHAR",
+    "verifier_prompt_version": "VARCHAR",
     # relevance
     "relevance": "DOUBLE",  # answers vs the image's own captions (text embeddings)
     "image_text_score": "DOUBLE",  # optional image-text model; null when not configured
@@ -437,6 +506,8 @@ TABLES: dict[str, Table] = {
         RAW_REJECTS,
         RAW_CONVERSATIONS,
         GENERATED_CONVERSATIONS,
+        GENERATED_LLM_REQUESTS,
+        GENERATED_LLM_VERIFICATION,
         SCORED_CONVERSATIONS,
         FINAL_DECISIONS,
         FINAL_CONVERSATIONS,

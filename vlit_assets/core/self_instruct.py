@@ -10,7 +10,8 @@ on which object ``_k`` is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -21,18 +22,25 @@ from vlit_assets.core.llm import (
     LLMRequest,
     LLMResult,
     LLMSettings,
+    ProgressLine,
     RequestCache,
+    RunStats,
     run_requests_sync,
 )
-from vlit_assets.core.prompts import PROMPT_VERSION, build_messages, parse_reply
+from vlit_assets.core.prompts import PROMPT_VERSION, ParsedReply, build_messages, parse_reply
 from vlit_assets.core.regions import RenderJob, choose_regions, region_stems, render_regions
-from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
+from vlit_assets.core.schemas import (
+    GENERATED_CONVERSATIONS,
+    GENERATED_LLM_REQUESTS,
+    INSTRUCTION_TYPES,
+)
 
 GENERATOR = "llm"
 MAX_PROMPT_OBJECTS = 30  # largest boxes kept; crowded scenes would otherwise flood the prompt
 ABSENT_POOL = 5  # absent categories offered, from the top of the ranking
 
 ROW_SCHEMA = GENERATED_CONVERSATIONS.polars_schema
+REQUEST_SCHEMA = GENERATED_LLM_REQUESTS.polars_schema
 
 _NEEDS = {
     "raw__images": ("image_id", "source", "file_name", "width", "height"),
@@ -135,6 +143,13 @@ def _load(
     return out
 
 
+def load_images(
+    images: pl.DataFrame, captions: pl.DataFrame, objects: pl.DataFrame, tags: pl.DataFrame
+) -> list[_Image]:
+    """Each image with its captions, normalised boxes and tags, as the prompts show them."""
+    return _load(images, captions, objects, tags)
+
+
 def _sampling_seed(seed: int, conversation_id: str) -> int:
     return int(stable_id("seed", seed, conversation_id)[5:], 16) % (2**31)
 
@@ -225,13 +240,58 @@ def plan_requests(
     return plan
 
 
-def _drop_reason(result: LLMResult) -> tuple[list[dict[str, str]], str | None]:
+def _parsed(result: LLMResult) -> ParsedReply | None:
+    """The parsed reply, or None for a request that got no reply."""
     if result.error is not None:
+        return None
+    return parse_reply(result.text, finish_reason=result.finish_reason)
+
+
+def _drop_reason(result: LLMResult) -> tuple[list[dict[str, str]], str | None]:
+    parsed = _parsed(result)
+    if parsed is None:
         return [], f"llm_error:{result.error}"
-    parsed = parse_reply(result.text)
     if not parsed.ok:
         return [], f"llm_parse:{parsed.failure}"
     return parsed.turns, None
+
+
+def request_rows(
+    plan: list[LLMRequest], results: list[LLMResult], *, source: str, run_id: str, model: str
+) -> pl.DataFrame:
+    """One ``generated__llm_requests`` row per planned request: what it cost on the wire and
+    why it failed or what was mended, in words (``detail``)."""
+    by_key = {r.key: r for r in results}
+    records = []
+    for request in plan:
+        result = by_key[request.key]
+        parsed = _parsed(result)
+        records.append(
+            {
+                "conversation_id": request.key,
+                "source": source,
+                "request_hash": result.request_hash,
+                "model": model,
+                "prompt_version": request.prompt_version,
+                "cache_hit": result.cache_hit,
+                "attempts": result.attempts,
+                "wait_ms": result.wait_ms,
+                "latency_ms": result.latency_ms,
+                "finish_reason": result.finish_reason,
+                "error": result.error,
+                "parse_failure": parsed.failure if parsed is not None else None,
+                "detail": result.error_detail if parsed is None else parsed.detail,
+                "repaired": parsed.repaired if parsed is not None else None,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "run_id": run_id,
+            }
+        )
+    return (
+        pl.DataFrame(records, schema=REQUEST_SCHEMA, orient="row")
+        if records
+        else (pl.DataFrame(schema=REQUEST_SCHEMA))
+    )
 
 
 def rows_from_results(
@@ -290,6 +350,45 @@ class SelfInstructRun:
     cost_usd: float
     errors: dict[str, int]
     budget_stop: str | None
+    request_rows: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REQUEST_SCHEMA))
+    stats: RunStats = field(default_factory=RunStats)
+
+    @property
+    def parsed(self) -> int:
+        return self.rows.filter(pl.col("drop_reason").is_null()).height
+
+    @property
+    def failed(self) -> int:
+        """Planned requests that got no reply: request errors, not parse failures, and not the
+        ones a spent budget kept from being sent."""
+        return sum(
+            n
+            for r, n in self.errors.items()
+            if r.startswith("llm_error:") and r != "llm_error:budget_exhausted"
+        )
+
+    @property
+    def failed_share(self) -> float:
+        return self.failed / self.requests if self.requests else 0.0
+
+    def failure_warning(self, warn_share: float) -> str | None:
+        """A loud one-line warning when at least ``warn_share`` of the requests failed."""
+        if not self.requests or self.failed == 0 or self.failed_share < warn_share:
+            return None
+        causes = ", ".join(
+            f"{r.removeprefix('llm_error:')} {n}"
+            for r, n in sorted(self.errors.items())
+            if r.startswith("llm_error:") and r != "llm_error:budget_exhausted"
+        )
+        every = "EVERY" if self.failed == self.requests else f"{self.failed_share:.0%} of"
+        return (
+            f"LLM: {every} {self.requests} requests failed ({self.failed} without a reply: "
+            f"{causes}); the LLM rows of this run are drops"
+        )
+
+    @property
+    def repaired(self) -> int:
+        return self.request_rows["repaired"].drop_nulls().len()
 
 
 def generate_self_instruct(
@@ -310,8 +409,19 @@ def generate_self_instruct(
     region_min_area_frac: float,
     run_id: str,
     render_workers: int | None = None,
+    max_images: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    progress_every_s: float = 5.0,
 ) -> SelfInstructRun:
-    """Plan, send (cached, budgeted), parse, and render the region images of usable rows."""
+    """Plan, send (cached, budgeted), parse, and render the region images of usable rows.
+
+    ``max_images`` keeps the first images by id; ``progress`` receives a progress line every
+    ``progress_every_s`` seconds while requests run, and a closing one.
+    """
+    if max_images is not None:
+        if max_images < 0:
+            raise ValueError(f"max_images must be >= 0 or None, got {max_images}")
+        images = images.sort("image_id").head(max_images)
     plan = plan_requests(
         images,
         captions,
@@ -324,8 +434,15 @@ def generate_self_instruct(
         image_root=image_root,
         regions_dir=regions_dir,
     )
-    results = run_requests_sync(plan, settings, cache=cache, budget=budget)
+    stats = RunStats()
+    line = ProgressLine(len(plan), progress, every_s=progress_every_s) if progress else None
+    results = run_requests_sync(
+        plan, settings, cache=cache, budget=budget, on_result=line, stats=stats
+    )
+    if line is not None:
+        line.finish()
     rows = rows_from_results(plan, results, source=source, run_id=run_id, model=settings.model)
+    requests = request_rows(plan, results, source=source, run_id=run_id, model=settings.model)
     rows = _render_llm_regions(rows, images, objects, image_root, render_workers)
     errors: dict[str, int] = {}
     for reason in rows["drop_reason"].drop_nulls():
@@ -339,6 +456,8 @@ def generate_self_instruct(
         cost_usd=sum(r.cost_usd or 0.0 for r in results),
         errors=errors,
         budget_stop=budget.exhausted() if budget is not None else None,
+        request_rows=requests,
+        stats=stats,
     )
 
 

@@ -15,6 +15,7 @@ from vlit_assets.core.imports import link_annotations
 from vlit_assets.core.quality import QualityConfig, needs_vectors, score_conversations
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
+    GENERATED_LLM_VERIFICATION,
     META_DATASET_METRICS,
     RAW_CAPTIONS,
     RAW_CATEGORIES,
@@ -136,6 +137,7 @@ def scored__conversations(
             run_id=context.run_id,
             image_text=image_text,
             images=warehouse.read_source(con, RAW_IMAGES, source),
+            verification=warehouse.read_source(con, GENERATED_LLM_VERIFICATION, source),
         )
         warehouse.replace_source(con, SCORED_CONVERSATIONS, result.scored, source)
         record_dataset_metrics(

@@ -25,10 +25,12 @@ import pytest
 from vlit_assets.core.llm import (
     CACHE_TABLE,
     Budget,
+    ConcurrencyLimit,
     LLMRequest,
     LLMResult,
     LLMSettings,
     RequestCache,
+    RunStats,
     backoff_delay,
     parse_retry_after,
     request_hash,
@@ -287,7 +289,7 @@ def test_budget_on_tokens_keeps_requests_in_flight(
     budget = Budget(max_requests=None, max_tokens=1, max_cost_usd=None)
     requests = [make_request(i) for i in range(20)]
     results = run_requests_sync(
-        requests, make_settings(server, concurrency=4), cache=cache, budget=budget
+        requests, make_settings(server, concurrency=4, adaptive=False), cache=cache, budget=budget
     )
     done = [r for r in results if r.error is None]
     assert len(done) == 4 and len(server.log) == 4 and len(cache) == 4
@@ -493,3 +495,108 @@ def test_api_key_is_in_no_repr_log_or_table(
     con.close()
     for path in tmp_path.glob("keys.duckdb*"):
         assert SECRET.encode() not in path.read_bytes()
+
+
+# ------------------------------------------------------------------------------ one-slot server
+
+
+def test_one_slot_server_gets_no_retry_storm() -> None:
+    """24 requests to a server that answers one at a time: no timeouts, no re-sends.
+
+    The timeout (1.5 s) is far shorter than the queue a fixed 16 in flight would build
+    (16 x 0.3 s), so a client that neither adapts nor counts the server's progress times out
+    and re-sends.
+    """
+    with FakeOpenAIServer(latency_s=0.3, slots=1, max_lifetime_s=120) as server:
+        settings = make_settings(server, concurrency=16, timeout_s=1.5, max_retries=6)
+        stats = RunStats()
+        results = run_requests_sync(
+            [make_request(i) for i in range(24)], settings, cache=None, stats=stats
+        )
+        arrivals_n = len(server.log)
+    assert all(r.error is None for r in results)
+    assert arrivals_n <= 26 and stats.attempts <= 26
+    assert stats.failed_attempts.get("timeout", 0) == 0 and stats.retries == 0
+    assert sum(r.attempts for r in results) == stats.attempts
+    # It found out that the server takes one at a time: one answered, one waiting.
+    assert stats.concurrency_final <= 2 and stats.concurrency_high <= 4
+
+
+def test_fixed_concurrency_queued_requests_are_not_resent() -> None:
+    """Eight in flight on one slot: the last waits 8 x 0.3 s, far past timeout_s = 1.2 s, but
+    the server answers another request every 0.3 s, so none of them times out."""
+    with FakeOpenAIServer(latency_s=0.3, slots=1, max_lifetime_s=120) as server:
+        settings = make_settings(server, concurrency=8, adaptive=False, timeout_s=1.2)
+        stats = RunStats()
+        results = run_requests_sync(
+            [make_request(i) for i in range(12)], settings, cache=None, stats=stats
+        )
+        hashes = Counter(e.request_hash for e in server.log)
+    assert all(r.error is None and r.attempts == 1 for r in results)
+    assert len(hashes) == 12 and set(hashes.values()) == {1}
+    assert stats.peak_in_flight == 8
+
+
+def test_a_hung_server_still_times_out_per_attempt(server: FakeOpenAIServer) -> None:
+    server.add_faults("HUNG", Fault.hang(3.0), Fault.hang(3.0))
+    settings = make_settings(server, timeout_s=0.3, max_retries=1)
+    stats = RunStats()
+    (result,) = run_requests_sync([make_request(0, "HUNG")], settings, cache=None, stats=stats)
+    assert result.error == "timeout" and result.attempts == 2
+    assert stats.failed_attempts["timeout"] == 2 and stats.retries == 1
+    assert result.wait_ms > 0  # the backoff between the attempts is counted
+
+
+def test_stage_deadline_ends_the_run(server: FakeOpenAIServer) -> None:
+    server.add_faults("STUCK", *[Fault.hang(5.0)] * 3)
+    settings = make_settings(server, timeout_s=4.0, deadline_s=0.5, concurrency=2)
+    stats = RunStats()
+    results = run_requests_sync(
+        [make_request(i, "STUCK") for i in range(6)], settings, cache=None, stats=stats
+    )
+    # Ended by the deadline, not by the 4 s per-attempt timeout: no attempt failed as timeout.
+    assert {r.error for r in results} == {"deadline"}
+    assert "timeout" not in stats.failed_attempts
+    assert "deadline" in (stats.stopped or "")
+    assert len(arrivals(server, "STUCK")) < 6  # the rest were never sent
+
+
+def test_a_dead_endpoint_is_given_up_on(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as gone:
+        url = gone.base_url
+    settings = LLMSettings(base_url=url, model="m", max_retries=2, backoff_base_s=0.001,
+                           timeout_s=1.0, give_up_after=4)  # fmt: skip
+    stats = RunStats()
+    results = run_requests_sync(
+        [make_request(i) for i in range(10)], settings, cache=None, stats=stats
+    )
+    assert all(r.error in {"connection", "gave_up"} for r in results)
+    assert sum(r.error == "gave_up" for r in results) >= 7
+    assert stats.attempts <= 5  # four in a row, maybe one more already on its way
+
+
+def test_adaptive_limit_reaches_the_ceiling_on_a_server_that_runs_requests_in_parallel(
+    server: FakeOpenAIServer,
+) -> None:
+    server.latency_s = 0.1
+    stats = RunStats()
+    settings = make_settings(server, concurrency=8, timeout_s=5.0)
+    results = run_requests_sync(
+        [make_request(i) for i in range(64)], settings, cache=None, stats=stats
+    )
+    assert all(r.error is None for r in results)
+    assert stats.concurrency_high == 8 and stats.peak_in_flight == 8
+
+
+def test_429_halves_the_limit_down_to_one(server: FakeOpenAIServer) -> None:
+    limit = ConcurrencyLimit(8, adaptive=True)
+    limit.limit = 8.0
+    limit.on_overload(time.monotonic())
+    assert limit.allowed == 4
+    limit.on_overload(time.monotonic())
+    assert limit.allowed == 2
+    limit.on_overload(time.monotonic())
+    assert limit.allowed == 1
+    fixed = ConcurrencyLimit(8, adaptive=False)
+    fixed.on_overload(time.monotonic())
+    assert fixed.allowed == 8

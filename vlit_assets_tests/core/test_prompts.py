@@ -189,3 +189,33 @@ def test_examples_are_our_own_and_mention_no_annotation_words() -> None:
             for q, a in example.conversation:
                 for word in ("caption", "annotation", "bounding box", "coordinate"):
                     assert word not in (q + a).lower()
+
+
+# ------------------------------------------------------------------------------ repair
+
+
+@pytest.mark.parametrize("cut", ["}", "]}", "}]}"])
+def test_reply_missing_only_closing_brackets_is_closed_when_the_model_stopped(cut: str) -> None:
+    assert GOOD_JSON.endswith(cut)
+    text = GOOD_JSON.removesuffix(cut)
+    repaired = parse_reply(text, finish_reason="stop")
+    assert repaired.ok and repaired.turns == parse_reply(GOOD_JSON).turns
+    assert repaired.repaired is not None and "closed" in repaired.repaired
+
+
+def test_the_same_text_cut_by_the_length_limit_stays_truncated() -> None:
+    cut = parse_reply(GOOD_JSON[:-1], finish_reason="length")
+    assert cut.failure == "truncated_json" and "finish_reason=length" in (cut.detail or "")
+    assert cut.repaired is None
+
+
+def test_a_stop_reply_ending_inside_a_string_is_not_mended() -> None:
+    text = '{"conversation": [{"q": "What is shown?", "a": "A kitchen with a wom'
+    reply = parse_reply(text, finish_reason="stop")
+    assert reply.failure == "truncated_json"
+    assert "finish_reason=stop" in (reply.detail or "") and "inside a string" in reply.detail
+
+
+def test_closing_does_not_paper_over_a_bad_shape() -> None:
+    reply = parse_reply('{"conversation": [{"question_text": "x"}', finish_reason="stop")
+    assert reply.failure == "truncated_json" and "does not give a valid reply" in reply.detail

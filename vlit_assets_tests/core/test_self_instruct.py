@@ -26,8 +26,8 @@ from vlit_assets.core.llm import (
     run_requests_sync,
 )
 from vlit_assets.core.prompts import PROMPT_VERSION, SYSTEM_PROMPTS
-from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
-from vlit_assets.core.self_instruct import plan_requests, rows_from_results
+from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
+from vlit_assets.core.self_instruct import plan_requests, request_rows, rows_from_results
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault, last_user_message
 
 SRC = "hand"
@@ -365,3 +365,29 @@ def test_coco_mini_plans_valid_prompts_and_rows(coco_mini: Path, tmp_path: Path)
     df = rows_from_results(requests, results, source="coco-mini", run_id="r", model="fake")
     assert df.height == len(requests) and df["drop_reason"].null_count() == df.height
     assert (df["turns"].list.len() >= 4).all()
+
+
+def test_request_rows_say_what_failed_and_what_was_mended(tmp_path: Path) -> None:
+    requests = plan(tmp_path)
+    unclosed = '{"conversation": [{"q": "What is it?", "a": "A bus."}, {"q": "Red?", "a": "Yes."}]'
+    with FakeOpenAIServer(max_lifetime_s=60) as server:
+        server.add_faults(_is("global", "A red bus"), Fault.truncated())
+        server.add_faults(_is("global", "A dog and a cat"), Fault("content", content=unclosed))
+        server.add_faults(_is("negative", "A red bus"), Fault.http(400))
+        settings = LLMSettings(base_url=server.base_url, model="fake", api_key="k",
+                               timeout_s=2.0, backoff_base_s=0.01)  # fmt: skip
+        results = run_requests_sync(requests, settings, cache=None)
+    rows = request_rows(requests, results, source=SRC, run_id="run-1", model="fake")
+    convs = rows_from_results(requests, results, source=SRC, run_id="run-1", model="fake")
+    assert rows.columns == list(GENERATED_LLM_REQUESTS.columns)
+    assert rows.height == len(requests) and rows["attempts"].to_list() == [1] * len(requests)
+    by_conv = {r["conversation_id"]: r for r in rows.to_dicts()}
+    reasons = {r["conversation_id"]: r["drop_reason"] for r in convs.to_dicts()}
+    kinds = {}
+    for cid, row in by_conv.items():
+        kinds[cid] = (row["error"], row["parse_failure"], row["repaired"], reasons[cid])
+    values = sorted(kinds.values(), key=str)
+    assert (None, None, "closed 1 bracket", None) in values  # stop without its final }: mended
+    assert ("http_400", None, None, "llm_error:http_400") in values
+    cut = [r for r in by_conv.values() if r["parse_failure"] == "truncated_json"]
+    assert len(cut) == 1 and "finish_reason=length" in cut[0]["detail"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
+from vlit_assets.core import lineage, warehouse
 from vlit_assets.runner import run_source
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 from vlit_assets_tests.pipeline import (
@@ -145,3 +146,144 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(tmp_path, monkeypatch):
             "WHERE generator = 'llm' AND drop_reason = 'llm_error:budget_exhausted'"
         )
         assert done == 5 and stopped == 24 - 5
+
+
+LLM_QUICK = {"llm_types": ["global"], "llm_max_images": 3}
+
+
+def test_a_partial_llm_override_keeps_the_environment_endpoint(tmp_path, monkeypatch):
+    """Run config that sets only concurrency and timeout_s keeps the endpoint and model that
+    come from VLIT_LLM_*: the stage still calls the model instead of falling back to
+    templates."""
+    with FakeOpenAIServer(max_lifetime_s=120) as server, pipeline_env(tmp_path, monkeypatch) as env:
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "env-model")
+        monkeypatch.setenv("VLIT_LLM_TIMEOUT_S", "7")
+        override = {"resources": {"llm": {"config": {"concurrency": "2", "max_retries": 1}}}}
+        result = run_source(
+            env.instance,
+            "sample",
+            REPO / "data" / "sample",
+            stages=STAGES,
+            op_config={"generated__conversations": LLM_QUICK},
+            run_config=override,
+        )
+        assert result.success
+        metadata = materialization_metadata(result, "generated__conversations")
+        assert metadata["generators"] == "template + llm (env-model)"
+        settings = metadata["llm/settings"]
+        assert settings["base_url"] == server.base_url and settings["model"] == "env-model"
+        assert settings["concurrency"] == 2 and settings["adaptive"] is False
+        assert settings["max_retries"] == 1 and settings["timeout_s"] == 7.0  # env kept too
+        assert len(server.log) == metadata["llm/requests"] == 3
+        assert env.scalar("SELECT count(*) FROM generated__llm_requests") == 3
+
+
+PROBE = """
+import sys, time, duckdb
+for _ in range(40):
+    try:
+        con = duckdb.connect(sys.argv[1])
+    except duckdb.IOException:
+        time.sleep(0.05)
+        continue
+    con.execute("CREATE TABLE IF NOT EXISTS probe (x INTEGER)")
+    con.execute("INSERT INTO probe VALUES (1)")
+    con.close()
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+def test_requests_in_flight_do_not_hold_the_write_lock(tmp_path, monkeypatch):
+    """While a reply is being worked on, another process can open the warehouse and write."""
+    import subprocess
+    import sys
+
+    from vlit_assets_tests.openai_server import default_responder
+
+    probes: list[int] = []
+
+    def responder(body: dict) -> str:
+        if not probes:  # the first request: the stage is waiting on the model right now
+            db = env.db_path
+            probes.append(subprocess.run([sys.executable, "-c", PROBE, str(db)]).returncode)
+        return default_responder(body)
+
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        with FakeOpenAIServer(slots=1, responder=responder, max_lifetime_s=120) as server:
+            monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+            monkeypatch.setenv("VLIT_LLM_MODEL", "m")
+            result = run_source(
+                env.instance,
+                "sample",
+                REPO / "data" / "sample",
+                stages=STAGES,
+                op_config={"generated__conversations": LLM_QUICK},
+            )
+        assert result.success
+        assert probes == [0]  # the other process got the lock and wrote
+        assert env.scalar("SELECT count(*) FROM probe") == 1
+        assert env.scalar("SELECT count(*) FROM llm__cache") == 3
+
+
+def test_every_llm_request_failing_warns_loudly_and_can_fail_the_stage(tmp_path, monkeypatch):
+    with FakeOpenAIServer() as gone:
+        dead_url = gone.base_url
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        sample = REPO / "data" / "sample"
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", dead_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "m")
+        monkeypatch.setenv("VLIT_LLM_MAX_RETRIES", "0")
+        config = {"generated__conversations": LLM_QUICK}
+        warned = run_source(env.instance, "sample", sample, stages=STAGES, op_config=config)
+        assert warned.success  # by default a warning, not a failure
+        metadata = materialization_metadata(warned, "generated__conversations")
+        assert metadata["llm/warning"].startswith("LLM: EVERY 3 requests failed")
+        assert metadata["llm/failed"] == 3 and metadata["llm/parsed"] == 0
+        warnings = [
+            r.user_message
+            for r in env.instance.all_logs(warned.run_id)
+            if r.level >= 30 and "EVERY 3 requests failed" in r.user_message
+        ]
+        assert warnings
+        sql = "SELECT conversation_id, run_id, drop_reason FROM generated__conversations ORDER BY 1"
+        kept = env.query(sql)
+
+        config = {"generated__conversations": LLM_QUICK | {"llm_fail_share": 0.5}}
+        failed = run_source(env.instance, "sample", sample, stages=("generated",), op_config=config)
+        assert not failed.success
+        assert env.query(sql) == kept  # the failed stage wrote nothing
+
+
+def test_verification_pass_stores_verdicts_with_the_verifier_model(tmp_path, monkeypatch):
+    with FakeOpenAIServer(max_lifetime_s=120) as server, pipeline_env(tmp_path, monkeypatch) as env:
+        monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("VLIT_LLM_MODEL", "writer")
+        monkeypatch.setenv("VLIT_LLM_VERIFY_MODEL", "judge")
+        config = {"generated__conversations": LLM_QUICK | {"llm_verify": True}}
+        result = run_source(
+            env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
+        )
+        assert result.success
+        metadata = materialization_metadata(result, "generated__conversations")
+        usable = env.scalar(
+            "SELECT count(*) FROM generated__conversations "
+            "WHERE generator = 'llm' AND drop_reason IS NULL"
+        )
+        rows = env.query(
+            "SELECT verifier_model, verified_share, error FROM generated__llm_verification"
+        )
+        models = {m for (m,) in env.query("SELECT DISTINCT model FROM generated__conversations "
+                                          "WHERE generator = 'llm'")}  # fmt: skip
+        (cid,) = env.query("SELECT min(conversation_id) FROM generated__llm_verification")[0]
+        with warehouse.connect(env.db_path, read_only=True) as con:
+            chain = lineage.lineage(con, cid)
+    assert chain["llm_request"]["attempts"] == 1 and chain["llm_request"]["error"] is None
+    assert chain["verification"]["verifier_model"] == "judge"
+    assert "[llm request]" in lineage.render(chain) and "[verification]" in lineage.render(chain)
+    assert usable == 3 and len(rows) == usable
+    assert {r[0] for r in rows} == {"judge"} and models == {"writer"}
+    assert all(share == 1.0 and error is None for _, share, error in rows)
+    assert metadata["verify/verified"] == 3 and metadata["verify/answers_contradicted"] == 0
+    assert len(server.log) == 6  # three conversations, three verifications

@@ -1,0 +1,166 @@
+"""llm_checks: what real small models get wrong, per conversation, and planted-defect recall.
+
+Rules per planted kind (the final stage can use the same):
+
+- denied_present -> ``n_denied_present > 0``
+- example_copy -> ``example_copy``
+- annotation_leak -> ``annotation_leak``
+- repeated_question -> ``n_repeated_questions > 0``
+- unjudged_claim -> ``n_unjudged_claims > 0`` (template rows quote captions, so none of
+  the good rows has an unjudged attribute or action)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from vlit_assets.core.collect import collect_source, find_coco_files
+from vlit_assets.core.generate import TemplateConfig, generate_templates
+from vlit_assets.core.llm_checks import example_grams, llm_checks
+from vlit_assets.core.schemas import LLM_CHECK_COLUMNS
+from vlit_assets_tests.llm_defects import LLM_DEFECT_KINDS, plant_llm_defects
+
+TARGET = 0.9
+PER_KIND = 30
+
+
+def _conv(*pairs: tuple[str, str], cid: str = "c1", image: str = "1") -> dict:
+    turns = []
+    for q, a in pairs:
+        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return {"conversation_id": cid, "image_id": image, "source": "s", "turns": turns}
+
+
+OBJECTS = pl.DataFrame({"object_id": ["o1", "o2"], "image_id": ["1", "1"],
+                        "category_name": ["dog", "person"], "iscrowd": [False, False]})  # fmt: skip
+CAPTIONS = pl.DataFrame({"image_id": ["1"], "caption": ["A man holding dog food beside a dog."]})
+
+
+def _one(conv: dict, **kwargs) -> dict:
+    frame = pl.DataFrame([conv])
+    return llm_checks(frame, OBJECTS, None, CAPTIONS, **kwargs).row(0, named=True)
+
+
+def test_the_field_report_examples_are_caught() -> None:
+    row = _one(
+        _conv(
+            ("Why might the oven door be open?", "To let the heat out."),
+            ("Is there a dog?", "No, there is no person or dog in the picture."),
+            ("What is on the table?", "There is no mention of a table in the scene."),
+            ("why might the oven door be open", "Because someone is baking."),
+            ("What are they doing?", "The dogs are juggling bright purple cans."),
+        )
+    )
+    assert row["example_copy"] and row["example_overlap"] == 1.0
+    assert row["denied_present_objects"] == ["dog", "person"] and row["n_denied_present"] == 2
+    assert row["annotation_leak"] and row["annotation_leak_terms"] == ["mention"]
+    assert row["n_repeated_questions"] == 1
+    assert row["unjudged_claims"] == ["baking", "bright", "juggling", "purple"]
+
+
+def test_a_clean_conversation_passes_and_denials_of_absent_objects_are_fine() -> None:
+    row = _one(
+        _conv(
+            ("What is the object in the red box?", "It is a dog, next to a man holding food."),
+            ("Is there a cat?", "No, there is no cat; only the dog and the man."),
+        )
+    )
+    assert row["n_denied_present"] == 0 and not row["example_copy"]
+    assert not row["annotation_leak"] and row["n_repeated_questions"] == 0
+    assert row["n_unjudged_claims"] == 0  # "holding" is a caption's word
+
+
+def test_without_annotations_denials_are_unknown_and_claims_unjudged() -> None:
+    frame = pl.DataFrame([_conv(("Is it red?", "No, there is no dog; it is red."))])
+    row = llm_checks(frame).row(0, named=True)
+    assert row["n_denied_present"] is None and row["denied_present_objects"] is None
+    assert row["unjudged_claims"] == ["red"]
+
+
+def test_prescribed_wording_is_not_counted_as_copying() -> None:
+    grams = example_grams()
+    assert "in the red box" not in grams  # the system prompt asks for it
+    assert "why might the oven" in grams
+
+
+def test_one_row_per_input_row_in_order_with_the_declared_columns() -> None:
+    convs = pl.DataFrame([_conv(("Q?", "A."), cid=f"c{i}") for i in (3, 1, 2)])
+    out = llm_checks(convs, OBJECTS, None, CAPTIONS)
+    assert out["conversation_id"].to_list() == ["c3", "c1", "c2"]
+    assert out.columns == ["conversation_id", *LLM_CHECK_COLUMNS]
+
+
+def test_missing_columns_are_named() -> None:
+    with pytest.raises(ValueError, match=r"lack columns \['turns'\]"):
+        llm_checks(pl.DataFrame({"conversation_id": ["a"], "image_id": ["1"]}))
+
+
+# ------------------------------------------------------------------------------ planted
+
+
+def plant_and_check(root: Path, work: Path, *, per_kind: int = PER_KIND, seed: int = 11):
+    """Template rows of a COCO source plus planted LLM defects, through llm_checks, with the
+    planted kind (``good`` for the rest) and one boolean column per rule."""
+    raw = collect_source("coco-mini", root)
+    good = generate_templates(
+        raw.images, raw.captions, raw.objects, raw.categories, raw.tags,
+        source="coco-mini", image_root=find_coco_files(root).image_dir,
+        regions_dir=work / "regions", config=TemplateConfig(render_regions=False),
+    ).filter(pl.col("drop_reason").is_null())  # fmt: skip
+    bad, truth = plant_llm_defects(
+        good, raw.objects, raw.tags, raw.captions, seed=seed, per_kind=per_kind
+    )
+    scored = llm_checks(pl.concat([good, bad]), raw.objects, raw.tags, raw.captions, raw.categories)
+    return (
+        scored.join(truth, on="conversation_id", how="left")
+        .with_columns(pl.col("defect").fill_null("good"))
+        .with_columns(
+            denied_present=pl.col("n_denied_present").fill_null(0) > 0,
+            repeated_question=pl.col("n_repeated_questions") > 0,
+            unjudged_claim=pl.col("n_unjudged_claims") > 0,
+        )
+    )
+
+
+def precision_recall(frame: pl.DataFrame, kind: str, rule: str) -> tuple[float, float, int]:
+    """Over the good rows and the rows of ``kind`` (other kinds are neither right nor wrong)."""
+    counted = frame.filter(pl.col("defect").is_in([kind, "good"]))
+    flagged = counted.filter(pl.col(rule))
+    precision = float((flagged["defect"] == kind).mean()) if flagged.height else 0.0
+    recall = float(frame.filter(pl.col("defect") == kind)[rule].mean())
+    return precision, recall, flagged.height
+
+
+@pytest.fixture(scope="module")
+def planted(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
+    return plant_and_check(coco_mini, tmp_path_factory.mktemp("planted"))
+
+
+RULE = {
+    "denied_present": "denied_present",
+    "example_copy": "example_copy",
+    "annotation_leak": "annotation_leak",
+    "repeated_question": "repeated_question",
+    "unjudged_claim": "unjudged_claim",
+}
+
+
+def test_good_template_rows_trip_none_of_the_rules(planted: pl.DataFrame) -> None:
+    good = planted.filter(pl.col("defect") == "good")
+    assert good.height > 100
+    assert {rule: int(good[rule].sum()) for rule in RULE.values()} == dict.fromkeys(
+        RULE.values(), 0
+    )
+
+
+@pytest.mark.parametrize("kind", LLM_DEFECT_KINDS)
+def test_each_planted_kind_is_found_with_precision_and_recall(
+    planted: pl.DataFrame, kind: str
+) -> None:
+    precision, recall, flagged = precision_recall(planted, kind, RULE[kind])
+    assert planted.filter(pl.col("defect") == kind).height == PER_KIND
+    assert recall >= TARGET, f"{kind}: recall {recall:.3f}"
+    assert precision >= TARGET, f"{kind}: precision {precision:.3f} of {flagged}"
