@@ -118,6 +118,19 @@ def with_inferred_types(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.D
     return typed.drop("type_inferred").select(conversations.columns), facts
 
 
+def _llm_checks(
+    conversations: pl.DataFrame,
+    objects: pl.DataFrame | None,
+    tags: pl.DataFrame | None,
+    captions: pl.DataFrame | None,
+    categories: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """llm_checks on the self-instruct rows, which they are written for (copying our prompt's
+    examples means nothing for imported or template text); other rows are not judged (null)."""
+    written = conversations.filter(pl.col("generator") == "llm")
+    return llm_checks(written, objects, tags, captions, categories)
+
+
 def _verified(conversations: pl.DataFrame, verification: pl.DataFrame | None) -> pl.DataFrame:
     """The verifier's verified_* columns (generated__llm_verification rows it judged)."""
     columns = ("verified_share", "verified_contradicted", "verifier_model",
@@ -246,7 +259,7 @@ def score_conversations(
         .join(texts, **keep)
         .join(copies, **keep)
         .join(image_facts(conversations, images), **keep)
-        .join(llm_checks(conversations, objects, tags, captions, categories), **keep)
+        .join(_llm_checks(conversations, objects, tags, captions, categories), **keep)
         .join(_verified(conversations, verification), **keep)
         .join(rel, **keep)
         .join(dup, **keep)

@@ -36,6 +36,12 @@ RULES: dict[str, str] = {
     "negative_inconsistent": "negative_consistency < min_negative_consistency",
     "count_inconsistent": "count_consistency < min_count_consistency",
     "region_name_mismatch": "region_name_match is false",
+    "denies_present_object": "n_denied_present > 0 (an answer denies an annotated object)",
+    "example_copy": "example_copy is true (a turn copies the prompt's in-context examples)",
+    "annotation_leak": "annotation_leak is true (mention, caption, bounding box, box numbers)",
+    "repeated_question": "n_repeated_questions > max_repeated_questions",
+    "verifier_contradicted": "verified_contradicted > 0 (the optional verifier found an answer "
+    "contradicted)",
     "answers_too_short": "answer_words_min < min_answer_words_min",
     "too_few_turns": "n_turns < min_turns",
     "text_too_short": "text_chars < min_text_chars or text_words < min_text_words",
@@ -134,6 +140,11 @@ _REQUIRED = (
 # Columns of the text and image filters. Rows scored before they existed carry nulls, which no
 # threshold fails (a frame without them is treated the same way).
 _OPTIONAL: dict[str, pl.DataType] = {
+    "n_denied_present": pl.Int32(),
+    "example_copy": pl.Boolean(),
+    "annotation_leak": pl.Boolean(),
+    "n_repeated_questions": pl.Int32(),
+    "verified_contradicted": pl.Int32(),
     "variant": pl.Int32(),
     "text_chars": pl.Int32(),
     "text_words": pl.Int32(),
@@ -187,6 +198,13 @@ class Thresholds:
     # conversations (LLaVA's detailed descriptions and complex reasoning) are not defects;
     # turns_mean in the suites reports the complexity of a set.
     min_turns: int = 1
+    # What real small models get wrong (core/llm_checks.py, self-instruct rows; null on others)
+    # and the optional verifier's verdicts: each drops a row when it judged it.
+    drop_denied_present: bool = True
+    drop_example_copies: bool = True
+    drop_annotation_leaks: bool = True
+    max_repeated_questions: int | None = 0
+    drop_verifier_contradicted: bool = True
     # Text filters with Data-Juicer's meanings (docs/selection.md); None switches one off.
     # Length bounds of all turns' text: the seven-filter recipe's text_length_filter and the
     # default minimum of its words_num_filter.
@@ -368,6 +386,12 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
         else off,
         "answers_too_short": pl.col("answer_words_min") < t.min_answer_words_min,
         "too_few_turns": pl.col("n_turns") < t.min_turns,
+        "denies_present_object": (pl.col("n_denied_present") > 0) & t.drop_denied_present,
+        "example_copy": pl.col("example_copy") & t.drop_example_copies,
+        "annotation_leak": pl.col("annotation_leak") & t.drop_annotation_leaks,
+        "repeated_question": _above("n_repeated_questions", t.max_repeated_questions),
+        "verifier_contradicted": (pl.col("verified_contradicted") > 0)
+        & t.drop_verifier_contradicted,
         "text_too_short": _below("text_chars", t.min_text_chars)
         | _below("text_words", t.min_text_words),
         "text_too_long": _above("text_chars", t.max_text_chars),

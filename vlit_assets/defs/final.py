@@ -145,6 +145,22 @@ class FinalConfig(dg.Config):
     min_negative_consistency: float = Thresholds.min_negative_consistency
     min_count_consistency: float = Thresholds.min_count_consistency
     require_region_name_match: bool = Thresholds.require_region_name_match
+    drop_denied_present: bool = Thresholds.drop_denied_present
+    drop_example_copies: bool = Thresholds.drop_example_copies
+    drop_annotation_leaks: bool = Thresholds.drop_annotation_leaks
+    max_repeated_questions: int | None = Thresholds.max_repeated_questions
+    drop_verifier_contradicted: bool = Thresholds.drop_verifier_contradicted
+    min_text_chars: int | None = Thresholds.min_text_chars
+    max_text_chars: int | None = Thresholds.max_text_chars
+    min_text_words: int | None = Thresholds.min_text_words
+    max_word_rep_ratio: float | None = Thresholds.max_word_rep_ratio
+    max_answer_rep_ratio: float | None = Thresholds.max_answer_rep_ratio
+    max_special_char_ratio: float | None = Thresholds.max_special_char_ratio
+    drop_text_near_copies: bool = Thresholds.drop_text_near_copies
+    # image bounds from the header; the seven-filter recipe uses 100 px and 3.0
+    min_image_side: int | None = Thresholds.min_image_side
+    max_aspect_ratio: float | None = Thresholds.max_aspect_ratio
+    max_image_bytes: int | None = Thresholds.max_image_bytes
     min_relevance: float | None = Thresholds.min_relevance
     relevance_max_z: float | None = Thresholds.relevance_max_z
     relevance_min_rows: int = Thresholds.relevance_min_rows

@@ -99,6 +99,11 @@ DEFECTS = [
     ({"answer_rep_ratio": 0.31}, "repetitive_answer"),
     ({"special_char_ratio": 0.3}, "special_characters"),
     ({"relevance": -0.05}, "low_relevance"),
+    ({"generator": "llm", "n_denied_present": 1}, "denies_present_object"),
+    ({"generator": "llm", "example_copy": True}, "example_copy"),
+    ({"generator": "llm", "annotation_leak": True}, "annotation_leak"),
+    ({"generator": "llm", "n_repeated_questions": 1}, "repeated_question"),
+    ({"generator": "llm", "verified_contradicted": 2}, "verifier_contradicted"),
 ]
 
 

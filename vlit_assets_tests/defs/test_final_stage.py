@@ -184,6 +184,13 @@ def test_final_config_defaults_are_the_core_defaults():
     assert config.balance() == Balance()
     assert config.split() == SplitConfig()
     assert FinalConfig(min_relevance=None, val_ratio=0.2).thresholds().min_relevance is None
+    # every core threshold can be set from the launchpad
+    import dataclasses
+
+    missing = [
+        f.name for f in dataclasses.fields(Thresholds) if f.name not in FinalConfig.model_fields
+    ]
+    assert missing == []
 
 
 def test_export_version_follows_content_not_the_checkout_location():
