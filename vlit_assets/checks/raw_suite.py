@@ -51,13 +51,28 @@ def raw_frames(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, pd.Data
         """,
         [source],
     ).df()
+    # has_image: a caption, object or tag row whose image is not in raw__images is an orphan
+    # (e.g. tables written by different runs); the suite fails on any.
     captions = con.execute(
-        "SELECT caption_id, image_id, caption FROM raw__captions WHERE source = ?", [source]
+        """
+        SELECT c.caption_id, c.image_id, c.caption, i.image_id IS NOT NULL AS has_image
+        FROM raw__captions c LEFT JOIN raw__images i
+          ON i.image_id = c.image_id AND i.source = c.source
+        WHERE c.source = ?
+        """,
+        [source],
     ).df()
     categories = con.execute(
         "SELECT category_id, name FROM raw__categories WHERE source = ?", [source]
     ).df()
-    tags = con.execute("SELECT image_id FROM raw__tags WHERE source = ?", [source]).df()
+    tags = con.execute(
+        """
+        SELECT t.image_id, i.image_id IS NOT NULL AS has_image
+        FROM raw__tags t LEFT JOIN raw__images i ON i.image_id = t.image_id AND i.source = t.source
+        WHERE t.source = ?
+        """,
+        [source],
+    ).df()
     return {
         "images": images,
         "objects": objects,
@@ -85,6 +100,7 @@ def raw_expectations(
         "captions": [
             gxe.ExpectColumnValuesToBeUnique(column="caption_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+            gxe.ExpectColumnValuesToBeInSet(column="has_image", value_set=[True]),
         ],
         "objects": [
             gxe.ExpectColumnValuesToBeUnique(column="object_id"),
@@ -97,7 +113,10 @@ def raw_expectations(
             gxe.ExpectColumnValuesToBeInSet(column="has_image", value_set=[True]),
         ],
         "categories": [gxe.ExpectColumnValuesToBeUnique(column="category_id")],
-        "tags": [gxe.ExpectColumnValuesToBeUnique(column="image_id")],
+        "tags": [
+            gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="has_image", value_set=[True]),
+        ],
     }
 
 

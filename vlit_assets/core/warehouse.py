@@ -1,11 +1,15 @@
-"""DuckDB storage: connect (waiting out another writer's lock), create tables, replace a source."""
+"""DuckDB storage: connect (waiting out another writer's lock), create tables, replace a source.
+
+A stage's writes for one source go inside one ``transaction(con)``: they commit together or
+not at all, so a failure half-way leaves the previous state of every table whole.
+"""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -48,6 +52,39 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+# Connections (by id) inside ``transaction``: the write helpers then join it instead of
+# committing on their own. A connection is used by one thread at a time, as DuckDB requires.
+_open_transactions: set[int] = set()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Make every write inside one transaction: all commit at the end, or none does.
+
+    ``replace_source``, ``replace_all`` and ``upsert`` called inside join it. Nested use joins
+    the outer transaction. Any exception (or a signal raised as one) rolls everything back.
+    """
+    if id(con) in _open_transactions:
+        yield con
+        return
+    con.execute("BEGIN TRANSACTION")
+    _open_transactions.add(id(con))
+    try:
+        yield con
+    except BaseException:
+        _open_transactions.discard(id(con))
+        # If the connection itself broke, DuckDB drops its uncommitted work with it.
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+    _open_transactions.discard(id(con))
+    con.execute("COMMIT")
+
+
+def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    return id(con) in _open_transactions
 
 
 def ensure_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
@@ -95,22 +132,21 @@ def _write(
     delete_sql: str,
     params: list[object],
 ) -> int:
-    """Delete what ``delete_sql`` selects and insert ``df``, in one transaction."""
+    """Delete what ``delete_sql`` selects and insert ``df``, in one transaction.
+
+    Inside ``transaction(con)`` the two statements join the caller's transaction.
+    """
     df = _conform(table, df)
-    ensure_table(con, table)
     con.register("incoming_rows", df.to_arrow())
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(delete_sql, params)
-        if df.height:
-            con.execute(
-                f'INSERT INTO "{table.name}" {_column_list(table)} '
-                f"{_select_cast(table, 'incoming_rows')}"
-            )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            ensure_table(con, table)
+            con.execute(delete_sql, params)
+            if df.height:
+                con.execute(
+                    f'INSERT INTO "{table.name}" {_column_list(table)} '
+                    f"{_select_cast(table, 'incoming_rows')}"
+                )
     finally:
         con.unregister("incoming_rows")
     return df.height

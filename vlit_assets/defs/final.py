@@ -240,25 +240,28 @@ def final(
         kept = selection.kept.drop(IMAGE_HASH_COLUMN).with_columns(
             pl.lit(run_id).alias("final_run_id")
         )
-        warehouse.replace_all(con, FINAL_DECISIONS, decisions)
-        warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
-        warehouse.upsert(
-            con,
-            FINAL_RUNS,
-            pl.DataFrame(
-                {
-                    "final_run_id": [run_id],
-                    "report": [json.dumps(selection.report, default=str)],
-                    "held_back": [[f"{k}: {v}" for k, v in sorted(gated.items())]],
-                    "created_at": [datetime.now(UTC).replace(tzinfo=None)],
-                },
-                schema=FINAL_RUNS.polars_schema,
-            ),
-        )
         figures = stored_dataset_figures(kept.drop("split", "final_run_id"))
-        record_dataset_metrics(
-            con, figures, run_id=run_id, asset=FINAL_CONVERSATIONS.name, source=ALL_SOURCES
-        )
+        # Decisions, kept rows, the run report and the figures commit together: a failure
+        # part-way leaves the previous split whole.
+        with warehouse.transaction(con):
+            warehouse.replace_all(con, FINAL_DECISIONS, decisions)
+            warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
+            warehouse.upsert(
+                con,
+                FINAL_RUNS,
+                pl.DataFrame(
+                    {
+                        "final_run_id": [run_id],
+                        "report": [json.dumps(selection.report, default=str)],
+                        "held_back": [[f"{k}: {v}" for k, v in sorted(gated.items())]],
+                        "created_at": [datetime.now(UTC).replace(tzinfo=None)],
+                    },
+                    schema=FINAL_RUNS.polars_schema,
+                ),
+            )
+            record_dataset_metrics(
+                con, figures, run_id=run_id, asset=FINAL_CONVERSATIONS.name, source=ALL_SOURCES
+            )
     drops = decisions.filter(~pl.col("kept")).group_by("first_failing_rule").len()
     splits = kept.group_by("split").len()
     yield dg.MaterializeResult(

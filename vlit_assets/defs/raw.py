@@ -161,7 +161,9 @@ def raw(
     except (SourceFormatError, InstructionFormatError, FileNotFoundError) as exc:
         # An unusable file fails the run; the message names the file and the key.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    with warehouse_db.connect() as con:
+    # One transaction for the seven tables: a failure part-way keeps the previous run's rows
+    # of every table, never a mix whose captions point at images that are gone.
+    with warehouse_db.connect() as con, warehouse.transaction(con):
         for table in RAW_TABLES:
             warehouse.replace_source(con, table, tables[table.name], source)
     counts = {name: frame.height for name, frame in tables.items()}

@@ -139,14 +139,15 @@ def scored__conversations(
             images=warehouse.read_source(con, RAW_IMAGES, source),
             verification=warehouse.read_source(con, GENERATED_LLM_VERIFICATION, source),
         )
-        warehouse.replace_source(con, SCORED_CONVERSATIONS, result.scored, source)
-        record_dataset_metrics(
-            con,
-            result.dataset,
-            run_id=context.run_id,
-            asset=SCORED_CONVERSATIONS.name,
-            source=source,
-        )
+        with warehouse.transaction(con):  # the scores and their dataset figures, or neither
+            warehouse.replace_source(con, SCORED_CONVERSATIONS, result.scored, source)
+            record_dataset_metrics(
+                con,
+                result.dataset,
+                run_id=context.run_id,
+                asset=SCORED_CONVERSATIONS.name,
+                source=source,
+            )
     figures = {f"metric/{k}": float(v) for k, v in result.dataset.items() if v is not None}
     return dg.MaterializeResult(
         metadata={

@@ -20,7 +20,12 @@ def good_frames() -> dict[str, pd.DataFrame]:
             }
         ),
         "captions": pd.DataFrame(
-            {"caption_id": ["c1", "c2"], "image_id": ["img_a", "img_b"], "caption": ["x", "y"]}
+            {
+                "caption_id": ["c1", "c2"],
+                "image_id": ["img_a", "img_b"],
+                "caption": ["x", "y"],
+                "has_image": [True, True],
+            }
         ),
         "objects": pd.DataFrame(
             {
@@ -33,7 +38,7 @@ def good_frames() -> dict[str, pd.DataFrame]:
             }
         ),
         "categories": pd.DataFrame({"category_id": [1, 18], "name": ["person", "dog"]}),
-        "tags": pd.DataFrame({"image_id": ["img_a", "img_b"]}),
+        "tags": pd.DataFrame({"image_id": ["img_a", "img_b"], "has_image": [True, True]}),
     }
 
 
@@ -59,6 +64,10 @@ def test_good_frames_pass_and_every_expectation_reports_an_observed_value():
             "objects.expect_column_values_to_be_between(box_overshoot_px)",
         ),
         ("objects", "bbox_w", 0.0, "objects.expect_column_values_to_be_between(bbox_w)"),
+        # Orphans: a row whose image is not in raw__images.
+        ("captions", "has_image", False, "captions.expect_column_values_to_be_in_set(has_image)"),
+        ("objects", "has_image", False, "objects.expect_column_values_to_be_in_set(has_image)"),
+        ("tags", "has_image", False, "tags.expect_column_values_to_be_in_set(has_image)"),
     ],
 )
 def test_each_known_bad_frame_fails_the_matching_expectation(frame, column, value, failing):
