@@ -5,14 +5,50 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 
 from vlit_assets.resources import PROJECT_ROOT
 
 # In pipeline order; `--stage X` runs X and everything before it (definitions.SOURCE_STAGES).
 STAGES = ("raw", "generated", "scored")  # then the final stage across all sources
+
+
+class Exit(IntEnum):
+    """Exit codes of `vlit`; each user error has its own, with a one-line message on stderr."""
+
+    OK = 0
+    FAILED = 1  # a step or a blocking check failed (the run is in the Dagster instance)
+    USAGE = 2  # the command line itself is wrong (argparse)
+    BAD_NAME = 3  # --name is not a valid source name
+    NO_NAME = 4  # the folder's name gives no usable source name: pass --name
+    NO_SOURCE = 5  # the source folder (or the warehouse, for lineage) does not exist
+    BUSY = 6  # another process held the DuckDB file for longer than we wait
+    INTERRUPTED = 130  # stopped by SIGINT or SIGTERM
+
+
+EXIT_CODES_HELP = """exit codes:
+  0    success
+  1    a step or a blocking check failed (one-line cause here; full trace in the Dagster UI)
+  2    wrong command line
+  3    --name is not a valid source name (1-64 of a-z, 0-9, '-', '_')
+  4    the folder's name gives no usable source name: pass --name
+  5    the source folder does not exist
+  6    the DuckDB file stayed locked by another process (WarehouseBusy)
+  130  stopped by SIGINT or SIGTERM (the run is marked failed, its pool slot freed)
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exits with ``code``."""
+
+    def __init__(self, code: Exit, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 def _load_env_file(path: Path) -> None:
@@ -93,30 +129,50 @@ def _summary_rows(db_path: Path, source: str) -> tuple[dict[str, int], dict[str,
     return counts, rejects
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    home = prepare_environment(args.db)
-
+def _source_and_name(args: argparse.Namespace) -> tuple[Path, str]:
+    """The source folder and its partition name, or a UserError saying what is wrong."""
     from vlit_assets.core import sources
-    from vlit_assets.definitions import SOURCE_STAGES
     from vlit_assets.resources import resolve_path
-    from vlit_assets.runner import run_final, run_source
 
     if args.source:
         root = Path(args.source).expanduser().resolve()
-        if not root.is_dir():
-            print(f"vlit: --source {args.source}: not a directory", file=sys.stderr)
-            return 2
-        name = sources.check_source_name(args.name) if args.name else sources.source_name(root)
+        what = f"--source {args.source}"
     else:
         root = resolve_path(os.environ["VLIT_DATA_DIR"]) / "sample"
-        name = args.name or sources.SAMPLE_SOURCE
+        what = f"the embedded sample ({root}; VLIT_DATA_DIR={os.environ['VLIT_DATA_DIR']})"
+    if not root.is_dir():
+        raise UserError(Exit.NO_SOURCE, f"{what}: no such directory")
+    if args.name:
+        try:
+            return root, sources.check_source_name(args.name)
+        except ValueError as exc:
+            raise UserError(Exit.BAD_NAME, f"--name: {exc}") from None
+    if not args.source:
+        return root, sources.SAMPLE_SOURCE
+    try:
+        return root, sources.source_name(root)
+    except ValueError:
+        raise UserError(
+            Exit.NO_NAME,
+            f"the folder name {root.name!r} gives no source name (it needs letters or digits); "
+            "pass one with --name",
+        ) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    home = prepare_environment(args.db)
+
+    root, name = _source_and_name(args)  # before the slow imports: a typo fails at once
+
+    from vlit_assets.definitions import SOURCE_STAGES
+    from vlit_assets.resources import resolve_path
+    from vlit_assets.runner import run_final, run_source
 
     images_dir = None
     if args.images:
         images_dir = Path(args.images).expanduser().resolve()
         if not images_dir.is_dir():
-            print(f"vlit: --images {args.images}: not a directory", file=sys.stderr)
-            return 2
+            raise UserError(Exit.NO_SOURCE, f"--images {args.images}: no such directory")
     stages = SOURCE_STAGES[: SOURCE_STAGES.index(args.stage) + 1] if args.stage else SOURCE_STAGES
     try:
         run_config = llm_run_config(args, stages)
@@ -125,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     print(f"vlit: source {name!r} <- {root}")
     print(f"vlit: DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
-    print(f"vlit: db={resolve_path(os.environ['VLIT_DB_PATH'])}")
+    print(f"vlit: db={resolve_path(os.environ['VLIT_DB_PATH'])}", flush=True)
     instance = open_instance(home)
     result = run_source(
         instance,
@@ -137,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stages=stages,
         tags={"vlit/entry": "cli"},
         run_config=run_config,
+        short_errors=True,
     )
     code = print_summary(result, name, instance)
     if "generated" in stages:
@@ -145,13 +202,45 @@ def cmd_run(args: argparse.Namespace) -> int:
         if code != 0:
             print("\nfinal stage not run: this source's run or a blocking check failed")
         return code
-    final = run_final(instance, tags={"vlit/entry": "cli"})
+    final = run_final(instance, tags={"vlit/entry": "cli"}, short_errors=True)
     return print_final_summary(final, instance)
+
+
+def _stopped(result) -> bool:
+    """Whether the run ended because this process was told to stop; says so if it did."""
+    from vlit_assets.run_guard import was_interrupted
+
+    if result.success or not was_interrupted(result):
+        return False
+    print(f"\nvlit: run {result.run_id} stopped by a signal; marked failed", file=sys.stderr)
+    return True
+
+
+def _failure_code(result) -> Exit | None:
+    """For a failed run: print each failed step's one-line cause; the exit code, or None."""
+    from vlit_assets.runner import error_chain, one_line_cause
+
+    if result.success:
+        return None
+    code = Exit.FAILED
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            err = event.step_failure_data.error
+            print(f"\nstep {event.step_key} failed: {one_line_cause(err)}", file=sys.stderr)
+            if any(e.cls_name == "WarehouseBusy" for e in error_chain(err)):
+                code = Exit.BUSY
+    print(
+        f"vlit: the full error is in the run's event log (Dagster UI, run {result.run_id})",
+        file=sys.stderr,
+    )
+    return code
 
 
 def print_summary(result, source: str, instance=None) -> int:
     from vlit_assets.resources import resolve_path
 
+    if _stopped(result):
+        return Exit.INTERRUPTED
     db_path = resolve_path(os.environ["VLIT_DB_PATH"])
     counts, rejects = _summary_rows(db_path, source)
     print(f"\nrun {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
@@ -165,13 +254,10 @@ def print_summary(result, source: str, instance=None) -> int:
     print("\nchecks")
     failed_checks = print_checks(evaluations)
     print_step_times(result, instance)
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure and event.step_failure_data:
-                err = event.step_failure_data.error
-                message = err.message.strip() if err else "unknown error"
-                print(f"\nstep {event.step_key} failed: {message}", file=sys.stderr)
-    return 0 if result.success and not failed_checks else 1
+    failure = _failure_code(result)
+    if failure is not None:
+        return failure
+    return Exit.FAILED if failed_checks else Exit.OK
 
 
 def print_step_times(result, instance) -> None:
@@ -212,8 +298,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     db_path = resolve_path(os.environ["VLIT_DB_PATH"])
     if not db_path.exists():
-        print(f"vlit: no warehouse at {db_path}; run `vlit run` first", file=sys.stderr)
-        return 2
+        raise UserError(Exit.NO_SOURCE, f"no warehouse at {db_path}; run `vlit run` first")
     with warehouse.connect(db_path, read_only=True) as con:
         try:
             chain = lineage.lineage(con, args.conversation_id)
@@ -228,6 +313,8 @@ def print_final_summary(result, instance=None) -> int:
     from vlit_assets.core import warehouse
     from vlit_assets.resources import resolve_path
 
+    if _stopped(result):
+        return Exit.INTERRUPTED
     print(f"\nfinal run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
     db_path = resolve_path(os.environ["VLIT_DB_PATH"])
     with warehouse.connect(db_path, read_only=True) as con:
@@ -253,7 +340,10 @@ def print_final_summary(result, instance=None) -> int:
             )
     if failed:
         print("\nexport not written: the final suite failed")
-    return 0 if result.success and not failed else 1
+    failure = _failure_code(result)
+    if failure is not None:
+        return failure
+    return Exit.FAILED if failed else Exit.OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,9 +669,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vlit",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="materialize the pipeline for one source through Dagster")
+    run = sub.add_parser(
+        "run",
+        help="materialize the pipeline for one source through Dagster",
+        description="Materialize the per-source stages of one source, then the final split, "
+        "through Dagster (recorded in $DAGSTER_HOME). A run whose process died is marked failed "
+        "and its pool slot freed before this one starts or while it waits.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument(
         "--source",
         help="COCO-layout directory, or a directory of LLaVA / paper-format instruction data "
@@ -619,9 +722,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stop(KeyboardInterrupt):
+    """SIGTERM outside a run, raised like Ctrl-C so that cleanup (finally blocks) runs."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop `vlit` cleanly. During a run Dagster takes both over and ends the
+    run as interrupted (see run_guard); between runs they raise here."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _raise_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from vlit_assets.core.warehouse import WarehouseBusy
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        with _stop_on_signals():
+            return int(args.func(args))
+    except UserError as exc:
+        print(f"vlit: {exc}", file=sys.stderr)
+        return int(exc.code)
+    except WarehouseBusy as exc:
+        print(f"vlit: the warehouse is busy: {exc}", file=sys.stderr)
+        return int(Exit.BUSY)
+    except KeyboardInterrupt as exc:
+        why = str(exc) or "SIGINT"
+        print(f"\nvlit: stopped by {why}", file=sys.stderr)
+        return int(Exit.INTERRUPTED)
 
 
 if __name__ == "__main__":
