@@ -196,6 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         short_errors=True,
     )
     code = print_summary(result, name, instance)
+    if code == Exit.INTERRUPTED:
+        return code
     if "generated" in stages:
         print_llm_summary(result)
     if args.stage or code != 0:

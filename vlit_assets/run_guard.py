@@ -243,15 +243,20 @@ class PoolWatch:
                     self.say(f"vlit: could not read the pool state ({exc}); retrying")
                     self._failed_once = True
 
+    def _state(self, pool: str) -> tuple[list[Holder], list[str]]:
+        """Other runs' holds on ``pool``, and the steps of this run still waiting for it."""
+        held, waiting = holders(self.instance, pool)
+        mine = [w.split(":", 1)[1] for w in waiting if w.startswith(f"{self.run_id}:")]
+        return [h for h in held if h.run_id != self.run_id], mine
+
     def look(self) -> None:
         for pool in self.pools:
-            held, waiting = holders(self.instance, pool)
-            mine = [w.split(":", 1)[1] for w in waiting if w.startswith(f"{self.run_id}:")]
+            held, mine = self._state(pool)
+            if mine and reap_dead_runs(self.instance, say=self.say):
+                held, mine = self._state(pool)
             if not mine:
                 self._last.pop(pool, None)
                 continue
-            if reap_dead_runs(self.instance, say=self.say):
-                held, _ = holders(self.instance, pool)
             key = tuple(sorted(held, key=lambda h: (h.run_id, h.step_key)))
             if self._last.get(pool) == key:
                 continue

@@ -43,8 +43,8 @@ def one_line_cause(error: SerializableErrorInfo | None) -> str:
     text = inner.message.strip().splitlines()[0] if inner.message.strip() else ""
     # Dagster's message reads "module.Class: text": the class is named once, below.
     prefix, sep, rest = text.partition(": ")
-    if sep and inner.cls_name and prefix.endswith(inner.cls_name):
-        text = rest
+    if inner.cls_name and prefix.endswith(inner.cls_name):
+        text = rest if sep else ""
     label = "" if inner.cls_name in (None, "Failure") else f"{inner.cls_name}: "
     line = f"{label}{text}".strip() or (inner.cls_name or "unknown error")
     return line if len(line) <= 400 else line[:397] + "..."

@@ -13,15 +13,18 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
+from vlit_assets import run_guard
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
 from vlit_assets.defs.partitions import WRITER_POOL
@@ -191,3 +194,73 @@ def test_a_rerun_after_kill_9_finishes_with_the_undisturbed_rows(tmp_path, undis
     after = _snapshot(tmp_path / "warehouse.duckdb", tmp_path / "out")
     differ = [name for name, frame in undisturbed.items() if not after[name].equals(frame)]
     assert differ == [], f"tables that differ from the undisturbed run: {differ}"
+
+
+def _wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"never printed {text!r}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_a_slot_stops_on_sigterm_and_goes_on_when_the_holder_dies(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    # The holder: a live process owning a run that holds the writer slot.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            held_by = str(uuid.uuid4())
+            owner = {run_guard.PID_TAG: str(holder.pid), run_guard.HOST_TAG: socket.gethostname()}
+            instance.add_run(
+                dg.DagsterRun(
+                    job_name="source_job",
+                    run_id=held_by,
+                    status=dg.DagsterRunStatus.STARTED,
+                    tags=owner,
+                )
+            )
+            storage = instance.event_log_storage
+            storage.initialize_concurrency_limit_to_default(WRITER_POOL)
+            assert storage.claim_concurrency_slot(WRITER_POOL, held_by, "scored").is_claimed
+
+        # 1. A run waiting for the slot says who holds it, and stops on SIGTERM.
+        log = tmp_path / "stopped.log"
+        waiting = _vlit(tmp_path, log, "run", "--stage", "raw")
+        try:
+            _wait_for_text(log, f"held by run {held_by[:8]} step scored", waiting)
+            waiting.send_signal(signal.SIGTERM)
+            code = waiting.wait(timeout=120)
+        finally:
+            waiting.kill()
+        assert code == 130, log.read_text()[-3000:]
+        assert "stopped by a signal" in log.read_text()
+        assert "Traceback" not in log.read_text()
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (stopped,) = [r for r in instance.get_runs() if r.run_id != held_by]
+            assert stopped.status == dg.DagsterRunStatus.FAILURE
+            assert holders(instance, WRITER_POOL) == ([run_guard.Holder(held_by, "scored")], [])
+
+        # 2. The holder dies while another run waits: that run reaps it and finishes.
+        log = tmp_path / "proceeds.log"
+        waiting = _vlit(tmp_path, log, "run", "--stage", "raw")
+        try:
+            _wait_for_text(log, f"held by run {held_by[:8]} step scored", waiting)
+            holder.kill()
+            holder.wait()
+            code = waiting.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            waiting.kill()
+        assert code == 0, log.read_text()[-3000:]
+        assert (
+            f"run {held_by[:8]}" in log.read_text() and "died without finishing" in log.read_text()
+        )
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert instance.get_run_by_id(held_by).status == dg.DagsterRunStatus.FAILURE
+            assert holders(instance, WRITER_POOL) == ([], [])
+    finally:
+        holder.kill()
+        holder.wait()
