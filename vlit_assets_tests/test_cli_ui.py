@@ -45,9 +45,8 @@ def test_run_images_flag_must_name_a_folder(tmp_path, monkeypatch, capsys):
         "VLIT_OUTPUT_DIR": tmp_path / "out",
     }.items():
         monkeypatch.setenv(key, str(value))
-    args = cli.build_parser().parse_args(
-        ["run", "--source", str(tmp_path), "--images", str(tmp_path / "absent")]
-    )
-    assert args.images == str(tmp_path / "absent")
-    assert args.func(args) == 2
-    assert "--images" in capsys.readouterr().err
+    argv = ["run", "--source", str(tmp_path), "--images", str(tmp_path / "absent")]
+    assert cli.build_parser().parse_args(argv).images == str(tmp_path / "absent")
+    assert cli.main(argv) == cli.Exit.NO_SOURCE  # a missing folder: one line, exit 5
+    err = capsys.readouterr().err
+    assert "--images" in err and "Traceback" not in err
