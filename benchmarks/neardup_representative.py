@@ -28,33 +28,18 @@ sys.path.insert(0, str(REPO))
 
 import polars as pl  # noqa: E402
 
-from vlit_assets.core.select import typicality  # noqa: E402
+from vlit_assets.core.select import answer_word_frequencies, typicality  # noqa: E402
 from vlit_assets_tests.core.test_planted_defects import plant_and_score  # noqa: E402
 
 RULES = ("relevance", "typicality", "fewest_rare", "longest")
 
 
 def _rare_counts(scored: pl.DataFrame) -> pl.Series:
-    words = (
-        scored.select(
-            pl.int_range(pl.len()).alias("_row"),
-            pl.col("turns")
-            .list.eval(
-                pl.element()
-                .filter(pl.element().struct.field("from") == "gpt")
-                .struct.field("value")
-            )
-            .list.join(" ")
-            .str.to_lowercase()
-            .str.extract_all(r"[a-z][a-z']*")
-            .alias("w"),
-        )
-        .explode("w")
-        .drop_nulls("w")
-        .unique(["_row", "w"])
+    rare = (
+        answer_word_frequencies(scored)
+        .group_by("_row")
+        .agg((pl.col("_df") <= 2).sum().alias("rare"))
     )
-    df = words.group_by("w").len("df")
-    rare = words.join(df, on="w").group_by("_row").agg((pl.col("df") <= 2).sum().alias("rare"))
     rows = pl.DataFrame({"_row": pl.int_range(scored.height, eager=True)})
     return rows.join(rare, on="_row", how="left", maintain_order="left")["rare"].fill_null(0)
 

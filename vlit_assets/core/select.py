@@ -417,13 +417,9 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
     return {name: expr.fill_null(False).alias(name) for name, expr in exprs.items()}
 
 
-def typicality(scored: pl.DataFrame) -> pl.Series:
-    """Mean log document frequency, within the batch, of the words of a row's answers.
-
-    A near copy with one word garbled or swapped carries a word the rest of the batch rarely
-    uses, so it is less typical than its original, whose words the batch shares. Null for a
-    row without answer words.
-    """
+def answer_word_frequencies(scored: pl.DataFrame) -> pl.DataFrame:
+    """(``_row``, ``_df``): each distinct answer word of each row, with the number of rows in
+    the batch whose answers use it (its document frequency). Words are counted by hash."""
     words = (
         scored.select(
             pl.int_range(pl.len()).alias("_row"),
@@ -436,7 +432,7 @@ def typicality(scored: pl.DataFrame) -> pl.Series:
             .list.join(" ")
             .str.to_lowercase()
             .str.extract_all(r"[a-z][a-z']*")
-            .list.eval(pl.element().hash(seed=5))  # counting hashes, not strings
+            .list.eval(pl.element().hash(seed=5))
             .alias("_word"),
         )
         .explode("_word")
@@ -444,8 +440,18 @@ def typicality(scored: pl.DataFrame) -> pl.Series:
         .unique(["_row", "_word"])
     )
     df = words.group_by("_word").len("_df")
+    return words.join(df, on="_word").select("_row", "_df")
+
+
+def typicality(scored: pl.DataFrame) -> pl.Series:
+    """Mean log document frequency, within the batch, of the words of a row's answers.
+
+    A near copy with one word garbled or swapped carries a word the rest of the batch rarely
+    uses, so it is less typical than its original, whose words the batch shares. Null for a
+    row without answer words.
+    """
     per_row = (
-        words.join(df, on="_word")
+        answer_word_frequencies(scored)
         .group_by("_row")
         .agg(pl.col("_df").cast(pl.Float64).log().mean().alias("typicality"))
     )
