@@ -155,6 +155,14 @@ def plant_defects(
     rng = random.Random(seed)
     planter = _Planter(objects, tags, rng)
     per_kind = per_kind if per_kind is not None else max(1, good.height // 20)
+    return plant_kinds(good, planter, kinds, per_kind, rng)
+
+
+def plant_kinds(
+    good: pl.DataFrame, planter: object, kinds, per_kind: int, rng: random.Random
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """For each kind, ``planter.<kind>`` on up to ``per_kind`` shuffled good rows (a copy each;
+    None = the row cannot carry that defect). Returns (defective rows, truth table)."""
     rows = good.to_dicts()
     out: list[dict] = []
     truth: list[dict] = []

@@ -17,14 +17,13 @@ the way a 0.5B model wrote it in a field run:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 
 import polars as pl
 
-from vlit_assets.core.ids import stable_id
 from vlit_assets.core.prompts import EXAMPLES
 from vlit_assets.core.score import caption_mentions, image_annotations
 from vlit_assets.core.vocab import CATEGORY_NAMES
+from vlit_assets_tests.defects import plant_kinds
 
 LLM_DEFECT_KINDS = (
     "denied_present",
@@ -144,27 +143,4 @@ def plant_llm_defects(
     """(defective rows, truth table: conversation_id, defect, source_conversation_id)."""
     rng = random.Random(seed)
     planter = _Planter(objects, tags, captions, rng)
-    rows = good.to_dicts()
-    out: list[dict] = []
-    truth: list[dict] = []
-    for kind in LLM_DEFECT_KINDS:
-        plant: Callable[[dict], dict | None] = getattr(planter, kind)
-        order = list(range(len(rows)))
-        rng.shuffle(order)
-        planted = 0
-        for idx in order:
-            if planted == per_kind:
-                break
-            source = rows[idx]
-            copy = {**source, "turns": [dict(t) for t in source["turns"] or []]}
-            defective = plant(copy)
-            if defective is None:
-                continue
-            defective["conversation_id"] = stable_id("conv", source["conversation_id"], kind)
-            out.append(defective)
-            truth.append({"conversation_id": defective["conversation_id"], "defect": kind,
-                          "source_conversation_id": source["conversation_id"]})  # fmt: skip
-            planted += 1
-    truth_schema = {"conversation_id": pl.String, "defect": pl.String,
-                    "source_conversation_id": pl.String}  # fmt: skip
-    return pl.DataFrame(out, schema=good.schema), pl.DataFrame(truth, schema=truth_schema)
+    return plant_kinds(good, planter, LLM_DEFECT_KINDS, per_kind, rng)
