@@ -33,7 +33,7 @@ from pathlib import Path
 import polars as pl
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.collect import (
+from vlit_assets.core.raw.collect import (
     _conform,
     _stable_ids,
     assemble,
@@ -243,7 +243,7 @@ def run_images(src: Path) -> dict[str, object]:
 
 def import_child(root: Path, db: Path) -> dict[str, object]:
     """collect_import of a LLaVA folder and its DuckDB write, timed in this process."""
-    from vlit_assets.core.imports import collect_import
+    from vlit_assets.core.raw.imports import collect_import
 
     t0, c0 = time.perf_counter(), time.process_time()
     result = collect_import("bench", root, workers=2, run_id="bench")

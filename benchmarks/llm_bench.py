@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from vlit_assets.core.llm import (  # noqa: E402
+from vlit_assets.core.generated.llm import (  # noqa: E402
     LLMRequest,
     LLMResult,
     LLMSettings,
@@ -33,7 +33,7 @@ from vlit_assets.core.llm import (  # noqa: E402
     cache_entry,
     run_requests_sync,
 )
-from vlit_assets.core.prompts import PROMPT_VERSION, build_messages  # noqa: E402
+from vlit_assets.core.generated.prompts import PROMPT_VERSION, build_messages  # noqa: E402
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault  # noqa: E402
 
 LATENCY_S = 0.100

@@ -14,7 +14,7 @@ import argparse
 import time
 from collections import Counter
 
-from vlit_assets.core.llm import LLMRequest, LLMSettings, run_requests_sync
+from vlit_assets.core.generated.llm import LLMRequest, LLMSettings, run_requests_sync
 from vlit_assets_tests.openai_server import FakeOpenAIServer
 
 

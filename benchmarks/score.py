@@ -36,7 +36,7 @@ import polars as pl  # noqa: E402
 
 from benchmarks.score_embed import neardup_rows  # noqa: E402
 from benchmarks.score_rules import run_rules_bench, synthetic  # noqa: E402
-from vlit_assets.core.neardup import DEFAULT_DIMS  # noqa: E402
+from vlit_assets.core.scored.neardup import DEFAULT_DIMS  # noqa: E402
 
 Row = dict[str, object]
 
@@ -82,7 +82,7 @@ def embed_rows(conversations: pl.DataFrame, subset: int, rounds: int = 2) -> lis
     import duckdb
     from sentence_transformers import SentenceTransformer
 
-    from vlit_assets.core.embed import EmbeddingCache, MiniLMEmbedder, conversation_vectors
+    from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder, conversation_vectors
 
     part = conversations.head(subset)
     texts = distinct_turn_texts(part)
@@ -133,7 +133,7 @@ def embed_rows(conversations: pl.DataFrame, subset: int, rounds: int = 2) -> lis
 def suite_rows(conversations: pl.DataFrame, objects: pl.DataFrame, tags: pl.DataFrame) -> list[Row]:
     """The scored suite on every row; embedding columns are filled with plausible values."""
     from vlit_assets.checks.scored_suite import validate_scored
-    from vlit_assets.core.score import dataset_metrics, score_rules
+    from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
 
     rules = score_rules(conversations, objects, tags)
     rng = np.random.default_rng(0)

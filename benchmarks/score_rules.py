@@ -15,17 +15,15 @@ from collections.abc import Callable
 
 import polars as pl
 
-from vlit_assets.core.coco_categories import COCO_CATEGORIES
-from vlit_assets.core.score import (
+from vlit_assets.core.scored.metrics import (
     dataset_metrics,
     format_check,
-    mentions_long,
     norm_text_hash,
-    qa_pairs,
     score_rules,
-    turns_long,
 )
-from vlit_assets.core.vocab import plural
+from vlit_assets.core.text.categories import COCO_CATEGORIES
+from vlit_assets.core.text.objects import plural
+from vlit_assets.core.text.reading import mentions_long, qa_pairs, turns_long
 
 TURNS = pl.List(pl.Struct({"from": pl.String, "value": pl.String}))
 NAMES = [name for _, name, _ in COCO_CATEGORIES]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vlit_assets.core.coco_categories import COCO_CATEGORIES, COCO_ID_BY_NAME
+from vlit_assets.core.text.categories import COCO_CATEGORIES, COCO_ID_BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "data" / "sample"

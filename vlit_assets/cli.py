@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     root, name = _source_and_name(args)  # before the slow imports: a typo fails at once
 
-    from vlit_assets.definitions import SOURCE_STAGES
+    from vlit_assets.core.vocab import SOURCE_STAGES
     from vlit_assets.resources import resolve_path
     from vlit_assets.runner import run_final, run_source
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from vlit_assets.core.vocab import FINAL_JOB, SOURCE_JOB, SOURCE_STAGES
 from vlit_assets.defs import automation, final, generated, raw, scored
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import (
@@ -13,17 +14,15 @@ from vlit_assets.resources import (
     WarehouseResource,
 )
 
-SOURCE_STAGES = ("raw", "generated", "scored")
-
 source_job = dg.define_asset_job(
-    "source_job",
+    SOURCE_JOB,
     selection=dg.AssetSelection.groups(*SOURCE_STAGES),
     partitions_def=sources_partitions,
     description="Every per-source stage for one source partition, with their blocking checks.",
 )
 
 final_job = dg.define_asset_job(
-    "final_job",
+    FINAL_JOB,
     selection=dg.AssetSelection.groups("final"),
     description="Decisions, split and export across every source, behind the final suite.",
 )

@@ -209,7 +209,7 @@ class LLMResource(dg.ConfigurableResource):
         )
 
     def settings(self):
-        from vlit_assets.core.llm import LLMSettings
+        from vlit_assets.core.generated.llm import LLMSettings
 
         values = self.resolved()
         fixed = _parse_concurrency(str(values["concurrency"]), "LLMResource.concurrency")
@@ -233,7 +233,7 @@ class EmbedderResource(dg.ConfigurableResource):
     batch_size: int = 64
 
     def get(self):
-        from vlit_assets.core.embed import MiniLMEmbedder
+        from vlit_assets.core.scored.embed import MiniLMEmbedder
 
         return _embedder(self.batch_size, MiniLMEmbedder)
 

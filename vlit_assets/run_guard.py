@@ -31,7 +31,7 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._utils.interrupts import check_captured_interrupt
 
-from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.core.vocab import WRITER_POOL
 
 PID_TAG = "vlit/pid"
 PID_START_TAG = "vlit/pid_start"  # guards against a recycled process id

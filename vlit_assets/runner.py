@@ -19,7 +19,8 @@ from dagster._utils.error import SerializableErrorInfo
 
 from vlit_assets import run_guard
 from vlit_assets.core.sources import check_source_name
-from vlit_assets.definitions import SOURCE_STAGES, defs
+from vlit_assets.core.vocab import FINAL_JOB, SOURCE_JOB, SOURCE_STAGES, SOURCES
+from vlit_assets.definitions import defs
 
 # Dagster wraps the user's exception in these; the cause the user needs is inside.
 _WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
@@ -121,12 +122,12 @@ def _execute(
 
 def ensure_partition(instance: dg.DagsterInstance, source: str) -> None:
     check_source_name(source)  # before it becomes a permanent partition key
-    if not instance.has_dynamic_partition("sources", source):
-        instance.add_dynamic_partitions("sources", [source])
+    if not instance.has_dynamic_partition(SOURCES, source):
+        instance.add_dynamic_partitions(SOURCES, [source])
 
 
 def stage_selection(stages: Sequence[str]) -> list[dg.AssetKey]:
-    job = defs.resolve_job_def("source_job")
+    job = defs.resolve_job_def(SOURCE_JOB)
     return [
         key
         for key in job.asset_layer.executable_asset_keys
@@ -171,7 +172,7 @@ def run_source(
         ops.setdefault("raw", {"config": {}})["config"].update(raw_config)
     built = {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level}}}}
     return _execute(
-        defs.resolve_job_def("source_job"),
+        defs.resolve_job_def(SOURCE_JOB),
         instance,
         short_errors=short_errors,
         tags={"vlit/source": source, **(tags or {})},
@@ -203,7 +204,7 @@ def run_final(
     """Materialize the final stage (all sources) with its blocking suite, then the export."""
     ops = {name: {"config": dict(cfg)} for name, cfg in (op_config or {}).items()}
     return _execute(
-        defs.resolve_job_def("final_job"),
+        defs.resolve_job_def(FINAL_JOB),
         instance,
         short_errors=short_errors,
         tags=dict(tags or {}),

@@ -20,9 +20,10 @@ import random
 
 import polars as pl
 
-from vlit_assets.core.prompts import EXAMPLES
-from vlit_assets.core.score import caption_mentions, image_annotations
-from vlit_assets.core.vocab import CATEGORY_NAMES
+from vlit_assets.core.generated.prompts import EXAMPLES
+from vlit_assets.core.scored.metrics import image_annotations
+from vlit_assets.core.text.objects import CATEGORY_NAMES
+from vlit_assets.core.text.reading import caption_mentions
 from vlit_assets_tests.defects import plant_kinds
 
 LLM_DEFECT_KINDS = (

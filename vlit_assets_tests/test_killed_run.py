@@ -27,7 +27,7 @@ import pytest
 from vlit_assets import run_guard
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
-from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.run_guard import holders
 from vlit_assets.runner import run_final, run_source
 from vlit_assets_tests.pipeline import REPO

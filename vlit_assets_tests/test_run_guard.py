@@ -18,7 +18,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._utils.interrupts import capture_interrupts
 
 from vlit_assets import run_guard
-from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets_tests.pipeline import REPO
 
 

@@ -10,7 +10,7 @@ import polars as pl
 from vlit_assets.checks.gx_runner import SuiteOutcome
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import META_CHECK_RESULTS
-from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.resources import WarehouseResource
 
 Validate = Callable[..., SuiteOutcome]  # (con, source) or (con, source, config)

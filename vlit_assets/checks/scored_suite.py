@@ -30,9 +30,10 @@ import polars as pl
 
 from vlit_assets.checks.gx_runner import ExpectationOutcome, SuiteOutcome, run_suite
 from vlit_assets.core import warehouse
-from vlit_assets.core.quality import diversity_figures
-from vlit_assets.core.schemas import INSTRUCTION_TYPES, SCORED_CONVERSATIONS, UNLABELLED
-from vlit_assets.core.score import dataset_metrics
+from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets.core.scored.metrics import dataset_metrics
+from vlit_assets.core.scored.quality import diversity_figures
+from vlit_assets.core.vocab import INSTRUCTION_TYPES, UNLABELLED
 
 SUITE_NAME = "scored_suite"
 SAMPLES = "samples"

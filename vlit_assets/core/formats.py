@@ -37,14 +37,9 @@ import polars as pl
 import pyarrow as pa
 
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.schemas import (
-    GENERATED_CONVERSATIONS,
-    INSTRUCTION_TYPES,
-    RAW_REJECTS,
-)
+from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, RAW_REJECTS
+from vlit_assets.core.vocab import IMAGE_TOKEN, INSTRUCTION_TYPES, UNLABELLED
 
-IMAGE_TOKEN = "<image>"
-UNLABELLED = "unlabelled"
 GENERATOR = "import"
 LLAVA_ID_PREFIX = "llava_id:"
 PAPER_IMG_IDS_PREFIX = "paper_img_ids:"

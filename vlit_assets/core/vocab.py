@@ -1,358 +1,69 @@
-"""COCO object vocabulary for text: surface forms per category, mention extraction, negation.
+"""The project's words: instruction types, roles, splits, reasons, stage, job and pool names.
 
-In the spirit of CHAIR (Rohrbach et al. 2018): every COCO category gets the words a caption or
-an answer uses for it (its name, plural, synonyms and kinds), so that "two puppies" counts as a
-mention of ``dog`` and "there is no sofa" as a *negated* mention of ``couch``.
-
-Matching rules (documented in docs/metrics.md):
-
-- Text is lowercased; curly apostrophes become straight ones. Forms match on word boundaries;
-  a space inside a form also matches a hyphen or several spaces ("teddy-bear").
-- Longer forms win: "hot dog" is ``hot dog`` (never ``dog``), "teddy bear" is ``teddy bear``
-  (never ``bear``), "microwave oven" is ``microwave``, "train car" is ``train``.
-- Blockers are phrases that contain a form but name something else ("bus stop", "train
-  tracks", "toilet paper", "bear in mind"); they are matched and discarded.
-- Ambiguous words are left out rather than guessed: bare "glass" (material, eyeglasses),
-  "ski" (mostly "ski slope", "ski lift"), "bag", "screen", "desk", "baseball"/"football"
-  (sports, not balls), "meter", "cab". "bat" alone is ``baseball bat`` (COCO has no animal
-  bats); "glove" alone is not ``baseball glove`` (skiers wear gloves), "mitt" is.
-- "orange" is the fruit only when plural, or followed by sentence punctuation, by a fruit
-  part ("orange slices") or by a verb/preposition ("the orange is", "an orange on the
-  table"); "an orange shirt" or "orange and white" are colours.
-- Negation: a mention is negated when it lies inside a negation scope. A scope opens at a
-  cue ("no <word>", "not", "never", "without", "none", "nor", "neither", "nothing", "n't",
-  "cannot", "instead of", "rather than", "absence of", "lack of") and closes at sentence
-  punctuation (. ; : ! ?), a newline, or a contrast word (but, however, although, though,
-  whereas, except, while). Commas do not close a scope, so "no dogs, cats or birds" negates
-  all three. "No," / "No." (an interjection) is not a cue, and "not only" opens no scope.
+One definition each; code, checks and docs import these instead of spelling the strings.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+# Stages, in order; each is a core package, a Dagster asset group and a table-name prefix.
+STAGES = ("raw", "generated", "scored", "final")
+SOURCE_STAGES = ("raw", "generated", "scored")  # per source (partitioned); final spans them all
 
-from vlit_assets.core.coco_categories import COCO_CATEGORIES
+INSTRUCTION_TYPES = ("global", "negative", "region")
+UNLABELLED = "unlabelled"  # imported records that carry no instruction type; never guessed
+GENERATORS = ("template", "llm", "import")
 
-CATEGORY_NAMES: tuple[str, ...] = tuple(name for _, name, _ in COCO_CATEGORIES)
+HUMAN, GPT = "human", "gpt"  # speakers of a turn (LLaVA's `from` values)
+ROLES = (HUMAN, GPT)
+IMAGE_TOKEN = "<image>"
 
-# fmt: off
-# Whole-category synonyms: "three people" is a count of `person`.
-_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "person": ("people", "persons", "individual", "human being"),
-    "bicycle": ("bike", "push bike", "pushbike"),
-    "car": ("automobile",),
-    "motorcycle": ("motorbike", "motor bike", "motor cycle", "dirt bike"),
-    "airplane": ("plane", "aeroplane", "airliner", "aircraft", "jet", "jetliner", "jet plane"),
-    "bus": ("busses", "autobus"),
-    "truck": ("lorry",),
-    "traffic light": ("traffic signal", "stoplight", "stop light"),
-    "fire hydrant": ("hydrant",),
-    "backpack": ("back pack", "rucksack", "knapsack"),
-    "umbrella": ("parasol",),
-    "handbag": ("hand bag", "purse"),
-    "tie": ("necktie",),
-    "suitcase": ("suit case", "luggage"),
-    "frisbee": ("flying disc",),
-    "sports ball": ("ball",),
-    "baseball bat": ("bat",),
-    "baseball glove": ("baseball mitt", "mitt", "catcher's mitt"),
-    "skateboard": ("skate board",),
-    "surfboard": ("surf board",),
-    "tennis racket": ("racket", "racquet", "tennis racquet"),
-    "wine glass": ("wineglass",),
-    "cup": ("mug",),
-    "donut": ("doughnut",),
-    "hot dog": ("hotdog", "frankfurter"),
-    "couch": ("sofa", "loveseat"),
-    "potted plant": ("plant", "houseplant", "house plant", "pot plant"),
-    "dining table": ("table",),
-    "tv": ("television", "tv set", "monitor", "computer monitor"),
-    "laptop": ("laptop computer",),
-    "mouse": ("computer mouse",),
-    "remote": ("remote control",),
-    "cell phone": ("phone", "cellphone", "cellular phone", "mobile phone", "smartphone",
-                   "smart phone"),
-    "microwave": ("microwave oven",),
-    "oven": ("stove",),
-    "refrigerator": ("fridge",),
-    "teddy bear": ("teddy", "stuffed bear"),
-    "hair drier": ("hair dryer", "hairdryer", "hairdrier", "blow dryer", "blow drier"),
-    "toothbrush": ("tooth brush",),
-    "cow": ("cattle",),
+TRAIN, VAL = "train", "val"
+
+# Dagster names that code outside definitions.py needs (the CLI, the runner, the run guard).
+SOURCE_JOB = "source_job"
+FINAL_JOB = "final_job"
+SOURCES = "sources"  # the dynamic partitions definition: one partition key per source
+# DuckDB allows one writing process per file: every asset or check that writes holds this pool,
+# whose limit is 1 in dagster.yaml, so parallel partition runs queue instead of failing on the lock.
+WRITER_POOL = "duckdb_writer"
+
+# Why a record of a source was rejected at the raw stage (raw__rejects.reason).
+REJECT_REASONS = {
+    # images
+    "image_missing": "the file named by the annotation does not exist",
+    "image_empty": "the file has zero bytes",
+    "image_undecodable": "Pillow cannot identify or decode the file",
+    "image_truncated": "the file ends before the image data does",
+    "image_decompression_bomb": "the pixel count exceeds the configured limit",
+    "image_unsupported_mode": "the pixel mode cannot be converted to RGB for training",
+    "image_duplicate_bytes": "the bytes equal those of an earlier image of the source",
+    "image_path_escapes_root": "the path resolves outside the configured image root",
+    "image_size_mismatch": "the annotated width/height differ from the decoded size",
+    "image_duplicate_id": "the image id appears more than once in the annotation file",
+    "image_without_captions": "no valid caption refers to the image",
+    # annotations
+    "annotation_unknown_image": "the annotation refers to an image id that is not declared",
+    "annotation_unknown_category": "the annotation refers to a category id that is not declared",
+    "annotation_duplicate_id": "the annotation id appears more than once",
+    "category_duplicate_id": "the category id is declared more than once",
+    "annotation_bad_field": "a required field is missing or has the wrong type",
+    "bbox_nonpositive": "the box has zero or negative width or height",
+    "bbox_outside_image": "the box extends past the image bounds",
+    "caption_empty": "the caption is empty or whitespace",
+    "parent_image_rejected": "the annotation belongs to an image that was rejected",
+    # imported instruction data (core/formats.py)
+    "record_unparseable": "a JSONL line or record is not valid JSON",
+    "conversation_empty": "the record has no conversation turns",
+    "turn_unknown_speaker": "a turn's speaker is neither the user nor the assistant",
+    "turns_not_alternating": "turns do not alternate user/assistant starting with the user",
+    "turn_unanswered": "the last user turn has no answer",
+    "turn_empty": "a turn's text is empty",
+    "image_token_missing": "the first user turn lacks the image token",
+    "image_token_misplaced": "an image token appears outside the first user turn, or twice",
+    "instruction_type_unknown": "the record's instruction type is not one we know",
+    "conversation_duplicate_id": "two records share an id and image",
+    "text_invalid_unicode": "a text holds a lone UTF-16 surrogate, which UTF-8 cannot store",
+    "turn_too_long": "a turn is longer than the configured maximum (characters)",
+    "conversation_too_long": "a conversation is longer than the configured maximum (characters)",
+    "file_not_a_dataset": "a JSON file of an import source is no instruction data (a sidecar)",
 }
-
-# Kinds of a category: a mention of the category, but "two boys" says nothing about how many
-# persons the image holds, so counts stated with these are not compared.
-_KINDS: dict[str, tuple[str, ...]] = {
-    "person": (
-        "man", "woman", "boy", "girl", "child", "kid", "baby", "toddler", "teenager", "teen",
-        "guy", "lady", "gentleman", "adult", "player", "skier", "surfer", "snowboarder",
-        "skateboarder", "rider", "cyclist", "biker", "pedestrian", "spectator", "passenger",
-        "worker", "chef", "policeman", "policewoman", "officer", "soldier", "umpire",
-        "pitcher", "catcher", "tourist", "student", "crowd",
-    ),
-    "car": ("sedan", "taxi", "suv", "jeep", "police car", "sports car"),
-    "motorcycle": ("scooter", "moped"),
-    "bus": ("school bus",),
-    "train": ("locomotive", "tram", "train car"),
-    "truck": ("fire truck", "firetruck", "pickup truck", "dump truck"),
-    "boat": ("ship", "sailboat", "yacht", "canoe", "kayak", "ferry", "rowboat", "speedboat",
-             "motorboat"),
-    "bird": ("pigeon", "seagull", "gull", "duck", "goose", "swan", "parrot", "owl", "eagle",
-             "hawk", "crow", "sparrow", "pelican", "rooster", "hen", "penguin", "flamingo"),
-    "cat": ("kitten", "kitty"),
-    "dog": ("puppy", "pup"),
-    "horse": ("pony", "foal", "stallion", "mare"),
-    "sheep": ("lamb", "ewe"),
-    "cow": ("bull", "calf", "ox", "heifer"),
-    "bear": ("polar bear", "grizzly", "grizzly bear", "brown bear", "black bear"),
-    "tie": ("bow tie",),
-    "sports ball": ("soccer ball", "tennis ball", "beach ball", "volleyball"),
-    "cup": ("teacup", "coffee cup"),
-    "sandwich": ("burger", "hamburger", "cheeseburger"),
-    "cake": ("cupcake",),
-    "chair": ("armchair", "high chair"),
-}
-
-# Phrases that contain a form but do not name the object; matched first, then discarded.
-_BLOCKERS: tuple[str, ...] = (
-    "bus stop", "bus stops", "bus station", "bus stations", "bus lane", "bus lanes",
-    "train station", "train stations", "train track", "train tracks", "train platform",
-    "train platforms", "cable car", "cable cars", "toilet paper", "flower bed", "flower beds",
-    "remote area", "remote areas", "remote location", "remote locations", "bear in mind",
-    "phone booth", "phone booths", "book store", "man made", "table tennis", "table cloth",
-    "table of contents", "railroad tie", "railroad ties", "railway ties",
-)
-
-_IRREGULAR: dict[str, str] = {
-    "person": "people", "man": "men", "woman": "women", "child": "children",
-    "gentleman": "gentlemen", "policeman": "policemen", "policewoman": "policewomen",
-    "knife": "knives", "mouse": "mice", "goose": "geese", "calf": "calves", "ox": "oxen",
-    "foot": "feet", "tooth": "teeth", "bus": "buses", "teddy": "teddies", "tv": "tvs",
-    "suv": "suvs",
-}
-# Nouns whose plural is the singular: invariant countables (one sheep, two sheep), pluralia
-# tantum (skis, scissors: one box is one pair), mass nouns (broccoli) and plurals themselves.
-_INVARIANT = frozenset({
-    "sheep", "deer", "fish", "skis", "scissors", "broccoli", "people", "persons", "cattle",
-    "aircraft", "luggage", "busses",
-})
-NUMBER_WORDS: dict[str, int] = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
-    "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
-}
-# A stated count is "<number> [up to two words] <form>"; these words in the gap mean it is not
-# a count ("one of the dogs", "two or three cats").
-COUNT_GAP_STOPWORDS = frozenset({
-    "of", "the", "a", "an", "these", "those", "his", "her", "their", "its", "my", "our", "your",
-    "and", "or", "with", "in", "on", "at", "to", "by", "for", "from", "is", "are", "was", "were",
-    "than",
-})
-NUMBER_NAMES = ("zero", *NUMBER_WORDS)[:13]  # spelled out up to twelve, then digits
-# fmt: on
-
-# Singular "orange" is the fruit only in these contexts; the regex crate has no lookahead, so
-# the context is consumed and category_of() maps the whole match back to "orange".
-_ORANGE_FRUIT_CONTEXT = (
-    r"orange(?:\s+(?:slices?|wedges?|peels?|halves|half|segments?|fruits?)\b"
-    r"|\s*(?:[.;:!?]|$)"
-    r"|\s+(?:is|was|sits|sitting|lies|lying|rests|resting|on|in|with|next|near|beside|by"
-    r"|and\s+(?:a|an|the|some|\d+|one|two|three))\b)"
-)
-_ORANGE_CONTEXT_RE = re.compile(r"^orange\b.*$", re.DOTALL)
-
-
-def plural(form: str) -> str:
-    """English plural of a form, inflecting its last word ("hot dog" -> "hot dogs").
-
-    The project's one inflector: templates, scorers and tests all call this (and the phrase
-    helpers below), so "person" is "people" everywhere.
-    """
-    head, _, last = form.rpartition(" ")
-    if last in _INVARIANT:
-        plural_last = last
-    elif last in _IRREGULAR:
-        plural_last = _IRREGULAR[last]
-    elif last.endswith(("s", "sh", "ch", "x", "z")):
-        plural_last = last + "es"
-    elif last.endswith("y") and len(last) > 1 and last[-2] not in "aeiou":
-        plural_last = last[:-1] + "ies"
-    elif last.endswith("man"):
-        plural_last = last[:-3] + "men"
-    else:
-        plural_last = last + "s"
-    return f"{head} {plural_last}" if head else plural_last
-
-
-# How a category is counted in English. One COCO box of skis or scissors is one pair; one box
-# of broccoli is one piece (broccoli is a mass noun: "some broccoli", "the broccoli is").
-# Sheep is countable but invariant ("a sheep", "two sheep").
-PAIRED = frozenset({"skis", "scissors"})
-MASS = frozenset({"broccoli"})
-_UNIT = {**dict.fromkeys(PAIRED, "pair"), **dict.fromkeys(MASS, "piece")}
-_VOWEL_SOUND_EXCEPTIONS = ("uni", "use", "one", "eu")  # "a unicycle", "a one-way sign"
-_SILENT_H = ("hour", "honest", "honour", "honor", "heir")
-
-
-def article(phrase: str) -> str:
-    """ "a" or "an" for the phrase that follows: "an oven", "a pair", "a hair drier"."""
-    word = phrase.lower()
-    if word.startswith(_SILENT_H):
-        return "an"
-    if word[:1] in ("a", "e", "i", "o", "u") and not word.startswith(_VOWEL_SOUND_EXCEPTIONS):
-        return "an"
-    return "a"
-
-
-def number_word(n: int) -> str:
-    """ "zero" to "twelve" in words, larger numbers in digits."""
-    return NUMBER_NAMES[n] if 0 <= n < len(NUMBER_NAMES) else str(n)
-
-
-def unit_noun(name: str) -> str:
-    """The noun for one box of a category: "dog", "pair of skis", "piece of broccoli"."""
-    unit = _UNIT.get(name)
-    return f"{unit} of {name}" if unit else name
-
-
-def count_noun(name: str) -> str:
-    """The noun after "how many" or a number above one: "dogs", "pairs of skis"."""
-    unit = _UNIT.get(name)
-    return f"{unit}s of {name}" if unit else plural(name)
-
-
-def count_phrase(n: int, name: str, *, other: bool = False) -> str:
-    """ "three dogs", "one pair of skis", "two other people", "14 sheep"."""
-    mid = " other" if other else ""
-    return f"{number_word(n)}{mid} {unit_noun(name) if n == 1 else count_noun(name)}"
-
-
-def a_phrase(name: str) -> str:
-    """Indefinite singular: "a dog", "an oven", "a pair of skis", "a sheep", "some broccoli"."""
-    if name in MASS:
-        return f"some {name}"
-    noun = unit_noun(name)
-    return f"{article(noun)} {noun}"
-
-
-def no_phrase(name: str) -> tuple[str, str]:
-    """Verb and noun of a denial: ("are", "dogs") -> "there are no dogs"; ("is", "broccoli")."""
-    return ("is", name) if name in MASS else ("are", plural(name))
-
-
-def the_phrase(name: str, n: int, *, boxed: bool = False) -> tuple[str, str]:
-    """Definite phrase and its verb: ("the dog", "is"), ("the people", "are"),
-    ("the broccoli", "is") whatever the count, ("the pair of skis", "is")."""
-    adj = "boxed " if boxed else ""
-    if name in MASS and not boxed:
-        return f"the {name}", "is"
-    if n == 1:
-        return f"the {adj}{unit_noun(name)}", "is"
-    return f"the {adj}{plural(name)}", "are"
-
-
-def _build_forms() -> tuple[dict[str, str], frozenset[str]]:
-    form_to_category: dict[str, str] = {}
-    countable: set[str] = set()
-    for name in CATEGORY_NAMES:
-        whole = (name, *_SYNONYMS.get(name, ()))
-        for form, is_whole in [(f, True) for f in whole] + [
-            (f, False) for f in _KINDS.get(name, ())
-        ]:
-            for surface in {form, plural(form)}:
-                if form_to_category.setdefault(surface, name) != name:
-                    raise ValueError(f"vocab: form {surface!r} claimed by two categories")
-                if is_whole:
-                    countable.add(surface)
-    # "people" is the plural of "person"; "persons" is a listed synonym.
-    return form_to_category, frozenset(countable)
-
-
-FORM_TO_CATEGORY, COUNTABLE_FORMS = _build_forms()
-"""Surface form (lowercase, single spaces) -> COCO category name; countable: whole-category."""
-
-
-def _alternative(form: str) -> str:
-    if form == "orange":
-        return _ORANGE_FRUIT_CONTEXT
-    return r"[\s-]+".join(re.escape(w) for w in form.split(" ")) + r"\b"
-
-
-def _alternation(forms: set[str] | frozenset[str]) -> str:
-    # Longest first: Python re and the Rust regex crate both take the first alternative that
-    # matches at a position, so "hot dogs" must be tried before "dogs".
-    ordered = sorted(forms, key=lambda f: (-len(f), f))
-    return "|".join(_alternative(f) for f in ordered)
-
-
-MENTION_PATTERN = r"\b(?:" + _alternation(set(FORM_TO_CATEGORY) | set(_BLOCKERS)) + ")"
-"""Regex (Python re and Rust regex syntax) matching forms and blockers in lowercased text."""
-
-COUNT_PATTERN = (
-    r"\b(?P<number>\d{1,3}|"
-    + "|".join(NUMBER_WORDS)
-    + r")\s+(?:[a-z']+\s+){0,2}?(?P<form>"
-    + _alternation(COUNTABLE_FORMS)
-    + ")"
-)
-"""Regex matching a stated count: a number, up to two words, a whole-category form.
-
-Groups ``number`` and ``form``; a match whose gap holds a COUNT_GAP_STOPWORDS word ("one of
-the dogs") is not a count and callers discard it."""
-
-_NEG_CUES = (
-    r"not\s+only\b"  # listed first so that it opens no scope
-    r"|(?:no\s|not\b|never\b|without\b|none\b|nor\b|neither\b|nothing\b|nobody\b|cannot\b"
-    r"|[a-z]+n't\b|(?:is|are|was|were|do|does|did|has|have|had|ca|wo)nt\b"
-    r"|instead\s+of\b|rather\s+than\b|absence\s+of\b|lack\s+of\b|lacking\b|devoid\s+of\b)"
-    r"[^\n]*?(?:[.;:!?\n]|\b(?:but|however|although|though|whereas|except|while)\b|$)"
-)
-NEGATION_SCOPE_PATTERN = r"\b(?:" + _NEG_CUES + ")"
-"""Regex matching one negation scope (cue through terminator) in lowercased text."""
-
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
-_MENTION_RE = re.compile(MENTION_PATTERN)
-_NEG_RE = re.compile(NEGATION_SCOPE_PATTERN)
-_SPACES_RE = re.compile(r"[\s-]+")
-
-
-@dataclass(frozen=True)
-class Mention:
-    category: str
-    span: tuple[int, int]  # character offsets into the text given to extract_mentions
-    negated: bool
-
-
-def normalize(text: str) -> str:
-    """Lowercase and straighten apostrophes, keeping every character at its offset."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # a few characters lowercase to two; keep offsets exact
-        lowered = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
-    return lowered.translate(_APOSTROPHES)
-
-
-def category_of(surface: str) -> str | None:
-    """The category a matched surface form names; None for blockers and unknown words."""
-    key = _SPACES_RE.sub(" ", surface.strip().lower())
-    if _ORANGE_CONTEXT_RE.match(key):
-        return "orange"
-    return FORM_TO_CATEGORY.get(key)
-
-
-def extract_mentions(text: str) -> list[Mention]:
-    """Every mention of a COCO category in ``text``, in order, with its negation flag."""
-    lowered = normalize(text)
-    scopes = [m.span() for m in _NEG_RE.finditer(lowered)]
-    mentions: list[Mention] = []
-    for match in _MENTION_RE.finditer(lowered):
-        category = category_of(match.group())
-        if category is None:
-            continue
-        start, end = match.span()
-        if _ORANGE_CONTEXT_RE.match(match.group()):
-            end = start + len("orange")
-        negated = any(s <= start < e for s, e in scopes)
-        mentions.append(Mention(category, (start, end), negated))
-    return mentions

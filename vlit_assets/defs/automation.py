@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from vlit_assets.core.sources import check_source_name
+from vlit_assets.core.vocab import SOURCE_JOB
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import ProjectPaths
-
-SOURCE_JOB = "source_job"
 
 
 class AutomationSettings(dg.ConfigurableResource):

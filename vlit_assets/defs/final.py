@@ -18,12 +18,20 @@ from vlit_assets.checks.scored_suite import (
     validate_scored,
 )
 from vlit_assets.core import warehouse
-from vlit_assets.core.collect import find_coco_files
-from vlit_assets.core.embed import MINILM_DIM, EmbeddingCache, conversation_vectors
-from vlit_assets.core.export import sha256_file, write_export
-from vlit_assets.core.generate import TEMPLATE_VERSION
-from vlit_assets.core.imports import image_root_of
-from vlit_assets.core.prompts import PROMPT_VERSION
+from vlit_assets.core.final.export import sha256_file, write_export
+from vlit_assets.core.final.select import (
+    DECISIONS_SCHEMA,
+    IMAGE_HASH_COLUMN,
+    Balance,
+    SplitConfig,
+    Thresholds,
+    decide,
+    images_in_both_splits,
+)
+from vlit_assets.core.generated.prompts import PROMPT_VERSION
+from vlit_assets.core.generated.templates import TEMPLATE_VERSION
+from vlit_assets.core.raw.collect import find_coco_files
+from vlit_assets.core.raw.imports import image_root_of
 from vlit_assets.core.schemas import (
     FINAL_CONVERSATIONS,
     FINAL_DECISIONS,
@@ -34,16 +42,8 @@ from vlit_assets.core.schemas import (
     RAW_IMAGES,
     SCORED_CONVERSATIONS,
 )
-from vlit_assets.core.select import (
-    DECISIONS_SCHEMA,
-    IMAGE_HASH_COLUMN,
-    Balance,
-    SplitConfig,
-    Thresholds,
-    decide,
-    images_in_both_splits,
-)
-from vlit_assets.defs.partitions import WRITER_POOL
+from vlit_assets.core.scored.embed import MINILM_DIM, EmbeddingCache, conversation_vectors
+from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.defs.scored import PrincipleThresholdsConfig, record_dataset_metrics
 from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
 

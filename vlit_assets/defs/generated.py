@@ -6,15 +6,21 @@ import polars as pl
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.generated_suite import validate_generated
 from vlit_assets.core import sources, warehouse
-from vlit_assets.core.collect import find_coco_files
-from vlit_assets.core.generate import TemplateConfig, generate_templates, generation_workers
-from vlit_assets.core.llm import (
+from vlit_assets.core.generated.llm import (
     Budget,
     LLMSettings,
     ProgressLine,
     RequestCache,
     run_requests_sync,
 )
+from vlit_assets.core.generated.self_instruct import SelfInstructRun, generate_self_instruct
+from vlit_assets.core.generated.templates import (
+    TemplateConfig,
+    generate_templates,
+    generation_workers,
+)
+from vlit_assets.core.generated.verify import plan_verification, verification_rows
+from vlit_assets.core.raw.collect import find_coco_files
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     GENERATED_LLM_REQUESTS,
@@ -26,9 +32,8 @@ from vlit_assets.core.schemas import (
     RAW_OBJECTS,
     RAW_TAGS,
 )
-from vlit_assets.core.self_instruct import SelfInstructRun, generate_self_instruct
-from vlit_assets.core.verify import plan_verification, verification_rows
-from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
+from vlit_assets.core.vocab import WRITER_POOL
+from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import LLMResource, ProjectPaths, WarehouseResource
 
 ALL_TYPES = ["global", "negative", "region"]

@@ -8,9 +8,9 @@ import polars as pl
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import sources, warehouse
-from vlit_assets.core.collect import CollectConfig, SourceFormatError, collect_source
 from vlit_assets.core.formats import ImportLimits, InstructionFormatError
-from vlit_assets.core.imports import collect_import, is_import_source
+from vlit_assets.core.raw.collect import CollectConfig, SourceFormatError, collect_source
+from vlit_assets.core.raw.imports import collect_import, is_import_source
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,
@@ -20,7 +20,8 @@ from vlit_assets.core.schemas import (
     RAW_REJECTS,
     RAW_TAGS,
 )
-from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
+from vlit_assets.core.vocab import WRITER_POOL
+from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import ProjectPaths, WarehouseResource, resolve_path
 
 RAW_TABLES = (

@@ -9,10 +9,7 @@ import polars as pl
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.scored_suite import PrincipleThresholds, validate_scored_table
 from vlit_assets.core import sources, warehouse
-from vlit_assets.core.embed import EmbeddingCache
-from vlit_assets.core.image_text import ImageTextConfig, build_image_text_scorer
-from vlit_assets.core.imports import link_annotations
-from vlit_assets.core.quality import QualityConfig, needs_vectors, score_conversations
+from vlit_assets.core.raw.imports import link_annotations
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     GENERATED_LLM_VERIFICATION,
@@ -24,8 +21,12 @@ from vlit_assets.core.schemas import (
     RAW_TAGS,
     SCORED_CONVERSATIONS,
 )
-from vlit_assets.core.text_quality import MinHashConfig
-from vlit_assets.defs.partitions import WRITER_POOL, sources_partitions
+from vlit_assets.core.scored.embed import EmbeddingCache
+from vlit_assets.core.scored.image_text import ImageTextConfig, build_image_text_scorer
+from vlit_assets.core.scored.quality import QualityConfig, needs_vectors, score_conversations
+from vlit_assets.core.scored.text_quality import MinHashConfig
+from vlit_assets.core.vocab import WRITER_POOL
+from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import EmbedderResource, WarehouseResource
 
 ANNOTATION_TABLES = (RAW_CAPTIONS, RAW_OBJECTS, RAW_TAGS, RAW_CATEGORIES)

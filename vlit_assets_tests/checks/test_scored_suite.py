@@ -27,11 +27,11 @@ from vlit_assets.checks.scored_suite import (
     validate_scored_table,
 )
 from vlit_assets.core import warehouse
-from vlit_assets.core.collect import CollectResult, collect_source, find_coco_files
-from vlit_assets.core.embed import EmbeddingCache, MiniLMEmbedder
-from vlit_assets.core.generate import TemplateConfig, generate_templates
-from vlit_assets.core.quality import QualityResult, score_conversations
+from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.raw.collect import CollectResult, collect_source, find_coco_files
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
+from vlit_assets.core.scored.quality import QualityResult, score_conversations
 from vlit_assets_tests.defects import plant_defects
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from vlit_assets.core import collect
-from vlit_assets.core.collect import (
+from vlit_assets.core.ids import stable_id
+from vlit_assets.core.raw import collect
+from vlit_assets.core.raw.collect import (
     CollectConfig,
     SourceFormatError,
     balanced_sample,
@@ -21,7 +22,6 @@ from vlit_assets.core.collect import (
     find_coco_files,
     load_annotations,
 )
-from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,
@@ -29,8 +29,8 @@ from vlit_assets.core.schemas import (
     RAW_OBJECTS,
     RAW_REJECTS,
     RAW_TAGS,
-    REJECT_REASONS,
 )
+from vlit_assets.core.vocab import REJECT_REASONS
 from vlit_assets_tests.corrupt import build_corrupted_coco
 
 TABLES = {

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from vlit_assets.core.embed import (
+from vlit_assets.core.scored.embed import (
     EMBED_CACHE,
     EmbeddingCache,
     MiniLMEmbedder,

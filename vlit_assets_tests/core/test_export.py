@@ -12,11 +12,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core import export
-from vlit_assets.core.export import export_image_paths, write_export
+from vlit_assets.core.final import export
+from vlit_assets.core.final.export import export_image_paths, write_export
+from vlit_assets.core.final.select import Selection, SplitConfig, Thresholds, decide
 from vlit_assets.core.formats import load_instruction_file
 from vlit_assets.core.schemas import SCORE_COLUMNS
-from vlit_assets.core.select import Selection, SplitConfig, Thresholds, decide
 from vlit_assets_tests.core.test_select import frame, row, unit_vectors
 
 TYPES = ("global", "negative", "region", "unlabelled")

@@ -14,9 +14,7 @@ import pytest
 from vlit_assets.core import warehouse
 from vlit_assets.core.formats import (
     CONVERSATION_SCHEMA,
-    IMAGE_TOKEN,
     IMPORT_REJECT_REASONS,
-    UNLABELLED,
     ImportLimits,
     InstructionFormatError,
     _Collector,
@@ -28,7 +26,7 @@ from vlit_assets.core.formats import (
     to_paper,
 )
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.schemas import REJECT_REASONS
+from vlit_assets.core.vocab import IMAGE_TOKEN, REJECT_REASONS, UNLABELLED
 
 TURNS = {
     "global": [

@@ -16,10 +16,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from vlit_assets.core import generate as gen
-from vlit_assets.core.coco_categories import COCO_CATEGORIES
-from vlit_assets.core.collect import collect_source, find_coco_files
-from vlit_assets.core.generate import (
+from vlit_assets.core.generated import templates as gen
+from vlit_assets.core.generated.templates import (
     TEMPLATE_VERSION,
     TemplateConfig,
     a_phrase,
@@ -28,7 +26,9 @@ from vlit_assets.core.generate import (
     plural,
 )
 from vlit_assets.core.ids import stable_id
+from vlit_assets.core.raw.collect import collect_source, find_coco_files
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
+from vlit_assets.core.text.categories import COCO_CATEGORIES
 
 PLURALS = {
     "person": "people", "bicycle": "bicycles", "car": "cars", "motorcycle": "motorcycles",

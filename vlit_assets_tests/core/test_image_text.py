@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vlit_assets.core.image_text import (
+from vlit_assets.core.scored.image_text import (
     ClipScorer,
     ImageTextConfig,
     ImageTextModelMissing,
@@ -62,7 +62,8 @@ def test_complete_looking_directory_that_cannot_load_fails_on_first_score(tmp_pa
 def test_default_pipeline_modules_do_not_load_an_image_model():
     code = (
         "import sys\n"
-        "import vlit_assets.core.embed, vlit_assets.core.neardup, vlit_assets.core.image_text\n"
+        "import vlit_assets.core.scored.embed, vlit_assets.core.scored.neardup\n"
+        "import vlit_assets.core.scored.image_text\n"
         "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers')"
         " if m in sys.modules))"
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlit_assets.core import images
-from vlit_assets.core.images import ImageJob, inspect_image, inspect_images, resolve_inside
+from vlit_assets.core.raw import images
+from vlit_assets.core.raw.images import ImageJob, inspect_image, inspect_images, resolve_inside
 from vlit_assets_tests.corrupt import _png_bomb
 
 LIMIT = 89_478_485

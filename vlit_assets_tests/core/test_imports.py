@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlit_assets.core.formats import InstructionFormatError, load_instruction_file
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.imports import (
+from vlit_assets.core.raw.imports import (
     coco_id_from_name,
     collect_import,
     find_instruction_files,
@@ -528,8 +528,8 @@ def test_parquet_without_turn_columns_fails_naming_the_file(tmp_path: Path) -> N
 
 
 def test_text_only_rows_get_no_image_text_score_and_keep_a_null_export_path(tmp_path) -> None:
-    from vlit_assets.core.export import export_image_paths
-    from vlit_assets.core.quality import _image_text_scores
+    from vlit_assets.core.final.export import export_image_paths
+    from vlit_assets.core.scored.quality import _image_text_scores
 
     image = tmp_path / "a.jpg"
     image.write_bytes(_jpeg())

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vlit_assets.core.llm import (
+from vlit_assets.core.generated.llm import (
     CACHE_TABLE,
     Budget,
     ConcurrencyLimit,
@@ -37,7 +37,7 @@ from vlit_assets.core.llm import (
     run_requests,
     run_requests_sync,
 )
-from vlit_assets.core.prompts import parse_reply
+from vlit_assets.core.generated.prompts import parse_reply
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,7 +334,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     """
     import sys
     import duckdb
-    from vlit_assets.core.llm import LLMSettings, RequestCache, run_requests_sync
+    from vlit_assets.core.generated.llm import LLMSettings, RequestCache, run_requests_sync
     from vlit_assets_tests.core.test_llm import make_request
 
     base_url, db = sys.argv[1], sys.argv[2]

@@ -17,10 +17,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core.collect import collect_source, find_coco_files
-from vlit_assets.core.generate import TemplateConfig, generate_templates
-from vlit_assets.core.llm_checks import example_grams, llm_checks
+from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.raw.collect import collect_source, find_coco_files
 from vlit_assets.core.schemas import LLM_CHECK_COLUMNS
+from vlit_assets.core.scored.llm_checks import example_grams, llm_checks
 from vlit_assets_tests.llm_defects import LLM_DEFECT_KINDS, plant_llm_defects
 
 TARGET = 0.9

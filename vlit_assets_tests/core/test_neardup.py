@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from vlit_assets.core.embed import MiniLMEmbedder, conversation_vectors
-from vlit_assets.core.neardup import (
+from vlit_assets.core.scored.embed import MiniLMEmbedder, conversation_vectors
+from vlit_assets.core.scored.neardup import (
     diversity_summary,
     find_neighbours,
     mean_pairwise_cosine,

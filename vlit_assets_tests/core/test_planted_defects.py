@@ -44,12 +44,12 @@ import duckdb
 import polars as pl
 import pytest
 
-from vlit_assets.core.collect import CollectResult, collect_source, find_coco_files
-from vlit_assets.core.embed import EmbeddingCache, MiniLMEmbedder
-from vlit_assets.core.generate import TemplateConfig, generate_templates
-from vlit_assets.core.neardup import DEFAULT_THRESHOLD
-from vlit_assets.core.quality import score_conversations
-from vlit_assets.core.score import caption_mentions
+from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.raw.collect import CollectResult, collect_source, find_coco_files
+from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
+from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD
+from vlit_assets.core.scored.quality import score_conversations
+from vlit_assets.core.text.reading import caption_mentions
 from vlit_assets_tests.defects import DEFECT_KINDS, plant_defects
 
 SOURCE = "coco-mini"

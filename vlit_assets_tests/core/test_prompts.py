@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vlit_assets.core import prompts
-from vlit_assets.core.prompts import (
+from vlit_assets.core.generated import prompts
+from vlit_assets.core.generated.prompts import (
     EXAMPLES,
     FAILURES,
     PROMPT_VERSION,

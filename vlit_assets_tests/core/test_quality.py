@@ -3,9 +3,10 @@
 import polars as pl
 import pytest
 
-from vlit_assets.core.quality import QualityConfig, needs_vectors, score_conversations
-from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, UNLABELLED
-from vlit_assets.core.score import dataset_metrics, score_rules
+from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
+from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
+from vlit_assets.core.scored.quality import QualityConfig, needs_vectors, score_conversations
+from vlit_assets.core.vocab import UNLABELLED
 
 
 def imported(rows: list[tuple[str, str, list[tuple[str, str]]]]) -> pl.DataFrame:

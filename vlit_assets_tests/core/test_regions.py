@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlit_assets.core.regions import (
+from vlit_assets.core.generated.regions import (
     RenderJob,
     line_width_for,
     render_job,
@@ -149,7 +149,7 @@ def test_process_pool_renders_every_job_in_order(tmp_path: Path) -> None:
 
 
 def test_choose_regions_takes_one_box_per_category_first_then_the_next_largest():
-    from vlit_assets.core.regions import choose_regions
+    from vlit_assets.core.generated.regions import choose_regions
 
     objects = [
         ("o1", "dog", 0.30, False),
@@ -166,7 +166,7 @@ def test_choose_regions_takes_one_box_per_category_first_then_the_next_largest()
 
 
 def test_region_stems_suffix_only_images_whose_stems_collide():
-    from vlit_assets.core.regions import region_stems
+    from vlit_assets.core.generated.regions import region_stems
 
     stems = region_stems([("i1", "a/x.jpg"), ("i2", "b/x.png"), ("i3", "c/y.jpg")])
     assert stems == {"i1": "x-i1", "i2": "x-i2", "i3": "y"}

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
-from vlit_assets.core.coco_categories import COCO_CATEGORIES, COCO_ID_BY_NAME
+from vlit_assets.core.text.categories import COCO_CATEGORIES, COCO_ID_BY_NAME
 from vlit_assets_tests.conftest import REPO, SAMPLE_DIR
 
 SCRIPT = REPO / "scripts" / "make_sample_data.py"

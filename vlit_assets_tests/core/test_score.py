@@ -9,15 +9,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core.score import (
+from vlit_assets.core.scored.metrics import (
     FORMAT_ERRORS,
     SCORE_COLUMNS,
-    caption_mentions,
     dataset_metrics,
     distinct_n,
     histogram_balance,
     score_rules,
 )
+from vlit_assets.core.text.reading import caption_mentions
 from vlit_assets_tests.defects import DEFECT_KINDS, plant_defects
 
 TURNS = pl.List(pl.Struct({"from": pl.String, "value": pl.String}))

@@ -9,8 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from vlit_assets.core.schemas import SCORED_CONVERSATIONS
-from vlit_assets.core.select import (
+from vlit_assets.core.final.select import (
     DECISIONS_SCHEMA,
     IMAGE_HASH_COLUMN,
     RULES,
@@ -22,6 +21,7 @@ from vlit_assets.core.select import (
     images_in_both_splits,
     typicality,
 )
+from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 
 DIM = 64
 NO_DEDUP = Thresholds(neardup_threshold=None)

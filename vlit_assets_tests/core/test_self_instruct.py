@@ -14,10 +14,7 @@ import polars as pl
 import pytest
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.coco_categories import COCO_CATEGORIES
-from vlit_assets.core.generate import TemplateConfig, generate_templates
-from vlit_assets.core.ids import stable_id
-from vlit_assets.core.llm import (
+from vlit_assets.core.generated.llm import (
     Budget,
     LLMResult,
     LLMSettings,
@@ -25,9 +22,12 @@ from vlit_assets.core.llm import (
     request_hash,
     run_requests_sync,
 )
-from vlit_assets.core.prompts import PROMPT_VERSION, SYSTEM_PROMPTS
+from vlit_assets.core.generated.prompts import PROMPT_VERSION, SYSTEM_PROMPTS
+from vlit_assets.core.generated.self_instruct import plan_requests, request_rows, rows_from_results
+from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
-from vlit_assets.core.self_instruct import plan_requests, request_rows, rows_from_results
+from vlit_assets.core.text.categories import COCO_CATEGORIES
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault, last_user_message
 
 SRC = "hand"
@@ -296,8 +296,8 @@ def test_rows_need_a_result_per_request_and_the_right_source(tmp_path: Path) -> 
 
 def test_self_instruct_modules_do_not_import_dagster() -> None:
     code = (
-        "import sys, vlit_assets.core.self_instruct, vlit_assets.core.llm, "
-        "vlit_assets.core.prompts; print('dagster' in sys.modules)"
+        "import sys, vlit_assets.core.generated.self_instruct, vlit_assets.core.generated.llm, "
+        "vlit_assets.core.generated.prompts; print('dagster' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

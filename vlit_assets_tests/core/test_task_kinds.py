@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core import generate as gen
-from vlit_assets.core.collect import collect_source, find_coco_files
 from vlit_assets.core.formats import load_instruction_file
-from vlit_assets.core.generate import TemplateConfig, generate_templates
-from vlit_assets.core.task_kinds import (
+from vlit_assets.core.generated import templates as gen
+from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.raw.collect import collect_source, find_coco_files
+from vlit_assets.core.scored.task_kinds import (
     KINDS,
     OUTPUT_SCHEMA,
     TYPE_EVIDENCE,

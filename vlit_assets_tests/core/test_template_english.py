@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vlit_assets.core.coco_categories import COCO_CATEGORIES
+from vlit_assets.core.text.categories import COCO_CATEGORIES
 from vlit_assets_tests.core.test_generate import _frames, _run
 
 NAMES = [name for _, name, _ in COCO_CATEGORIES]

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
-from vlit_assets.core.text_quality import (
+from vlit_assets.core.scored.text_quality import (
     MinHashConfig,
     minhash_clusters,
     text_statistics,

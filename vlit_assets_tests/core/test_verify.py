@@ -8,11 +8,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vlit_assets.core.llm import Budget, LLMSettings, RequestCache, run_requests_sync
-from vlit_assets.core.prompts import VERIFY_PROMPT_VERSION, parse_verdicts
+from vlit_assets.core.generated.llm import Budget, LLMSettings, RequestCache, run_requests_sync
+from vlit_assets.core.generated.prompts import VERIFY_PROMPT_VERSION, parse_verdicts
+from vlit_assets.core.generated.self_instruct import rows_from_results
+from vlit_assets.core.generated.verify import plan_verification, verification_rows
 from vlit_assets.core.schemas import GENERATED_LLM_VERIFICATION
-from vlit_assets.core.self_instruct import rows_from_results
-from vlit_assets.core.verify import plan_verification, verification_rows
 from vlit_assets_tests.core.test_self_instruct import SRC, frames, plan
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 
@@ -93,7 +93,7 @@ def test_verification_round_trip_with_verdicts_failures_and_budget(tmp_path: Pat
 
 
 def test_verified_scores_reach_the_scored_rows(tmp_path: Path) -> None:
-    from vlit_assets.core.quality import score_conversations
+    from vlit_assets.core.scored.quality import score_conversations
 
     f = frames()
     with FakeOpenAIServer(max_lifetime_s=60) as server:

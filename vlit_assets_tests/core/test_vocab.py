@@ -9,9 +9,8 @@ import sys
 import polars as pl
 import pytest
 
-from vlit_assets.core.coco_categories import COCO_CATEGORIES
-from vlit_assets.core.score import _rx, _with_category
-from vlit_assets.core.vocab import (
+from vlit_assets.core.text.categories import COCO_CATEGORIES
+from vlit_assets.core.text.objects import (
     CATEGORY_NAMES,
     COUNT_PATTERN,
     COUNTABLE_FORMS,
@@ -22,6 +21,7 @@ from vlit_assets.core.vocab import (
     extract_mentions,
     plural,
 )
+from vlit_assets.core.text.reading import rx, with_category
 
 
 def _found(text: str) -> list[tuple[str, str, bool]]:
@@ -172,20 +172,20 @@ def test_vectorized_path_agrees_with_extract_mentions(text: str) -> None:
     lowered = pl.DataFrame({"text": [text.lower().replace("\u2019", "'")]})
     affirmed = lowered.select(
         form=pl.col("text")
-        .str.replace_all(_rx(NEGATION_SCOPE_PATTERN), " . ")
-        .str.extract_all(_rx(MENTION_PATTERN))
+        .str.replace_all(rx(NEGATION_SCOPE_PATTERN), " . ")
+        .str.extract_all(rx(MENTION_PATTERN))
     ).explode("form", keep_nulls=False)
     negated = lowered.select(
         form=pl.col("text")
-        .str.extract_all(_rx(NEGATION_SCOPE_PATTERN))
+        .str.extract_all(rx(NEGATION_SCOPE_PATTERN))
         .list.join(" . ")
-        .str.extract_all(_rx(MENTION_PATTERN))
+        .str.extract_all(rx(MENTION_PATTERN))
     ).explode("form", keep_nulls=False)
     expected = extract_mentions(text)
-    assert _with_category(affirmed, "form")["category"].to_list() == [
+    assert with_category(affirmed, "form")["category"].to_list() == [
         m.category for m in expected if not m.negated
     ]
-    assert _with_category(negated, "form")["category"].to_list() == [
+    assert with_category(negated, "form")["category"].to_list() == [
         m.category for m in expected if m.negated
     ]
 
@@ -209,7 +209,7 @@ def test_count_pattern(text: str, counts: list[tuple[str, str]]) -> None:
 
 def test_vocab_does_not_import_dagster() -> None:
     code = (
-        "import sys, vlit_assets.core.vocab, vlit_assets.core.score; "
+        "import sys, vlit_assets.core.text.objects, vlit_assets.core.scored.metrics; "
         "print('dagster' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

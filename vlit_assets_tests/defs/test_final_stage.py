@@ -176,7 +176,7 @@ def test_scores_left_behind_by_a_blocked_run_do_not_ship(tmp_path, monkeypatch):
 
 
 def test_final_config_defaults_are_the_core_defaults():
-    from vlit_assets.core.select import Balance, SplitConfig, Thresholds
+    from vlit_assets.core.final.select import Balance, SplitConfig, Thresholds
     from vlit_assets.defs.final import FinalConfig
 
     config = FinalConfig()

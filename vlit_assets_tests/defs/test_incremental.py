@@ -20,7 +20,6 @@ import dagster as dg
 import polars as pl
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.embed import EMBED_CACHE
 from vlit_assets.core.ids import text_hash
 from vlit_assets.core.schemas import (
     FINAL_CONVERSATIONS,
@@ -31,6 +30,7 @@ from vlit_assets.core.schemas import (
     TABLES,
     Table,
 )
+from vlit_assets.core.scored.embed import EMBED_CACHE
 from vlit_assets.defs.automation import AutomationSettings, incoming_batches_sensor
 from vlit_assets.resources import ProjectPaths
 from vlit_assets.runner import run_final, run_source

@@ -26,20 +26,20 @@ from dataclasses import dataclass
 import polars as pl
 
 from vlit_assets.core.ids import text_hash
-from vlit_assets.core.schemas import INSTRUCTION_TYPES, UNLABELLED
-from vlit_assets.core.vocab import (
+from vlit_assets.core.text.objects import (
     CATEGORY_NAMES,
-    COUNT_GAP_STOPWORDS,
-    COUNT_PATTERN,
-    COUNTABLE_FORMS,
-    FORM_TO_CATEGORY,
-    MENTION_PATTERN,
-    NEGATION_SCOPE_PATTERN,
-    NUMBER_WORDS,
-    category_of,
 )
-
-IMAGE_TOKEN = "<image>"
+from vlit_assets.core.text.reading import (
+    WORD_PATTERN,
+    caption_mentions,
+    mentions_long,
+    normalized_text,
+    qa_pairs,
+    require_columns,
+    stated_counts,
+    turns_long,
+)
+from vlit_assets.core.vocab import IMAGE_TOKEN, INSTRUCTION_TYPES, UNLABELLED
 
 FORMAT_ERRORS = {
     "no_turns": "the conversation has no turns",
@@ -53,19 +53,6 @@ FORMAT_ERRORS = {
     "image_token_misplaced": "the image token is not at the start or end of the first turn",
 }
 
-# Polar (yes/no) questions open with an auxiliary verb, after at most one linking word
-# ("And is there a truck?"); requests phrased as questions ("Can you describe ...?") are not
-# polar.
-_LEAD = r"^(?:(?:and|so|but|then|also|now|okay|ok|well),? )?"
-POLAR_PATTERN = (
-    _LEAD + r"(?:is|are|was|were|do|does|did|can|could|will|would|has|have|had|should|shall|"
-    r"may|might|must|isn't|aren't|wasn't|weren't|doesn't|don't|didn't|can't|won't|hasn't|"
-    r"haven't)\b"
-)
-REQUEST_PATTERN = (
-    _LEAD + r"(?:can|could|would|will) you (?:please )?(?:describe|tell|explain|list|give|provide|"
-    r"identify|name|show|point|count|share|summarize|write|detail|elaborate|help|talk|analyze)\b"
-)
 REASONING_PATTERN = (
     r"\b(?:why|how come|what if|what would|what might|what could|explain|reasons?|purpose|"
     r"suppose|imagine|predict|infer|likely|possibl[ey]|probably|benefits?|advantages?|risks?|"
@@ -74,23 +61,6 @@ REASONING_PATTERN = (
 HOW_PATTERN = r"^how\b"
 HOW_PERCEPTION_PATTERN = r"^how (?:many|much|big|large|small|tall|old|far|long|wide|high)\b"
 POLITE_PREFIX_PATTERN = r"^(?:can|could|would|will) you (?:please )?"
-YES_PATTERN = r"^(?:yes|yeah|yep|yup)\b"
-NO_PATTERN = r"^(?:no|nope|nah)\b"
-AFFIRM_START_PATTERN = r"^(?:yes|yeah|yep|yup|sure|indeed|correct|certainly|absolutely)\b"
-_WORD_PATTERN = r"[a-z0-9']+"
-_MAX_FORM_WORDS = max(f.count(" ") + 1 for f in COUNTABLE_FORMS)
-
-
-def _rx(pattern: str) -> str:
-    """A vocab pattern for polars (Rust regex): ASCII word boundaries.
-
-    Unicode ``\\b`` keeps the regex crate off its fast DFA; the text is lowercased English, so
-    the only difference is at non-ASCII letters next to a form ("cafédog" would match "dog").
-    """
-    return pattern.replace(r"\b", r"(?-u:\b)")
-
-
-_STOPWORD_GAP_PATTERN = r"\s(?:" + "|".join(sorted(COUNT_GAP_STOPWORDS)) + r")\s"
 
 
 @dataclass(frozen=True)
@@ -102,29 +72,6 @@ class Annotations:
     regions: pl.DataFrame  # object_id, region_category
     judged: pl.DataFrame | None  # source, category: categories a source annotates (None: all)
     captions: pl.DataFrame | None  # image_id, caption: read for CHAIR (None: not given)
-
-
-def _require(df: pl.DataFrame, name: str, columns: Collection[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name}: missing columns {missing} (has {df.columns})")
-
-
-def caption_mentions(captions: pl.DataFrame) -> pl.DataFrame:
-    """image_id, category: each category an image's captions name outside negation, once.
-
-    The same vocabulary and negation scopes as the mentions in conversations: "a man walks a
-    dog" names person and dog, "a street with no cars" names no car.
-    """
-    _require(captions, "raw__captions", ("image_id", "caption"))
-    affirmed = _normalized_text(pl.col("caption").cast(pl.String)).str.replace_all(
-        _rx(NEGATION_SCOPE_PATTERN), " . "
-    )
-    forms = captions.select(
-        image_id=pl.col("image_id").cast(pl.String),
-        form=affirmed.str.extract_all(_rx(MENTION_PATTERN)),
-    ).explode("form", keep_nulls=False)
-    return _with_category(forms, "form").select("image_id", "category").unique(maintain_order=True)
 
 
 def image_annotations(
@@ -147,7 +94,9 @@ def image_annotations(
     )
     regions = pl.DataFrame(schema={"object_id": pl.String, "region_category": pl.String})
     if objects is not None:
-        _require(objects, "raw__objects", ("object_id", "image_id", "category_name", "iscrowd"))
+        require_columns(
+            objects, "raw__objects", ("object_id", "image_id", "category_name", "iscrowd")
+        )
         ids.append(objects.select(pl.col("image_id").cast(pl.String)))
         crowd = pl.col("iscrowd").fill_null(False)
         present = (
@@ -157,7 +106,7 @@ def image_annotations(
         )
         regions = objects.select("object_id", region_category=pl.col("category_name"))
     if tags is not None:
-        _require(tags, "raw__tags", ("image_id", "present"))
+        require_columns(tags, "raw__tags", ("image_id", "present"))
         ids.append(tags.select(pl.col("image_id").cast(pl.String)))
         if objects is None:
             present = (
@@ -177,114 +126,12 @@ def image_annotations(
     )
     judged = None
     if categories is not None:
-        _require(categories, "raw__categories", ("source", "name"))
+        require_columns(categories, "raw__categories", ("source", "name"))
         judged = categories.select("source", category=pl.col("name")).unique()
     if captions is not None:
-        _require(captions, "raw__captions", ("image_id", "caption"))
+        require_columns(captions, "raw__captions", ("image_id", "caption"))
         captions = captions.select(pl.col("image_id", "caption").cast(pl.String))
     return Annotations(annotated, present, regions, judged, captions)
-
-
-def _normalized_text(value: pl.Expr) -> pl.Expr:
-    return (
-        value.fill_null("")
-        .str.replace_all(IMAGE_TOKEN, " ", literal=True)
-        .str.to_lowercase()
-        .str.replace_all("[\u2019\u2018\u02bc]", "'")
-        .str.strip_chars()
-    )
-
-
-def _with_category(frame: pl.DataFrame, form: str) -> pl.DataFrame:
-    """Add ``category`` for the matched surface forms in column ``form``; drop blockers.
-
-    vocab.category_of is the one mapping; it runs once per distinct form, not per row.
-    """
-    forms = frame.get_column(form).unique().drop_nulls().to_list()
-    mapping = {f: category_of(f) for f in forms}
-    return frame.with_columns(
-        category=pl.col(form).replace_strict(mapping, default=None, return_dtype=pl.String)
-    ).filter(pl.col("category").is_not_null())
-
-
-def turns_long(conversations: pl.DataFrame) -> pl.DataFrame:
-    """One row per turn: ids, position, role, normalized text and affirmed text.
-
-    ``affirmed_text`` is the text with every negation scope cut out; mentions and stated counts
-    found in it are claims, those inside the scopes are denials.
-    """
-    return (
-        conversations.select(
-            "conversation_id",
-            "image_id",
-            "turns",
-            turn_idx=pl.int_ranges(0, pl.col("turns").list.len()),
-        )
-        .explode("turns", "turn_idx", keep_nulls=False)
-        .select(
-            "conversation_id",
-            "image_id",
-            "turn_idx",
-            role=pl.col("turns").struct.field("from"),
-            text=_normalized_text(pl.col("turns").struct.field("value")),
-        )
-        .with_columns(
-            affirmed_text=pl.col("text").str.replace_all(_rx(NEGATION_SCOPE_PATTERN), " . ")
-        )
-    )
-
-
-def mentions_long(turns: pl.DataFrame) -> pl.DataFrame:
-    """One row per category mention: conversation, image, turn, role, category, negated."""
-    keys = ("conversation_id", "image_id", "turn_idx", "role")
-    affirmed = turns.select(
-        *keys, form=pl.col("affirmed_text").str.extract_all(_rx(MENTION_PATTERN))
-    ).with_columns(negated=pl.lit(False))
-    negated = (
-        turns.filter(pl.col("affirmed_text") != pl.col("text"))
-        .select(
-            *keys,
-            form=pl.col("text")
-            .str.extract_all(_rx(NEGATION_SCOPE_PATTERN))
-            .list.join(" . ")
-            .str.extract_all(_rx(MENTION_PATTERN)),
-        )
-        .with_columns(negated=pl.lit(True))
-    )
-    both = pl.concat([affirmed, negated]).explode("form", keep_nulls=False)
-    return _with_category(both, "form").select(*keys, "category", "negated")
-
-
-def qa_pairs(turns: pl.DataFrame) -> pl.DataFrame:
-    """One row per question/answer pair: a human turn immediately followed by a gpt turn."""
-    return (
-        turns.with_columns(
-            next_conversation=pl.col("conversation_id").shift(-1),
-            next_role=pl.col("role").shift(-1),
-            answer=pl.col("text").shift(-1),
-        )
-        .filter(
-            (pl.col("role") == "human")
-            & (pl.col("next_role") == "gpt")
-            & (pl.col("next_conversation") == pl.col("conversation_id"))
-        )
-        .select("conversation_id", "image_id", "turn_idx", question="text", answer="answer")
-        .with_columns(
-            is_polar=pl.col("question").str.contains(POLAR_PATTERN)
-            & ~pl.col("question").str.contains(REQUEST_PATTERN),
-            answer_yes=pl.col("answer").str.contains(YES_PATTERN),
-            answer_no=pl.col("answer").str.contains(NO_PATTERN),
-            answer_denies=_denies(pl.col("answer")),
-        )
-    )
-
-
-def _denies(answer: pl.Expr) -> pl.Expr:
-    first_sentence = answer.str.extract(r"^([^.!?;\n]*)", 1).fill_null("")
-    return answer.str.contains(NO_PATTERN) | (
-        ~answer.str.contains(AFFIRM_START_PATTERN)
-        & first_sentence.str.contains(_rx(NEGATION_SCOPE_PATTERN))
-    )
 
 
 def _judged(mentions: pl.DataFrame, conversations: pl.DataFrame, ann: Annotations) -> pl.DataFrame:
@@ -420,46 +267,6 @@ def negative_consistency(
     return _per_conversation(conversations, per_conv, ann).select(
         "conversation_id",
         *_share("n_negative_denied", "n_negative_questions", "negative_consistency"),
-    )
-
-
-def stated_counts(turns: pl.DataFrame) -> pl.DataFrame:
-    """One row per count stated in an answer outside negation: conversation, category, number.
-
-    The form is the longest suffix of the match that is a countable form; capture groups
-    would push every match through the regex crate's slow capturing engine.
-    """
-    words = pl.col("match").str.replace_all(r"[\s-]+", " ").str.split(" ")
-    countable = {f: FORM_TO_CATEGORY[f] for f in COUNTABLE_FORMS}
-
-    def suffix(k: int) -> pl.Expr:
-        return (
-            words.list.slice(-k, k)
-            .list.join(" ")
-            .replace_strict(countable, default=None, return_dtype=pl.String)
-        )
-
-    fruit = pl.when(pl.col("match").str.contains("orange")).then(pl.lit("orange"))
-    number = words.list.first()
-    return (
-        turns.filter(pl.col("role") == "gpt")
-        .select(
-            "conversation_id",
-            "image_id",
-            match=pl.col("affirmed_text").str.extract_all(_rx(COUNT_PATTERN)),
-        )
-        .explode("match", keep_nulls=False)
-        .filter(~pl.col("match").str.contains(_STOPWORD_GAP_PATTERN))
-        .select(
-            "conversation_id",
-            "image_id",
-            category=pl.coalesce(*(suffix(k) for k in range(_MAX_FORM_WORDS, 0, -1)), fruit),
-            stated=pl.coalesce(
-                number.cast(pl.Int64, strict=False),
-                number.replace_strict(NUMBER_WORDS, default=None, return_dtype=pl.Int64),
-            ),
-        )
-        .drop_nulls(["category", "stated"])
     )
 
 
@@ -673,7 +480,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
 
 
 def _check_conversations(conversations: pl.DataFrame) -> None:
-    _require(
+    require_columns(
         conversations,
         "generated__conversations",
         ("conversation_id", "image_id", "instruction_type", "turns"),
@@ -752,7 +559,7 @@ def _word_tokens(texts: pl.Series) -> pl.DataFrame:
         pl.DataFrame({"text": texts})
         .select(
             text_idx=pl.int_range(pl.len()),
-            token=_normalized_text(pl.col("text")).str.extract_all(_WORD_PATTERN),
+            token=normalized_text(pl.col("text")).str.extract_all(WORD_PATTERN),
         )
         .explode("token", keep_nulls=False)
     )

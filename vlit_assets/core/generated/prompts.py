@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 PROMPT_VERSION = "si-2025.1"
 
-INSTRUCTION_TYPES = ("global", "negative", "region")
 
 FAILURES = {
     "empty": "the reply has no text",

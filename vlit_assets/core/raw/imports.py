@@ -42,7 +42,7 @@ import polars as pl
 
 from vlit_assets.core.formats import LLAVA_ID_PREFIX, ImportLimits, load_instruction_file
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.images import ImageJob, ImageReport, inspect_images, resolve_inside
+from vlit_assets.core.raw.images import ImageJob, ImageReport, inspect_images, resolve_inside
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, RAW_IMAGES, RAW_REJECTS, Table
 
 INSTRUCTION_SUFFIXES = frozenset({".json", ".jsonl", ".parquet"})

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from vlit_assets.core.ids import stable_id
-from vlit_assets.core.llm import (
+from vlit_assets.core.generated.llm import (
     Budget,
     LLMRequest,
     LLMResult,
@@ -27,13 +26,21 @@ from vlit_assets.core.llm import (
     RunStats,
     run_requests_sync,
 )
-from vlit_assets.core.prompts import PROMPT_VERSION, ParsedReply, build_messages, parse_reply
-from vlit_assets.core.regions import RenderJob, choose_regions, region_stems, render_regions
-from vlit_assets.core.schemas import (
-    GENERATED_CONVERSATIONS,
-    GENERATED_LLM_REQUESTS,
-    INSTRUCTION_TYPES,
+from vlit_assets.core.generated.prompts import (
+    PROMPT_VERSION,
+    ParsedReply,
+    build_messages,
+    parse_reply,
 )
+from vlit_assets.core.generated.regions import (
+    RenderJob,
+    choose_regions,
+    region_stems,
+    render_regions,
+)
+from vlit_assets.core.ids import stable_id
+from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
+from vlit_assets.core.vocab import INSTRUCTION_TYPES
 
 GENERATOR = "llm"
 MAX_PROMPT_OBJECTS = 30  # largest boxes kept; crowded scenes would otherwise flood the prompt

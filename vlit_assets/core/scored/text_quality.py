@@ -29,7 +29,8 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-IMAGE_TOKEN = "<image>"
+from vlit_assets.core.vocab import IMAGE_TOKEN
+
 # Letters, digits, whitespace and ordinary punctuation are text; everything else is "special".
 _SPECIAL = r"[^\p{L}\p{N}\s.,;:!?'\"\-()\[\]/%&\u2019\u2018\u201c\u201d]"
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for rolling n-gram hashes

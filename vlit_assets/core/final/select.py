@@ -18,15 +18,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import polars as pl
 
-from vlit_assets.core.neardup import (
+from vlit_assets.core.scored.metrics import dataset_metrics
+from vlit_assets.core.scored.neardup import (
     check_unit_vectors,
     cluster_labels,
     find_neighbours,
     mean_pairwise_cosine,
 )
-from vlit_assets.core.score import dataset_metrics
-
-TRAIN, VAL = "train", "val"
+from vlit_assets.core.vocab import TRAIN, VAL
 
 # Evaluation order. A row lists every rule it fails; its first failing rule is the earliest here.
 RULES: dict[str, str] = {

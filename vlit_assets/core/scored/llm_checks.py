@@ -35,14 +35,10 @@ from collections.abc import Iterable, Sequence
 
 import polars as pl
 
-from vlit_assets.core.prompts import EXAMPLES, SYSTEM_PROMPTS
-from vlit_assets.core.score import (
-    caption_mentions,
-    image_annotations,
-    mentions_long,
-    turns_long,
-)
-from vlit_assets.core.vocab import CATEGORY_NAMES
+from vlit_assets.core.generated.prompts import EXAMPLES, SYSTEM_PROMPTS
+from vlit_assets.core.scored.metrics import image_annotations
+from vlit_assets.core.text.objects import CATEGORY_NAMES
+from vlit_assets.core.text.reading import caption_mentions, mentions_long, turns_long
 
 NGRAM = 4
 COPY_SHARE = 0.5

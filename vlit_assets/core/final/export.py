@@ -23,9 +23,9 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from vlit_assets.core.formats import IMAGE_TOKEN, UNLABELLED, llava_json, paper_json
-from vlit_assets.core.schemas import INSTRUCTION_TYPES
-from vlit_assets.core.select import PRINCIPLE_METRICS, RULES, TRAIN, VAL
+from vlit_assets.core.final.select import PRINCIPLE_METRICS, RULES
+from vlit_assets.core.formats import llava_json, paper_json
+from vlit_assets.core.vocab import IMAGE_TOKEN, INSTRUCTION_TYPES, TRAIN, UNLABELLED, VAL
 
 SPLITS = (TRAIN, VAL)
 CHART_DIR = "charts"

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from vlit_assets.core.llm import LLMRequest, LLMResult
-from vlit_assets.core.prompts import (
+from vlit_assets.core.generated.llm import LLMRequest, LLMResult
+from vlit_assets.core.generated.prompts import (
     VERIFY_PROMPT_VERSION,
     build_verify_messages,
     parse_verdicts,
 )
+from vlit_assets.core.generated.self_instruct import GENERATOR, MAX_PROMPT_OBJECTS, load_images
 from vlit_assets.core.schemas import GENERATED_LLM_VERIFICATION
-from vlit_assets.core.self_instruct import GENERATOR, MAX_PROMPT_OBJECTS, load_images
 
 VERIFY_SCHEMA = GENERATED_LLM_VERIFICATION.polars_schema
 # The verdict is a judgement, not a sample: ask for the most likely one.

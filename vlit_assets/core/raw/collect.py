@@ -57,7 +57,7 @@ import pyarrow.json as pa_json
 
 from vlit_assets.core.formats import bad_text
 from vlit_assets.core.ids import stable_id, stable_ids
-from vlit_assets.core.images import ImageJob, inspect_images
+from vlit_assets.core.raw.images import ImageJob, inspect_images
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,

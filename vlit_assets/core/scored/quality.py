@@ -13,23 +13,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from vlit_assets.core.embed import (
+from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets.core.scored.embed import (
     Embedder,
     EmbeddingCache,
     conversation_vectors,
     relevance,
 )
-from vlit_assets.core.image_text import ImageTextScorer
-from vlit_assets.core.llm_checks import llm_checks
-from vlit_assets.core.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
-from vlit_assets.core.schemas import SCORED_CONVERSATIONS, UNLABELLED
-from vlit_assets.core.score import dataset_metrics, score_rules
-from vlit_assets.core.task_kinds import infer_task_kinds
-from vlit_assets.core.text_quality import (
+from vlit_assets.core.scored.image_text import ImageTextScorer
+from vlit_assets.core.scored.llm_checks import llm_checks
+from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
+from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
+from vlit_assets.core.scored.task_kinds import infer_task_kinds
+from vlit_assets.core.scored.text_quality import (
     MinHashConfig,
     minhash_clusters,
     text_statistics,
 )
+from vlit_assets.core.vocab import UNLABELLED
 
 SEMANTIC_MODES = ("auto", "on", "off")
 

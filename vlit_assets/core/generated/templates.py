@@ -71,11 +71,15 @@ from typing import NamedTuple
 import polars as pl
 import pyarrow as pa
 
+from vlit_assets.core.generated.regions import (
+    RenderJob,
+    choose_regions,
+    region_stems,
+    render_regions,
+)
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.regions import RenderJob, choose_regions, region_stems, render_regions
-from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, INSTRUCTION_TYPES
-from vlit_assets.core.score import caption_mentions, stated_counts, turns_long
-from vlit_assets.core.vocab import (
+from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
+from vlit_assets.core.text.objects import (
     MASS,
     NUMBER_NAMES,
     NUMBER_WORDS,
@@ -88,6 +92,8 @@ from vlit_assets.core.vocab import (
     the_phrase,
     unit_noun,
 )
+from vlit_assets.core.text.reading import caption_mentions, stated_counts, turns_long
+from vlit_assets.core.vocab import INSTRUCTION_TYPES
 
 TEMPLATE_VERSION = "template-4"  # bump whenever a template, rule or selection changes
 GENERATOR = "template"

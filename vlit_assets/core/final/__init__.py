@@ -1,0 +1,1 @@
+"""Final stage: selection rules, the split and the exports of what ships."""

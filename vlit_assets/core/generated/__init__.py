@@ -1,0 +1,1 @@
+"""Generated stage (instruction generation): templates, region images, self-instruct, LLM client."""

@@ -1,0 +1,1 @@
+"""Raw stage (data collection): annotation files, image checks, tags and imported datasets."""

@@ -1,0 +1,1 @@
+"""Scored stage (quality control): per-conversation metrics, embeddings and near-duplicates."""

@@ -1,0 +1,1 @@
+"""Shared text: COCO categories, their surface forms in English, and mention extraction."""
