@@ -279,6 +279,13 @@ SCORE_COLUMNS = {
     "count_consistency": "DOUBLE",
     "region_category": "VARCHAR",
     "region_name_match": "BOOLEAN",
+    # relation claims against the boxes and grammar by rule (core/scored/claims.py)
+    "n_relation_claims": "INTEGER",  # judged left/right/above/below claims; null: no boxes
+    "n_relations_contradicted": "INTEGER",  # claims the boxes say the reverse of
+    "relation_consistency": "DOUBLE",  # supported / judged; null when none judged
+    "relations_contradicted": "VARCHAR[]",  # "dog left of cat"
+    "n_grammar_errors": "INTEGER",  # article, number agreement, Yes/No or Sure misfits
+    "grammar_errors": "VARCHAR[]",  # "<code>: <words>"
     # complexity
     "mentioned_categories": "VARCHAR[]",
     "tags_per_conversation": "INTEGER",

@@ -150,6 +150,8 @@ class FinalConfig(dg.Config):
     drop_annotation_leaks: bool = Thresholds.drop_annotation_leaks
     max_repeated_questions: int | None = Thresholds.max_repeated_questions
     drop_verifier_contradicted: bool = Thresholds.drop_verifier_contradicted
+    drop_relation_contradicted: bool = Thresholds.drop_relation_contradicted
+    max_grammar_errors: int | None = Thresholds.max_grammar_errors
     min_text_chars: int | None = Thresholds.min_text_chars
     max_text_chars: int | None = Thresholds.max_text_chars
     min_text_words: int | None = Thresholds.min_text_words

@@ -35,10 +35,14 @@ RULES: dict[str, str] = {
     "negative_inconsistent": "negative_consistency < min_negative_consistency",
     "count_inconsistent": "count_consistency < min_count_consistency",
     "region_name_mismatch": "region_name_match is false",
+    "relation_contradicted": "n_relations_contradicted > 0 (the boxes say the reverse of a "
+    "stated left/right/above/below)",
     "denies_present_object": "n_denied_present > 0 (an answer denies an annotated object)",
     "example_copy": "example_copy is true (a turn copies the prompt's in-context examples)",
     "annotation_leak": "annotation_leak is true (mention, caption, bounding box, box numbers)",
     "repeated_question": "n_repeated_questions > max_repeated_questions",
+    "grammar_error": "n_grammar_errors > max_grammar_errors (article, number agreement, "
+    "Yes/No to a non-polar question, Sure to a non-request)",
     "verifier_contradicted": "verified_contradicted > 0 (the optional verifier found an answer "
     "contradicted)",
     "answers_too_short": "answer_words_min < min_answer_words_min",
@@ -70,6 +74,8 @@ PRINCIPLE_METRICS: dict[str, tuple[str, ...]] = {
         "chair_s_rate",
         "negative_consistency",
         "count_consistency",
+        "relation_consistency",
+        "grammar_error_rate",
         "region_name_match_rate",
         "format_valid_rate",
     ),
@@ -140,6 +146,8 @@ _REQUIRED = (
 # threshold fails (a frame without them is treated the same way).
 _OPTIONAL: dict[str, pl.DataType] = {
     "n_denied_present": pl.Int32(),
+    "n_relations_contradicted": pl.Int32(),
+    "n_grammar_errors": pl.Int32(),
     "example_copy": pl.Boolean(),
     "annotation_leak": pl.Boolean(),
     "n_repeated_questions": pl.Int32(),
@@ -204,6 +212,11 @@ class Thresholds:
     drop_annotation_leaks: bool = True
     max_repeated_questions: int | None = 0
     drop_verifier_contradicted: bool = True
+    # Every row (template, LLM, imported; core/scored/claims.py). Template rows state only
+    # relations the boxes support and trip no grammar rule (0 of 295 on coco-mini), so both
+    # are on: a reversed relation or "a oven" in training data is taught as it stands.
+    drop_relation_contradicted: bool = True
+    max_grammar_errors: int | None = 0
     # Text filters with Data-Juicer's meanings (docs/selection.md); None switches one off.
     # Length bounds of all turns' text: the seven-filter recipe's text_length_filter and the
     # default minimum of its words_num_filter.
@@ -383,6 +396,9 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
         "region_name_mismatch": ~pl.col("region_name_match")
         if t.require_region_name_match
         else off,
+        "relation_contradicted": (pl.col("n_relations_contradicted") > 0)
+        & t.drop_relation_contradicted,
+        "grammar_error": _above("n_grammar_errors", t.max_grammar_errors),
         "answers_too_short": pl.col("answer_words_min") < t.min_answer_words_min,
         "too_few_turns": pl.col("n_turns") < t.min_turns,
         "denies_present_object": (pl.col("n_denied_present") > 0) & t.drop_denied_present,

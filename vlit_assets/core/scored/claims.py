@@ -108,14 +108,13 @@ def parse_relations(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+_BOX_COLUMNS = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
+
+
 def _extents(objects: pl.DataFrame) -> pl.DataFrame:
     """image_id, category, x0, x1, y0, y1 over the non-crowd boxes; categories with a crowd
     box are left out (where the crowd ends is unknown)."""
-    require_columns(
-        objects,
-        "raw__objects",
-        ("image_id", "category_name", "iscrowd", "bbox_x", "bbox_y", "bbox_w", "bbox_h"),
-    )
+    require_columns(objects, "raw__objects", ("image_id", "category_name", "iscrowd"))
     return (
         objects.group_by(pl.col("image_id").cast(pl.String), category=pl.col("category_name"))
         .agg(
@@ -165,11 +164,14 @@ def _verdicts(claims: pl.DataFrame, extents: pl.DataFrame) -> pl.DataFrame:
 
 def relation_claims(conversations: pl.DataFrame, objects: pl.DataFrame | None) -> pl.DataFrame:
     """conversation_id, n_relation_claims, n_relations_contradicted, relation_consistency,
-    relations_contradicted ("dog left of cat"): one row per input row, in order."""
+    relations_contradicted ("dog left of cat"): one row per input row, in order.
+
+    ``objects`` is raw__objects; without it, or without its box columns, nothing is judged.
+    """
     require_columns(conversations, "conversations", ("conversation_id", "image_id", "turns"))
     conv = conversations.select("conversation_id", pl.col("image_id").cast(pl.String), "turns")
     empty = pl.lit([], dtype=pl.List(pl.String))
-    if objects is None:
+    if objects is None or not set(_BOX_COLUMNS) <= set(objects.columns):
         return conv.select(
             "conversation_id",
             n_relation_claims=pl.lit(None, pl.Int32),

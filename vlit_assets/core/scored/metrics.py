@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from vlit_assets.core.ids import text_hash
+from vlit_assets.core.scored.claims import grammar_checks, relation_claims
 from vlit_assets.core.text.objects import (
     CATEGORY_NAMES,
 )
@@ -470,6 +471,12 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "count_consistency",
     "region_category",
     "region_name_match",
+    "n_relation_claims",
+    "n_relations_contradicted",
+    "relation_consistency",
+    "relations_contradicted",
+    "n_grammar_errors",
+    "grammar_errors",
     "mentioned_categories",
     "tags_per_conversation",
     "reasoning_share",
@@ -515,6 +522,7 @@ def score_rules(
     # one, so two threads keep both cores busy where a single query chain uses about one.
     with ThreadPoolExecutor(max_workers=2) as pool:
         first = [pool.submit(format_check, conv), pool.submit(norm_text_hash, conv)]
+        claims = [pool.submit(relation_claims, conv, objects), pool.submit(grammar_checks, conv)]
         turns = turns_long(conv)
         pairs_future = pool.submit(qa_pairs, turns)
         mentions = mentions_long(turns)
@@ -526,7 +534,12 @@ def score_rules(
             pool.submit(count_consistency, conv, turns, ann),
             pool.submit(region_name_match, conv, pairs, mentions, ann),
         ]
-        parts = [first[0].result(), *(f.result() for f in rest), first[1].result()]
+        parts = [
+            first[0].result(),
+            *(f.result() for f in rest),
+            *(f.result() for f in claims),
+            first[1].result(),
+        ]
     # Each part has one row per conversation in input order (built from `conv` by left joins
     # that keep the left order), so they line up without a join.
     out = pl.concat([parts[0], *(p.drop("conversation_id") for p in parts[1:])], how="horizontal")
@@ -580,6 +593,20 @@ def _distinct_of_tokens(tokens: pl.DataFrame, n: int) -> float | None:
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
+
+
+def _claim_figures(scores: pl.DataFrame) -> dict[str, float | None]:
+    """Pooled relation consistency and the share of rows with a grammar error (null when a
+    frame scored before these columns existed lacks them)."""
+    out: dict[str, float | None] = {"relation_consistency": None, "grammar_error_rate": None}
+    if "n_relation_claims" in scores.columns:
+        claims, bad = scores.select(
+            pl.col("n_relation_claims", "n_relations_contradicted").sum()
+        ).row(0)
+        out["relation_consistency"] = _ratio(claims - bad, claims)
+    if "n_grammar_errors" in scores.columns:
+        out["grammar_error_rate"] = (scores["n_grammar_errors"] > 0).cast(pl.Float64).mean()
+    return out
 
 
 def dataset_metrics(
@@ -654,6 +681,7 @@ def dataset_metrics(
         "chair_s_rate": scores.get_column("chair_s").cast(pl.Float64).mean(),
         "negative_consistency": _ratio(sums["n_negative_denied"], sums["n_negative_questions"]),
         "count_consistency": _ratio(sums["n_counts_correct"], sums["n_counts"]),
+        **_claim_figures(scores),
         "region_name_match_rate": scores.get_column("region_name_match").cast(pl.Float64).mean(),
         "format_valid_rate": scores.get_column("format_valid").cast(pl.Float64).mean(),
         "turns_mean": scores.get_column("n_turns").cast(pl.Float64).mean(),
