@@ -8,6 +8,10 @@ Rules per planted kind (the final stage can use the same):
 - repeated_question -> ``n_repeated_questions > 0``
 - unjudged_claim -> ``n_unjudged_claims > 0`` (template rows quote captions, so none of
   the good rows has an unjudged attribute or action)
+- wrong_relation -> ``n_relations_contradicted > 0`` (core/scored/claims.py)
+- article_error / number_error / answer_form_error -> a ``grammar_errors`` entry of code
+  article / number / yes_no or sure; the final rule ``grammar_error`` is their union
+  (``n_grammar_errors > 0``), measured too
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
 from vlit_assets.core.raw.collect import collect_source, find_coco_files
 from vlit_assets.core.schemas import LLM_CHECK_COLUMNS
+from vlit_assets.core.scored.claims import grammar_checks, relation_claims
 from vlit_assets.core.scored.llm_checks import example_grams, llm_checks
 from vlit_assets_tests.llm_defects import LLM_DEFECT_KINDS, plant_llm_defects
 
@@ -113,14 +118,23 @@ def plant_and_check(root: Path, work: Path, *, per_kind: int = PER_KIND, seed: i
     bad, truth = plant_llm_defects(
         good, raw.objects, raw.tags, raw.captions, seed=seed, per_kind=per_kind
     )
-    scored = llm_checks(pl.concat([good, bad]), raw.objects, raw.tags, raw.captions, raw.categories)
+    rows = pl.concat([good, bad])
+    scored = llm_checks(rows, raw.objects, raw.tags, raw.captions, raw.categories)
+    codes = pl.col("grammar_errors").list.eval(pl.element().str.extract(r"^(\w+):", 1))
     return (
-        scored.join(truth, on="conversation_id", how="left")
+        scored.join(relation_claims(rows, raw.objects), on="conversation_id")
+        .join(grammar_checks(rows), on="conversation_id")
+        .join(truth, on="conversation_id", how="left")
         .with_columns(pl.col("defect").fill_null("good"))
         .with_columns(
             denied_present=pl.col("n_denied_present").fill_null(0) > 0,
             repeated_question=pl.col("n_repeated_questions") > 0,
             unjudged_claim=pl.col("n_unjudged_claims") > 0,
+            relation_contradicted=pl.col("n_relations_contradicted").fill_null(0) > 0,
+            article=codes.list.contains("article"),
+            number=codes.list.contains("number"),
+            answer_form=codes.list.contains("yes_no") | codes.list.contains("sure"),
+            grammar_error=pl.col("n_grammar_errors") > 0,
         )
     )
 
@@ -145,15 +159,21 @@ RULE = {
     "annotation_leak": "annotation_leak",
     "repeated_question": "repeated_question",
     "unjudged_claim": "unjudged_claim",
+    "wrong_relation": "relation_contradicted",
+    "article_error": "article",
+    "number_error": "number",
+    "answer_form_error": "answer_form",
 }
+GRAMMAR_KINDS = ("article_error", "number_error", "answer_form_error")
 
 
 def test_good_template_rows_trip_none_of_the_rules(planted: pl.DataFrame) -> None:
     good = planted.filter(pl.col("defect") == "good")
     assert good.height > 100
-    assert {rule: int(good[rule].sum()) for rule in RULE.values()} == dict.fromkeys(
-        RULE.values(), 0
-    )
+    rules = [*RULE.values(), "grammar_error"]
+    assert {rule: int(good[rule].sum()) for rule in rules} == dict.fromkeys(rules, 0)
+    # the relation metric did judge template claims (and found every one supported)
+    assert good["n_relation_claims"].sum() > 20
 
 
 @pytest.mark.parametrize("kind", LLM_DEFECT_KINDS)
@@ -164,3 +184,9 @@ def test_each_planted_kind_is_found_with_precision_and_recall(
     assert planted.filter(pl.col("defect") == kind).height == PER_KIND
     assert recall >= TARGET, f"{kind}: recall {recall:.3f}"
     assert precision >= TARGET, f"{kind}: precision {precision:.3f} of {flagged}"
+
+
+@pytest.mark.parametrize("kind", GRAMMAR_KINDS)
+def test_the_grammar_rule_finds_each_grammar_kind(planted: pl.DataFrame, kind: str) -> None:
+    precision, recall, flagged = precision_recall(planted, kind, "grammar_error")
+    assert recall >= TARGET and precision >= TARGET, (kind, precision, recall, flagged)

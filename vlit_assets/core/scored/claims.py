@@ -5,7 +5,7 @@ what). Like every metric they keep rows and decide nothing.
 
 Relations (:func:`relation_claims`). An answer claims "A <rel> B" when, outside negation and
 inside one clause, an object mention A is followed by at most four words, a relation phrase
-and at most two words before a mention B of another category. Both the template wording
+and at most two words (and "pair of"/"piece of") before a mention B of another category. Both the template wording
 ("further left in the picture than", "higher in the picture than") and free wording ("to the
 left of", "on the right side of", "above", "below", "beneath", "under", "on top of") are read.
 The claim is judged against the non-crowd boxes of both categories on that axis:
@@ -76,7 +76,7 @@ _VERTICAL = dict.fromkeys(("higher", "above", "on top of"), "above") | dict.from
     ("lower", "below", "beneath", "underneath", "under"), "below"
 )
 _BEFORE_GAP = re.compile(r"^\s+(?:[a-z']+\s+){0,4}$")
-_AFTER_GAP = re.compile(r"^\s+(?:[a-z']+\s+){0,2}$")
+_AFTER_GAP = re.compile(r"^\s+(?:[a-z']+\s+){0,2}(?:(?:pairs?|pieces?) of\s+)?$")
 _HINT = r"\b(?:left|right|higher|lower|above|below|beneath|under|underneath|top)\b"
 
 
@@ -278,7 +278,10 @@ _IMPERATIVE = (
 )
 # "Can you count four dogs?" asks for a check, so it is polar although it opens like a request.
 _CHECK = r"^(?:and )?(?:can|could) you (?:count|confirm|verify|check)\b"
-_POLITE = r"\b(?:can|could|would|will) you\b|\bplease\b|\b(?:i'd|i would) like\b"
+_POLITE = (
+    r"(?:^|[.?!;:]\s+)(?:and |so |now )?(?:can|could|would|will) you\b"
+    r"|\bplease\b|\b(?:i'd|i would) like\b"
+)
 YES_NO_PATTERN = r"^(?:yes|yeah|yep|yup)\b|^(?:no|nope|nah)(?:\s*[,.!;:]|$)"
 
 
