@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from vlit_assets.core.scored.claims import grammar_checks
 from vlit_assets.core.text.categories import COCO_CATEGORIES
 from vlit_assets_tests.core.test_generate import _frames, _run
 
@@ -106,6 +108,22 @@ def test_every_template_is_grammatical_for_every_category(name: str, tmp_path: P
                 problems += [f"n={n}: {p}: {q!r} -> {a!r}" for p in _problems(name, n, q, a)]
     assert pairs >= 150
     assert not problems, "\n".join(problems[:10])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_grammar_metric_passes_every_template(name: str, tmp_path: Path) -> None:
+    # The scorer's grammar rules (core/scored/claims.py) read what the templates write
+    # without a false alarm.
+    rows = [
+        {"conversation_id": f"{n}-{k}", "image_id": "1",
+         "turns": [{"from": r, "value": v} for q, a in conv for r, v in (("human", q), ("gpt", a))]}
+        for n in (0, 1, 2, 5)
+        for k, conv in enumerate(_conversations(name, n, tmp_path))
+    ]  # fmt: skip
+    scored = grammar_checks(pl.DataFrame(rows))
+    assert scored.height >= 50
+    flagged = scored.filter(pl.col("n_grammar_errors") > 0)["grammar_errors"].to_list()
+    assert not flagged, flagged[:5]
 
 
 def test_the_rules_catch_the_defects_they_are_for() -> None:
