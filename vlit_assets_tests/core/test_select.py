@@ -104,6 +104,8 @@ DEFECTS = [
     ({"generator": "llm", "annotation_leak": True}, "annotation_leak"),
     ({"generator": "llm", "n_repeated_questions": 1}, "repeated_question"),
     ({"generator": "llm", "verified_contradicted": 2}, "verifier_contradicted"),
+    ({"n_relations_contradicted": 1}, "relation_contradicted"),
+    ({"n_grammar_errors": 1}, "grammar_error"),
 ]
 
 
