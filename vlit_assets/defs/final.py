@@ -152,6 +152,7 @@ class FinalConfig(dg.Config):
     drop_verifier_contradicted: bool = Thresholds.drop_verifier_contradicted
     drop_relation_contradicted: bool = Thresholds.drop_relation_contradicted
     max_grammar_errors: int | None = Thresholds.max_grammar_errors
+    grammar_imported: bool = Thresholds.grammar_imported
     min_text_chars: int | None = Thresholds.min_text_chars
     max_text_chars: int | None = Thresholds.max_text_chars
     min_text_words: int | None = Thresholds.min_text_words

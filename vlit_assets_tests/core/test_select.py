@@ -106,6 +106,7 @@ DEFECTS = [
     ({"generator": "llm", "verified_contradicted": 2}, "verifier_contradicted"),
     ({"n_relations_contradicted": 1}, "relation_contradicted"),
     ({"n_grammar_errors": 1}, "grammar_error"),
+    ({"generator": "llm", "n_grammar_errors": 2}, "grammar_error"),
 ]
 
 
@@ -124,6 +125,14 @@ def test_each_rule_drops_its_defect(defect: dict, rule: str) -> None:
     assert d["conv_bad"]["split"] is None
     assert sel.kept["conversation_id"].to_list() == ["conv_good"]
     assert sel.report["drops_by_first_rule"][rule] == 1
+
+
+def test_grammar_of_imported_rows_is_judged_only_when_asked() -> None:
+    scored = frame([row("conv_a", generator="import", n_grammar_errors=1)])
+    assert decide(scored, unit_vectors(1)).decisions["kept"].to_list() == [True]
+    strict = Thresholds(grammar_imported=True)
+    decided = decide(scored, unit_vectors(1), strict).decisions
+    assert decided["first_failing_rule"].to_list() == ["grammar_error"]
 
 
 def test_metrics_at_the_threshold_pass() -> None:

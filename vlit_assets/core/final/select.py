@@ -42,7 +42,8 @@ RULES: dict[str, str] = {
     "annotation_leak": "annotation_leak is true (mention, caption, bounding box, box numbers)",
     "repeated_question": "n_repeated_questions > max_repeated_questions",
     "grammar_error": "n_grammar_errors > max_grammar_errors (article, number agreement, "
-    "Yes/No to a non-polar question, Sure to a non-request)",
+    "Yes/No to a non-polar question, Sure to a non-request); imported rows only with "
+    "grammar_imported",
     "verifier_contradicted": "verified_contradicted > 0 (the optional verifier found an answer "
     "contradicted)",
     "answers_too_short": "answer_words_min < min_answer_words_min",
@@ -148,6 +149,7 @@ _OPTIONAL: dict[str, pl.DataType] = {
     "n_denied_present": pl.Int32(),
     "n_relations_contradicted": pl.Int32(),
     "n_grammar_errors": pl.Int32(),
+    "generator": pl.String(),
     "example_copy": pl.Boolean(),
     "annotation_leak": pl.Boolean(),
     "n_repeated_questions": pl.Int32(),
@@ -212,11 +214,15 @@ class Thresholds:
     drop_annotation_leaks: bool = True
     max_repeated_questions: int | None = 0
     drop_verifier_contradicted: bool = True
-    # Every row (template, LLM, imported; core/scored/claims.py). Template rows state only
-    # relations the boxes support and trip no grammar rule (0 of 295 on coco-mini), so both
-    # are on: a reversed relation or "a oven" in training data is taught as it stands.
+    # Relations and grammar (core/scored/claims.py, every row scored). Template rows state
+    # only relations the boxes support and trip no grammar rule (0 of 295 on coco-mini), so
+    # both are on: a reversed relation or "a oven" in training data is taught as it stands.
+    # Imported rows meet the grammar rule only with grammar_imported: a quarter of the QC
+    # bench's rows labelled clean carry an error ("one skateboards", "Yes" to "What might
+    # ..."), and dropping a quarter of a dataset is the user's call, not a default.
     drop_relation_contradicted: bool = True
     max_grammar_errors: int | None = 0
+    grammar_imported: bool = False
     # Text filters with Data-Juicer's meanings (docs/selection.md); None switches one off.
     # Length bounds of all turns' text: the seven-filter recipe's text_length_filter and the
     # default minimum of its words_num_filter.
@@ -398,7 +404,8 @@ def _row_rule_exprs(t: Thresholds) -> dict[str, pl.Expr]:
         else off,
         "relation_contradicted": (pl.col("n_relations_contradicted") > 0)
         & t.drop_relation_contradicted,
-        "grammar_error": _above("n_grammar_errors", t.max_grammar_errors),
+        "grammar_error": _above("n_grammar_errors", t.max_grammar_errors)
+        & ((pl.col("generator") != "import").fill_null(True) | t.grammar_imported),
         "answers_too_short": pl.col("answer_words_min") < t.min_answer_words_min,
         "too_few_turns": pl.col("n_turns") < t.min_turns,
         "denies_present_object": (pl.col("n_denied_present") > 0) & t.drop_denied_present,

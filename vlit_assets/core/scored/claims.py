@@ -5,9 +5,10 @@ what). Like every metric they keep rows and decide nothing.
 
 Relations (:func:`relation_claims`). An answer claims "A <rel> B" when, outside negation and
 inside one clause, an object mention A is followed by at most four words, a relation phrase
-and at most two words (and "pair of"/"piece of") before a mention B of another category. Both the template wording
-("further left in the picture than", "higher in the picture than") and free wording ("to the
-left of", "on the right side of", "above", "below", "beneath", "under", "on top of") are read.
+and at most two words (and "pair of"/"piece of") before a mention B of another category.
+Both the template wording ("further left in the picture than", "higher in the picture than")
+and free wording ("to the left of", "on the right side of", "above", "below", "beneath",
+"under", "on top of") are read.
 The claim is judged against the non-crowd boxes of both categories on that axis:
 
 - supported when every A box ends before every B box begins (in the claimed direction);
