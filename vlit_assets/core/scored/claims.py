@@ -361,29 +361,35 @@ def _form_errors(turns: pl.DataFrame) -> pl.DataFrame:
             & (pl.col("next_role") == "gpt")
             & (pl.col("next_conv") == pl.col("conversation_id"))
         )
-        .select("conversation_id", question="text", answer="answer")
+        .select(
+            "conversation_id",
+            question="text",
+            yes_no=pl.col("answer").str.contains(YES_NO_PATTERN),
+            sure=pl.col("answer").str.contains(r"^sure\b"),
+        )
+        # only the questions of such answers are read sentence by sentence
+        .filter(pl.col("yes_no") | pl.col("sure"))
     )
-    yes_no = pl.col("answer").str.contains(YES_NO_PATTERN)
-    not_polar = ~_is_polar(pl.col("question"))
-    sure = pl.col("answer").str.contains(r"^sure\b")
-    not_request = ~_is_request(pl.col("question"))
     return pl.concat(
         [
-            pairs.filter(yes_no & not_polar).select(
+            pairs.filter(pl.col("yes_no") & ~_is_polar(pl.col("question"))).select(
                 "conversation_id", error=pl.lit("yes_no: ") + pl.col("question")
             ),
-            pairs.filter(sure & not_request).select(
+            pairs.filter(pl.col("sure") & ~_is_request(pl.col("question"))).select(
                 "conversation_id", error=pl.lit("sure: ") + pl.col("question")
             ),
         ]
     )
 
 
-def grammar_checks(conversations: pl.DataFrame) -> pl.DataFrame:
-    """conversation_id, n_grammar_errors, grammar_errors: one row per input row, in order."""
+def grammar_checks(conversations: pl.DataFrame, turns: pl.DataFrame | None = None) -> pl.DataFrame:
+    """conversation_id, n_grammar_errors, grammar_errors: one row per input row, in order.
+
+    ``turns`` is ``turns_long(conversations)`` when the caller has it already.
+    """
     require_columns(conversations, "conversations", ("conversation_id", "image_id", "turns"))
     conv = conversations.select("conversation_id", "image_id", "turns")
-    turns = turns_long(conv)
+    turns = turns_long(conv) if turns is None else turns
     answers = (
         conv.select("conversation_id", "turns")
         .explode("turns", keep_nulls=False)

@@ -522,7 +522,6 @@ def score_rules(
     # one, so two threads keep both cores busy where a single query chain uses about one.
     with ThreadPoolExecutor(max_workers=2) as pool:
         first = [pool.submit(format_check, conv), pool.submit(norm_text_hash, conv)]
-        claims = [pool.submit(relation_claims, conv, objects), pool.submit(grammar_checks, conv)]
         turns = turns_long(conv)
         pairs_future = pool.submit(qa_pairs, turns)
         mentions = mentions_long(turns)
@@ -533,6 +532,10 @@ def score_rules(
             pool.submit(negative_consistency, conv, pairs, mentions, ann),
             pool.submit(count_consistency, conv, turns, ann),
             pool.submit(region_name_match, conv, pairs, mentions, ann),
+        ]
+        claims = [
+            pool.submit(relation_claims, conv, objects),
+            pool.submit(grammar_checks, conv, turns),
         ]
         parts = [
             first[0].result(),
