@@ -1,8 +1,9 @@
-"""Planted LLM-style defects against the llm_checks rules, on coco-mini.
+"""Planted LLM-style defects against the llm_checks and claims rules, on coco-mini.
 
 Run: ``.venv/bin/python benchmarks/llm_defects.py [--per-kind 30] [--seeds 11 1 2]``. For each
 seed it plants every kind of ``vlit_assets_tests.llm_defects`` into copies of the template
-conversations, runs ``core.llm_checks`` once over good and defective rows, and prints how many
+conversations, runs ``llm_checks``, ``relation_claims`` and ``grammar_checks`` once over good
+and defective rows, and prints how many
 rows of each kind each rule flags, then each rule's precision and recall for its kind (counted
 as vlit_assets_tests/core/test_llm_checks.py does; rules and counting are imported from there).
 """
