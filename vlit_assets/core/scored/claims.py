@@ -422,3 +422,17 @@ def grammar_checks(conversations: pl.DataFrame, turns: pl.DataFrame | None = Non
             grammar_errors=pl.col("said").fill_null(empty),
         )
     )
+
+
+def claim_figures(scores: pl.DataFrame) -> dict[str, float | None]:
+    """Pooled relation consistency and the share of rows with a grammar error (null when a
+    frame scored before these columns existed lacks them)."""
+    out: dict[str, float | None] = {"relation_consistency": None, "grammar_error_rate": None}
+    if "n_relation_claims" in scores.columns:
+        claims, bad = scores.select(
+            pl.col("n_relation_claims", "n_relations_contradicted").sum()
+        ).row(0)
+        out["relation_consistency"] = (claims - bad) / claims if claims else None
+    if "n_grammar_errors" in scores.columns:
+        out["grammar_error_rate"] = (scores["n_grammar_errors"] > 0).cast(pl.Float64).mean()
+    return out

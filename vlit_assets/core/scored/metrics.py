@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from vlit_assets.core.ids import text_hash
-from vlit_assets.core.scored.claims import grammar_checks, relation_claims
+from vlit_assets.core.scored.claims import claim_figures, grammar_checks, relation_claims
 from vlit_assets.core.text.objects import (
     CATEGORY_NAMES,
 )
@@ -598,20 +598,6 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def _claim_figures(scores: pl.DataFrame) -> dict[str, float | None]:
-    """Pooled relation consistency and the share of rows with a grammar error (null when a
-    frame scored before these columns existed lacks them)."""
-    out: dict[str, float | None] = {"relation_consistency": None, "grammar_error_rate": None}
-    if "n_relation_claims" in scores.columns:
-        claims, bad = scores.select(
-            pl.col("n_relation_claims", "n_relations_contradicted").sum()
-        ).row(0)
-        out["relation_consistency"] = _ratio(claims - bad, claims)
-    if "n_grammar_errors" in scores.columns:
-        out["grammar_error_rate"] = (scores["n_grammar_errors"] > 0).cast(pl.Float64).mean()
-    return out
-
-
 def dataset_metrics(
     conversations: pl.DataFrame,
     scores: pl.DataFrame,
@@ -684,7 +670,7 @@ def dataset_metrics(
         "chair_s_rate": scores.get_column("chair_s").cast(pl.Float64).mean(),
         "negative_consistency": _ratio(sums["n_negative_denied"], sums["n_negative_questions"]),
         "count_consistency": _ratio(sums["n_counts_correct"], sums["n_counts"]),
-        **_claim_figures(scores),
+        **claim_figures(scores),
         "region_name_match_rate": scores.get_column("region_name_match").cast(pl.Float64).mean(),
         "format_valid_rate": scores.get_column("format_valid").cast(pl.Float64).mean(),
         "turns_mean": scores.get_column("n_turns").cast(pl.Float64).mean(),
