@@ -21,6 +21,7 @@ from __future__ import annotations
 import polars as pl
 
 from vlit_assets.core.text.objects import NUMBER_WORDS
+from vlit_assets.core.text.reading import rx
 
 # Task kinds in order of precedence: a question that several rules match takes the first kind.
 # (The reasoning and spatial rules come in a strong and a weak form; see _RULES for the order
@@ -56,11 +57,6 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _rx(pattern: str) -> str:
-    """ASCII word boundaries: Unicode ``\\b`` keeps Rust's regex crate off its fast DFA."""
-    return pattern.replace(r"\b", r"(?-u:\b)")
-
-
 def _any(*words: str) -> str:
     return "(?:" + "|".join(words) + ")"
 
@@ -75,19 +71,19 @@ _NUMBER = _any(r"\d+", *(w for w in NUMBER_WORDS if w != "one"))
 
 # Polar (yes/no) questions open with an auxiliary verb (as score.POLAR_PATTERN); requests in
 # question form ("Can you describe ...?") are not polar. "... Is that right?" is polar too.
-POLAR = _rx(
+POLAR = rx(
     _LEAD + r"(?:is|are|was|were|do|does|did|can|could|will|would|has|have|had|should|shall|"
     r"may|might|must|(?:is|are|was|were|does|do|did|ca|wo|has|have)n" + _APOS + r"t)\b"
     r"|\b(?:is|isn" + _APOS + r"t) (?:that|this|it) (?:right|correct|true)\b"
 )
-REQUEST = _rx(
+REQUEST = rx(
     _LEAD + r"(?:can|could|would|will) you (?:please )?(?:describe|tell|explain|list|give|"
     r"provide|identify|name|show|point|count|share|summarize|summarise|write|detail|elaborate|"
     r"help|talk|analyze|analyse)\b"
 )
 
 # A box or region named in the text: coordinates, region tokens, or a drawn mark.
-REGION = _rx(
+REGION = rx(
     r"\[\s*-?\d*\.?\d+\s*,\s*-?\d*\.?\d+\s*,\s*-?\d*\.?\d+\s*,\s*-?\d*\.?\d+\s*\]"
     r"|\(\s*\d*\.?\d+\s*,\s*\d*\.?\d+\s*\)\s*,?\s*\(\s*\d*\.?\d+\s*,\s*\d*\.?\d+\s*\)"
     r"|<(?:region|box|bbox|ref|obj|objs|quad|point|patch|mask)\b"
@@ -98,7 +94,7 @@ REGION = _rx(
     r"|\b(?:this|the|that|given|specified|marked|selected|indicated|designated) (?:region|box)\b"
     r"|\b(?:marked|selected|indicated|specified|designated) (?:area|object|part)\b"
 )
-TEXT_IN_IMAGE = _rx(
+TEXT_IN_IMAGE = rx(
     r"\b(?:text|texts|written|writing|handwriting|printed|inscription|inscriptions|lettering|"
     r"logo|logos|slogan|headline|ocr)\b"
     r"|\bwhat (?:does|do|did) (?:the|this|that|it|its) [^?]{0,40}\b(?:say|read)\b"
@@ -106,14 +102,14 @@ TEXT_IN_IMAGE = _rx(
     r"reads)\b|\bwhat (?:word|words|letters|brand|title|number is (?:on|written))\b"
     r"|\bread (?:the|what|out)\b"
 )
-COUNTING = _rx(r"\bhow many\b|\bcount(?:s|ing)?\b|\bnumber of\b|\bquantity of\b")
+COUNTING = rx(r"\bhow many\b|\bcount(?:s|ing)?\b|\bnumber of\b|\bquantity of\b")
 # A yes/no question stating a number ("Are there three dogs?", "I think I see one cat. Is that
 # right?") asks about a count.
-NUMBER_NOUN = _rx(
+NUMBER_NOUN = rx(
     r"\b" + _NUMBER + r" [a-z]|\b(?:see|show|shows|count|there|exactly|only|just|has|have|"
     r"contain|contains|include|includes) one [a-z]"
 )
-EXISTENCE = _rx(
+EXISTENCE = rx(
     _LEAD + r"(?:is|are|was|were) there\b"
     r"|" + _LEAD + r"any\b"
     r"|" + _LEAD + r"(?:is|are) (?:anyone|anybody|someone|somebody|anything)\b"
@@ -123,14 +119,14 @@ EXISTENCE = _rx(
     r"show|have|feature|depict|display)\b"
     r"|\b(?:is|are) (?:a|an|any) [^?]{1,30} (?:visible|present|shown|pictured)\b"
 )
-REASONING_STRONG = _rx(
+REASONING_STRONG = rx(
     _LEAD + r"why\b|\bwhy (?:is|are|was|were|do|does|did|would|might|could|should|has|have)\b"
     r"|\bhow come\b|\bwhat if\b|\bwhat (?:would|might|could|will) (?:happen|be|cause)\b"
     r"|\b(?:do|would) you think\b|\bin your opinion\b|\bexplain why\b|\breasons? (?:why|for)\b"
     r"|\bwhat (?:is|are|was|were) the (?:purpose|reason|reasons|significance|benefits?|"
     r"advantages?|disadvantages?|risks?|dangers?|implications?|consequences?)\b"
 )
-SPATIAL_STRONG = _rx(
+SPATIAL_STRONG = rx(
     r"\bwhere (?:is|are|was|were|in|exactly)\b"
     r"|\b(?:left|right)(?: side| hand side)? of\b"
     r"|\bleft or (?:to the )?right\b|\babove or below\b|\bin front of\b|\bon top of\b"
@@ -147,7 +143,7 @@ SPATIAL_STRONG = _rx(
     r"(?:on|in|at|by|against|inside|atop)\b"
     r"|\bpoint (?:out|to)\b|\blocate\b"
 )
-DESCRIPTION = _rx(
+DESCRIPTION = rx(
     r"\bdescri(?:be|bes|bing|ption)\b|\bsummari[sz]e\b|\bsummary\b|\boverview\b|\bcaption\b"
     r"|\bvisual content\b"
     r"|\b(?:explanation|interpretation|account|narrative|analysis) of (?:the|this)\b"
@@ -166,7 +162,7 @@ DESCRIPTION = _rx(
     + r" (?:about|of)\b"
 )
 # A modal only counts before a subject: "could the car ...", not the polite "could you ...".
-REASONING_WEAK = _rx(
+REASONING_WEAK = rx(
     r"\b(?:might|could|may|would|should|must) (?:the|this|that|these|those|it|they|he|she|"
     r"there|someone|people|a|an|we|i|one)\b"
     r"|\b(?:likely|unlikely|possibly|possible|probably|perhaps|potentially|potential|suppose|"
@@ -176,7 +172,7 @@ REASONING_WEAK = _rx(
     r"suggests?|indicates?|implies|implications?|history|historical|culture|cultural)\b"
     r"|" + _LEAD + r"how (?:does|do|did|can|could|would|might|should|is|are|was|were|has|have|to)\b"
 )
-SPATIAL_WEAK = _rx(
+SPATIAL_WEAK = rx(
     r"\b(?:left|right|top|bottom|upper|lower|far)(?:-| )(?:side|half|part|corner|edge|left|right)\b"
     r"|\b(?:foreground|background|corner|centre|center|middle|distance)\b"
 )
@@ -198,12 +194,12 @@ _RULES: tuple[tuple[str, str, bool], ...] = (  # kind, pattern, only for yes/no 
 
 # Questions whose "no" denies that the object is there: presence ("Is there a cat?") and open
 # questions that presuppose it ("Where is the cat?", "How many cats are there?").
-LOCATING_OR_OPEN_COUNT = _rx(
+LOCATING_OR_OPEN_COUNT = rx(
     r"\bwhere\b|\bpoint (?:out|to)\b|\blocate\b|\bfind the\b|\bshow me\b"
     r"|\bhow many\b|\bnumber of\b|\bcount the\b"
 )
 # "Any other dogs?" answered "no" denies more of them, not the object itself.
-OTHER_THAN = _rx(r"\b(?:other|others|another|besides|apart from|except|else|more|additional)\b")
+OTHER_THAN = rx(r"\b(?:other|others|another|besides|apart from|except|else|more|additional)\b")
 
 # Answers are read raw, case-insensitively, and only up to the end of the first sentence.
 _FIRST_SENTENCE = r"(?i)^[^.!?\n]*?"
@@ -214,11 +210,11 @@ _NEG_WORDS = _any(
       ("is", "are", "was", "were", "does", "do", "did", "ca", "could", "wo", "has", "have")),
 )  # fmt: skip
 # Any negation in the first sentence: the gate for every answer-dependent rule.
-NEGATION_FIRST = _rx(_FIRST_SENTENCE + r"\b" + _NEG_WORDS + r"\b")
-NO_START = _rx(r"(?i)^\s*(?:no|nope|nah|none|not at all|not really|neither)\b")
-AFFIRM_START = _rx(r"(?i)^\s*(?:yes|yeah|yep|yup|sure|indeed|correct|certainly|absolutely|right)\b")
+NEGATION_FIRST = rx(_FIRST_SENTENCE + r"\b" + _NEG_WORDS + r"\b")
+NO_START = rx(r"(?i)^\s*(?:no|nope|nah|none|not at all|not really|neither)\b")
+AFFIRM_START = rx(r"(?i)^\s*(?:yes|yeah|yep|yup|sure|indeed|correct|certainly|absolutely|right)\b")
 _NT = "n" + _APOS + "t"
-EXISTENCE_DENIAL = _rx(
+EXISTENCE_DENIAL = rx(
     _FIRST_SENTENCE + r"(?:"
     r"\bthere (?:is|are|was|were|" + _APOS + r"s) no\b"
     r"|\bthere (?:is" + _NT + "|are" + _NT + "|was" + _NT + "|were" + _NT + r"|is not|are not|"
