@@ -3,9 +3,8 @@
 Two frames are validated. ``samples`` has one row per scored conversation and carries the
 per-sample expectations (ids, format, CHAIR-s, one-word answers), where a failing row is worth
 showing. ``dataset`` has exactly one row holding the dataset-level figures of
-``core.score.dataset_metrics``, ``core.neardup.diversity_summary`` and the relevance mean; each
-is checked with ``ExpectColumnMeanToBeBetween`` on that row, so the observed value GX reports is
-the metric itself.
+``core.scored.figures.dataset_figures``; each is checked with ``ExpectColumnMeanToBeBetween``
+on that row, so the observed value GX reports is the metric itself.
 
 A dataset figure that is undefined on the data (None: no annotated image, no polar question,
 no caption) cannot be judged; it is reported as an outcome with ``observed_text`` saying so,
@@ -31,8 +30,7 @@ import polars as pl
 from vlit_assets.checks.gx_runner import ExpectationOutcome, SuiteOutcome, run_suite
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
-from vlit_assets.core.scored.metrics import dataset_metrics
-from vlit_assets.core.scored.quality import diversity_figures
+from vlit_assets.core.scored.figures import dataset_figures
 from vlit_assets.core.vocab import INSTRUCTION_TYPES, UNLABELLED
 
 SUITE_NAME = "scored_suite"
@@ -253,19 +251,6 @@ def validate_scored(
     return outcome
 
 
-def stored_dataset_figures(rows: pl.DataFrame) -> dict[str, float | int | None]:
-    """The dataset figures of ``score_conversations`` recomputed from scored rows alone.
-
-    Everything but ``semantic_spread`` (which needs the embeddings) is recomputed: the rule
-    figures by ``dataset_metrics`` over the stored turns and score columns, near-duplicate
-    figures from the stored clusters, and the relevance mean from the stored column.
-    """
-    figures: dict[str, float | int | None] = dict(dataset_metrics(rows, rows))
-    figures |= diversity_figures(rows)
-    figures["relevance_mean"] = rows["relevance"].mean() if rows.height else None
-    return figures
-
-
 def validate_scored_table(
     con: duckdb.DuckDBPyConnection,
     source: str,
@@ -273,11 +258,11 @@ def validate_scored_table(
 ) -> SuiteOutcome:
     """Validate the usable rows (``drop_reason`` null) of a source in ``scored__conversations``.
 
-    No model runs here: every figure comes from stored columns (see ``stored_dataset_figures``).
+    No model runs here: every figure comes from stored columns (``figures.dataset_figures``).
     Near-duplicate figures are over the usable rows, while scoring counted every row with
     turns, so they can differ slightly when rows were dropped after scoring.
     """
     rows = warehouse.read_source(con, SCORED_CONVERSATIONS, source).filter(
         pl.col("drop_reason").is_null()
     )
-    return validate_scored(rows, stored_dataset_figures(rows), thresholds)
+    return validate_scored(rows, dataset_figures(rows), thresholds)

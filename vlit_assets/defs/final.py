@@ -1,141 +1,34 @@
 """Final stage: scored conversations of every source -> decisions, the split, and the export."""
 
-import hashlib
 import json
-import subprocess
-from datetime import UTC, datetime
-from importlib.metadata import version as package_version
-from pathlib import Path
 
 import dagster as dg
 import duckdb
-import numpy as np
-import polars as pl
 
 from vlit_assets.checks.factory import build_suite_check
-from vlit_assets.checks.scored_suite import (
-    stored_dataset_figures,
-    validate_scored,
-)
+from vlit_assets.checks.scored_suite import validate_scored
 from vlit_assets.core import warehouse
-from vlit_assets.core.final.export import sha256_file, write_export
-from vlit_assets.core.final.select import (
-    DECISIONS_SCHEMA,
-    IMAGE_HASH_COLUMN,
-    Balance,
-    SplitConfig,
-    Thresholds,
-    decide,
-    images_in_both_splits,
-)
-from vlit_assets.core.generated.prompts import PROMPT_VERSION
-from vlit_assets.core.generated.templates import TEMPLATE_VERSION
-from vlit_assets.core.raw.collect import find_coco_files
-from vlit_assets.core.raw.imports import image_root_of
+from vlit_assets.core.final.balance import Balance
+from vlit_assets.core.final.gating import with_image_hashes
+from vlit_assets.core.final.release import export_current
+from vlit_assets.core.final.report import final_figures
+from vlit_assets.core.final.rules import Thresholds
+from vlit_assets.core.final.split import SplitConfig, images_in_both_splits
+from vlit_assets.core.final.stage import select_and_store
 from vlit_assets.core.schemas import (
     FINAL_CONVERSATIONS,
     FINAL_DECISIONS,
-    FINAL_EXPORT_FILES,
-    FINAL_RUNS,
-    META_CHECK_RESULTS,
-    META_SOURCES,
-    RAW_IMAGES,
     SCORED_CONVERSATIONS,
 )
-from vlit_assets.core.scored.embed import MINILM_DIM, EmbeddingCache, conversation_vectors
 from vlit_assets.core.vocab import WRITER_POOL
-from vlit_assets.defs.scored import PrincipleThresholdsConfig, record_dataset_metrics
+from vlit_assets.defs.scored import PrincipleThresholdsConfig
 from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
-
-ALL_SOURCES = "*"
-
-
-GATING_CHECK = "principles_suite"
-
-
-def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Sources whose rows must not ship, with why.
-
-    A source is held back when the latest raw or generated suite of the source failed (a
-    blocked run leaves the previous scores in place, which no longer match the data), when no
-    principles check ran for its current scores, or when that check failed as a gate
-    (``blocking: true``, recorded as severity ERROR). A failure recorded as WARN, the default,
-    holds nothing back: the final rules filter the source's rows and final_suite guards what
-    ships. Records from before severities existed (null) count as gates, as they were.
-    """
-    if not warehouse.table_exists(con, "scored__conversations"):
-        return {}
-    if not warehouse.table_exists(con, "meta__check_results"):
-        sources = con.execute("SELECT DISTINCT source FROM scored__conversations").fetchall()
-        return {s: "no check results recorded" for (s,) in sources}
-    warehouse.ensure_table(con, META_CHECK_RESULTS)  # severity came later
-    rows = con.execute(
-        """
-        WITH runs AS (
-            SELECT source, run_id, check_name,
-                   bool_and(coalesce(success, true))
-                     OR bool_and(coalesce(severity, 'ERROR') = 'WARN') AS passed,
-                   max(evaluated_at) AS checked_at
-            FROM meta__check_results GROUP BY ALL
-        ), latest AS (
-            SELECT source, check_name, passed FROM runs
-            QUALIFY row_number() OVER (PARTITION BY source, check_name ORDER BY checked_at DESC) = 1
-        ), scored AS (
-            SELECT source, any_value(scored_run_id) AS scored_run_id
-            FROM scored__conversations GROUP BY source
-        )
-        SELECT s.source,
-               CASE
-                 WHEN EXISTS (SELECT 1 FROM latest l WHERE l.source = s.source
-                              AND l.check_name IN ('raw_suite', 'generated_suite')
-                              AND NOT l.passed)
-                   THEN 'its latest raw or generated suite failed'
-                 WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.source = s.source
-                                  AND r.check_name = ? AND r.run_id = s.scored_run_id
-                                  AND r.passed)
-                   THEN 'its principles check did not pass as a gate for its current scores'
-               END AS reason
-        FROM scored s
-        """,
-        [GATING_CHECK],
-    ).fetchall()
-    return {source: reason for source, reason in rows if reason is not None}
-
-
-def stored_vectors(
-    scored: pl.DataFrame, embedder: EmbedderResource, cache: EmbeddingCache
-) -> np.ndarray:
-    """Conversation vectors of the rows scoring embedded (from the cache: thresholds change
-    without re-embedding, counted in ``texts_embedded``); NaN rows, never paired as semantic
-    near duplicates, for rows it did not embed. The model is not loaded when no row has one."""
-    embedded = scored["embed_model"].is_not_null().to_numpy()
-    vectors = np.full((scored.height, MINILM_DIM), np.nan, dtype=np.float32)
-    if embedded.any():
-        rows = scored.filter(pl.Series(embedded))
-        vectors[embedded] = conversation_vectors(rows, embedder.get(), cache).conversation
-    return vectors
-
-
-HELD_BACK_RULE = "source_held_back"
-
-
-def held_back_decisions(held: pl.DataFrame) -> pl.DataFrame:
-    """A decision row for each conversation of a held-back source, so none vanishes unexplained."""
-    return held.select(
-        "conversation_id",
-        "source",
-        pl.lit(False).alias("kept"),
-        pl.lit(HELD_BACK_RULE).alias("first_failing_rule"),
-        pl.lit([HELD_BACK_RULE]).alias("failing_rules"),
-        pl.lit(None, pl.String).alias("split"),
-        pl.lit(None, pl.String).alias("cluster_id"),
-        pl.lit(None, pl.String).alias("representative_id"),
-        pl.lit(None, pl.String).alias("exact_representative_id"),
-    ).cast(DECISIONS_SCHEMA)
 
 
 class FinalConfig(dg.Config):
-    """Thresholds and balance (core/select.py, docs/selection.md); None switches a rule off.
+    """Rules, balance and split (core/final/rules.py, balance.py, split.py; docs/selection.md).
+
+    None switches a rule off.
 
     Defaults come from core's dataclasses, so the UI's launchpad and a core caller agree.
     """
@@ -226,66 +119,35 @@ def final(
 ):
     """One decision per scored conversation of every source; the kept rows with their split."""
     with warehouse_db.connect() as con:
-        gated = failing_sources(con)
-        everything = warehouse.read_source(con, SCORED_CONVERSATIONS)
-        held = everything.filter(pl.col("source").is_in(sorted(gated)))
-        for source, why in sorted(gated.items()):
-            context.log.warning(f"source {source!r} held back: {why}")
-        scored = everything.filter(~pl.col("source").is_in(sorted(gated))).sort("conversation_id")
-        scored = with_image_hashes(con, scored)
-        cache = EmbeddingCache(con)
-        vectors = stored_vectors(scored, embedder, cache)
-        selection = decide(scored, vectors, config.thresholds(), config.balance(), config.split())
-        run_id = context.run_id
-        decisions = pl.concat(
-            [selection.decisions, held_back_decisions(held)], how="vertical"
-        ).with_columns(pl.lit(run_id).alias("run_id"))
-        kept = selection.kept.drop(IMAGE_HASH_COLUMN).with_columns(
-            pl.lit(run_id).alias("final_run_id")
+        out = select_and_store(
+            con,
+            embedder=embedder.get,
+            thresholds=config.thresholds(),
+            balance=config.balance(),
+            split=config.split(),
+            run_id=context.run_id,
         )
-        figures = stored_dataset_figures(kept.drop("split", "final_run_id"))
-        # Decisions, kept rows, the run report and the figures commit together: a failure
-        # part-way leaves the previous split whole.
-        with warehouse.transaction(con):
-            warehouse.replace_all(con, FINAL_DECISIONS, decisions)
-            warehouse.replace_all(con, FINAL_CONVERSATIONS, kept)
-            warehouse.upsert(
-                con,
-                FINAL_RUNS,
-                pl.DataFrame(
-                    {
-                        "final_run_id": [run_id],
-                        "report": [json.dumps(selection.report, default=str)],
-                        "held_back": [[f"{k}: {v}" for k, v in sorted(gated.items())]],
-                        "created_at": [datetime.now(UTC).replace(tzinfo=None)],
-                    },
-                    schema=FINAL_RUNS.polars_schema,
-                ),
-            )
-            record_dataset_metrics(
-                con, figures, run_id=run_id, asset=FINAL_CONVERSATIONS.name, source=ALL_SOURCES
-            )
-    drops = decisions.filter(~pl.col("kept")).group_by("first_failing_rule").len()
-    splits = kept.group_by("split").len()
+    for source, why in sorted(out.held_back.items()):
+        context.log.warning(f"source {source!r} held back: {why}")
+    held = "; ".join(f"{k}: {v}" for k, v in sorted(out.held_back.items()))
     yield dg.MaterializeResult(
         asset_key=FINAL_DECISIONS.name,
         metadata={
-            "dagster/row_count": decisions.height,
-            "dropped": decisions.height - kept.height,
-            "texts_embedded": cache.encoded,
-            "sources_held_back": "; ".join(f"{k}: {v}" for k, v in sorted(gated.items())) or "none",
-            **{f"drops/{rule}": n for rule, n in drops.sort("first_failing_rule").iter_rows()},
+            "dagster/row_count": out.decisions.height,
+            "dropped": out.decisions.height - out.kept.height,
+            "texts_embedded": out.texts_embedded,
+            "sources_held_back": held or "none",
+            **{f"drops/{rule}": n for rule, n in out.drops().items()},
         },
     )
+    report = json.loads(json.dumps(out.selection.report, default=str))
     yield dg.MaterializeResult(
         asset_key=FINAL_CONVERSATIONS.name,
         metadata={
-            "dagster/row_count": kept.height,
-            **{f"split/{s}": n for s, n in splits.sort("split").iter_rows()},
-            **{f"metric/{k}": float(v) for k, v in figures.items() if v is not None},
-            "selection_report": dg.MetadataValue.json(
-                json.loads(json.dumps(selection.report, default=str))
-            ),
+            "dagster/row_count": out.kept.height,
+            **{f"split/{s}": n for s, n in out.splits().items()},
+            **{f"metric/{k}": float(v) for k, v in out.figures.items() if v is not None},
+            "selection_report": dg.MetadataValue.json(report),
         },
     )
 
@@ -303,48 +165,6 @@ class FinalSuiteConfig(PrincipleThresholdsConfig):
     min_relevance_mean: float | None = 0.30
     max_one_word_answer_share: float = 0.0
     max_images_in_both_splits: float | None = 0.0  # no image on both sides of the split
-
-
-def with_image_hashes(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> pl.DataFrame:
-    """``rows`` plus ``image_sha256`` from raw__images (null where the image is unknown)."""
-    hashes = (
-        warehouse.read_source(con, RAW_IMAGES)
-        .select("source", "image_id", pl.col("sha256").alias(IMAGE_HASH_COLUMN))
-        .unique(["source", "image_id"])
-    )
-    return rows.join(hashes, on=["source", "image_id"], how="left", maintain_order="left")
-
-
-# Figures the final rules cannot restore in someone else's dataset without dropping good rows
-# (polarity, the type mix, how many rounds and tags a conversation has): on what we generated
-# they gate; on imported rows they are reported, and type caps or a target mix in FinalConfig
-# enforce a balance when wanted.
-GENERATED_ONLY_FIGURES = (
-    "instruction_type_entropy_norm",
-    "yes_ratio",
-    "turns_mean",
-    "tags_per_conversation_mean",
-)
-
-
-def final_figures(rows: pl.DataFrame) -> tuple[dict, dict[str, str]]:
-    """Dataset figures of what ships, and the figures left unjudged with why.
-
-    Balance figures that imported rows cannot be held to are computed over generated rows.
-    """
-    figures = stored_dataset_figures(rows)
-    generated = rows.filter(pl.col("generator") != "import")
-    unjudged: dict[str, str] = {}
-    if generated.height == rows.height:
-        return figures, unjudged
-    if generated.is_empty():
-        reason = "imported rows only: balance is reported, not gated"
-        unjudged = {name: reason for name in GENERATED_ONLY_FIGURES}
-        return figures, unjudged
-    own = stored_dataset_figures(generated)
-    for name in GENERATED_ONLY_FIGURES:
-        figures[name] = own[name]
-    return figures, unjudged
 
 
 def validate_final(con: duckdb.DuckDBPyConnection, _source: str, config: FinalSuiteConfig):
@@ -365,58 +185,6 @@ final_suite_check = build_suite_check(
 )
 
 
-def _source_files(record: dict) -> dict[str, str]:
-    """sha256 of the annotation or instruction files a source was read from."""
-    root = Path(record["root"])
-    if record["kind"] == "import":
-        files = sorted(p for p in root.iterdir() if p.suffix in {".json", ".jsonl"})
-    else:
-        files = sorted((root / "annotations").glob("*.json"))
-    return {str(p.relative_to(root)): sha256_file(p) for p in files if p.is_file()}
-
-
-def _code_version() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return f"vlit_assets {package_version('vlit_assets')} ({commit})"
-
-
-def _image_root(record: dict) -> Path:
-    root = Path(record["root"])
-    if record["kind"] == "import":
-        return image_root_of(root)
-    return find_coco_files(root, record["split"]).image_dir
-
-
-def export_version(kept: pl.DataFrame, settings: dict) -> str:
-    """Content-addressed: the same rows, texts, splits and settings give the same version.
-
-    Images enter by id and file name, not by absolute path, so the same data built in another
-    checkout or on another machine gets the same version.
-    """
-    digest = hashlib.blake2b(digest_size=6)
-    rows = kept.select(
-        "conversation_id",
-        "split",
-        "norm_text_hash",
-        "image_id",
-        pl.col("image_path").str.replace(r"^.*[/\\]", ""),
-    )
-    for cid, split, text, image_id, image_file in rows.sort("conversation_id").iter_rows():
-        # Ids alone are not enough: a new seed or model changes the text under the same id.
-        digest.update(f"{cid}:{split}:{text}:{image_id}:{image_file}\n".encode())
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return f"v-{digest.hexdigest()}"
-
-
 @dg.asset(
     name="final__export",
     group_name="final",
@@ -431,90 +199,14 @@ def final__export(
 ) -> dg.MaterializeResult:
     """One folder per export version: LLaVA JSON, paper format, Parquet, manifest and card."""
     with warehouse_db.connect() as con:
-        kept = warehouse.read_source(con, FINAL_CONVERSATIONS)
-        decisions = warehouse.read_source(con, FINAL_DECISIONS)
-        sources = warehouse.read_source(con, META_SOURCES).to_dicts()
-        report = _report_of(con, kept)
-        used = set(kept["source"].unique().to_list())
-        records = [r for r in sources if r["source"] in used]
-        settings = report.get("settings", {}) if isinstance(report, dict) else {}
-        version = export_version(kept, settings)
-        target = paths.exports_dir / version
-        if target.exists():
-            status = "unchanged: this version was already exported"
-        else:
-            result = write_export(
-                kept.drop("final_run_id"),
-                decisions.drop("run_id"),
-                out_dir=paths.exports_dir,
-                version=version,
-                image_root_by_source={r["source"]: _image_root(r) for r in records},
-                manifest_extra={
-                    "sources": [
-                        {
-                            "source": r["source"],
-                            "kind": r["kind"],
-                            "root": r["root"],
-                            "files": _source_files(r),
-                        }
-                        for r in records
-                    ],
-                    "code_version": _code_version(),
-                    "template_version": TEMPLATE_VERSION,
-                    "prompt_version": PROMPT_VERSION,
-                    "image_source": "; ".join(sorted(used)),
-                },
-                report=report,
-            )
-            now = datetime.now(UTC).replace(tzinfo=None)
-            files = [*result.files.items(), ("manifest.json", result.version_dir / "manifest.json")]
-            rows = pl.DataFrame(
-                [
-                    {
-                        "version": version,
-                        "format": _format_of(name),
-                        "split": _split_of(name),
-                        "path": str(path),
-                        "sha256": sha256_file(path),
-                        "run_id": context.run_id,
-                        "created_at": now,
-                    }
-                    for name, path in files
-                ],
-                schema=FINAL_EXPORT_FILES.polars_schema,
-            )
-            warehouse.upsert(con, FINAL_EXPORT_FILES, rows)
-            status = f"written: {len(files)} files"
+        out = export_current(
+            con, exports_dir=paths.exports_dir, project_root=PROJECT_ROOT, run_id=context.run_id
+        )
     return dg.MaterializeResult(
         metadata={
-            "version": version,
-            "path": dg.MetadataValue.path(str(target)),
-            "status": status,
-            "conversations": kept.height,
+            "version": out.version,
+            "path": dg.MetadataValue.path(str(out.target)),
+            "status": out.status,
+            "conversations": out.conversations,
         }
     )
-
-
-def _report_of(con: duckdb.DuckDBPyConnection, kept: pl.DataFrame) -> dict:
-    """The selection report of the final run that wrote the kept rows (from DuckDB)."""
-    run_ids = kept["final_run_id"].unique().to_list()
-    if len(run_ids) != 1 or not warehouse.table_exists(con, FINAL_RUNS.name):
-        return {}
-    row = con.execute(
-        "SELECT report FROM final__runs WHERE final_run_id = ?", [run_ids[0]]
-    ).fetchone()
-    return json.loads(row[0]) if row else {}
-
-
-def _format_of(name: str) -> str:
-    for prefix, kind in (("llava", "llava"), ("paper", "paper"), ("charts/", "chart")):
-        if name.startswith(prefix):
-            return kind
-    return {".parquet": "parquet", ".md": "card", ".json": "manifest"}.get(
-        Path(name).suffix, "other"
-    )
-
-
-def _split_of(name: str) -> str | None:
-    stem = Path(name).stem
-    return next((s for s in ("train", "val") if stem.endswith(f"_{s}")), None)

@@ -23,7 +23,8 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from vlit_assets.core.final.select import PRINCIPLE_METRICS, RULES
+from vlit_assets.core.final.report import PRINCIPLE_METRICS
+from vlit_assets.core.final.rules import RULES
 from vlit_assets.core.formats import llava_json, paper_json
 from vlit_assets.core.vocab import IMAGE_TOKEN, INSTRUCTION_TYPES, TRAIN, UNLABELLED, VAL
 

@@ -1,9 +1,9 @@
-"""Rule-based quality metrics: one function per metric, per conversation and per dataset.
+"""Rule-based quality metrics per conversation: one function per metric.
 
 Per-conversation metrics (correctness, complexity, polarity, format, duplicate key) come back as
-one row per ``conversation_id`` from :func:`score_rules`; :func:`dataset_metrics` reduces them
-(plus the instructions' text) to balance and diversity figures. Formulas, ranges, directions
-and null semantics are in docs/metrics.md.
+one row per ``conversation_id`` from :func:`score_rules`; ``figures.dataset_figures`` reduces
+them to dataset figures. Formulas, ranges, directions and null semantics are in
+docs/metrics.md.
 
 Scoring never drops a row. A metric whose inputs are missing is null, never zero: CHAIR needs
 the image's object annotations (an image is *annotated* when it has a ``raw__tags`` row or at
@@ -18,29 +18,22 @@ stable across polars versions.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
 
 from vlit_assets.core.ids import text_hash
-from vlit_assets.core.scored.claims import claim_figures, grammar_checks, relation_claims
-from vlit_assets.core.text.objects import (
-    CATEGORY_NAMES,
-)
+from vlit_assets.core.scored.claims import grammar_checks, relation_claims
 from vlit_assets.core.text.reading import (
-    WORD_PATTERN,
     caption_mentions,
     mentions_long,
-    normalized_text,
     qa_pairs,
     require_columns,
     stated_counts,
     turns_long,
 )
-from vlit_assets.core.vocab import IMAGE_TOKEN, INSTRUCTION_TYPES, UNLABELLED
+from vlit_assets.core.vocab import IMAGE_TOKEN
 
 FORMAT_ERRORS = {
     "no_turns": "the conversation has no turns",
@@ -486,7 +479,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _check_conversations(conversations: pl.DataFrame) -> None:
+def check_conversations(conversations: pl.DataFrame) -> None:
     require_columns(
         conversations,
         "generated__conversations",
@@ -513,7 +506,7 @@ def score_rules(
     raw__categories / raw__captions frames (any may be None: QC-only mode on imported data,
     where annotation metrics are null). Captions only widen what CHAIR counts as present.
     """
-    _check_conversations(conversations)
+    check_conversations(conversations)
     ann = image_annotations(objects, tags, categories, captions)
     # Work on row numbers: grouping and joining 600k turn rows on a u32 is several times
     # cheaper than on the id strings, which are put back at the end.
@@ -549,134 +542,3 @@ def score_rules(
     return out.with_columns(conversation_id=conversations.get_column("conversation_id")).select(
         SCORE_COLUMNS
     )
-
-
-def _entropy_bits(counts: list[int]) -> float:
-    total = sum(counts)
-    return -sum(c / total * math.log2(c / total) for c in counts if c)
-
-
-def histogram_balance(counts: list[int], support: int) -> tuple[float | None, float | None]:
-    """(normalized entropy H/log2 K, KL to uniform log2 K - H) of a histogram over K values."""
-    if not counts or sum(counts) == 0 or support < 2:
-        return None, None
-    h = _entropy_bits(counts)
-    return h / math.log2(support), math.log2(support) - h
-
-
-def distinct_n(texts: pl.Series, n: int) -> float | None:
-    """Distinct n-grams / n-grams over word tokens of ``texts`` (n-grams never cross texts)."""
-    return _distinct_of_tokens(_word_tokens(texts), n)
-
-
-def _word_tokens(texts: pl.Series) -> pl.DataFrame:
-    """(text_idx, token) for every word of ``texts``, in order."""
-    return (
-        pl.DataFrame({"text": texts})
-        .select(
-            text_idx=pl.int_range(pl.len()),
-            token=normalized_text(pl.col("text")).str.extract_all(WORD_PATTERN),
-        )
-        .explode("token", keep_nulls=False)
-    )
-
-
-def _distinct_of_tokens(tokens: pl.DataFrame, n: int) -> float | None:
-    same_text = pl.lit(True)
-    for k in range(1, n):
-        same_text = same_text & (pl.col("text_idx").shift(-k) == pl.col("text_idx"))
-    grams = tokens.select(
-        gram=pl.concat_str([pl.col("token").shift(-k) for k in range(n)], separator=" "),
-        keep=same_text,
-    ).filter(pl.col("keep"))
-    if grams.height == 0:
-        return None
-    return grams.get_column("gram").n_unique() / grams.height
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
-
-
-def dataset_metrics(
-    conversations: pl.DataFrame,
-    scores: pl.DataFrame,
-    *,
-    categories: Collection[str] = CATEGORY_NAMES,
-    instruction_types: Collection[str] = INSTRUCTION_TYPES,
-) -> dict[str, float | None]:
-    """Diversity, balance and pooled correctness figures of a scored dataset.
-
-    ``scores`` is the output of :func:`score_rules` for ``conversations``. Undefined figures
-    (an empty histogram, no polar questions, no annotated rows) are None.
-    """
-    _check_conversations(conversations)
-    n = scores.height
-    tag_hist = (
-        scores.select(category=pl.col("mentioned_categories"))
-        .explode("category", keep_nulls=False)
-        .group_by("category")
-        .len()
-    )
-    tag_counts = tag_hist.get_column("len").to_list()
-    k_cat = max(len(categories), tag_hist.height)
-    cat_norm, cat_kl = histogram_balance(tag_counts, k_cat)
-    # Untyped imported rows say nothing about the type mix: with none typed it is null, not 0.
-    type_counts = (
-        conversations.filter(pl.col("instruction_type") != UNLABELLED)
-        .group_by("instruction_type")
-        .len()
-        .get_column("len")
-        .to_list()
-    )
-    type_norm, type_kl = histogram_balance(
-        type_counts, max(len(instruction_types), len(type_counts))
-    )
-    humans = (
-        conversations.select(pl.col("turns"))
-        .explode("turns", keep_nulls=False)
-        .filter(pl.col("turns").struct.field("from") == "human")
-        .get_column("turns")
-        .struct.field("value")
-    )
-    tokens = _word_tokens(humans)  # once for both distinct-n figures
-    sums = scores.select(
-        pl.col(
-            "n_polar_yes",
-            "n_polar_no",
-            "n_hallucinated",
-            "n_object_mentions",
-            "n_negative_denied",
-            "n_negative_questions",
-            "n_counts_correct",
-            "n_counts",
-        ).sum()
-    ).row(0, named=True)
-    return {
-        "n_conversations": float(n),
-        "unique_tags": float(tag_hist.height),
-        "tag_entropy_bits": _entropy_bits(tag_counts) if tag_counts else None,
-        "category_entropy_norm": cat_norm,
-        "category_kl_uniform_bits": cat_kl,
-        "instruction_type_entropy_norm": type_norm,
-        "instruction_type_kl_uniform_bits": type_kl,
-        "distinct_1": _distinct_of_tokens(tokens, 1),
-        "distinct_2": _distinct_of_tokens(tokens, 2),
-        "yes_ratio": _ratio(sums["n_polar_yes"], sums["n_polar_yes"] + sums["n_polar_no"]),
-        "exact_duplicate_share": (
-            1 - scores.get_column("norm_text_hash").n_unique() / n if n else None
-        ),
-        "chair_i": _ratio(sums["n_hallucinated"], sums["n_object_mentions"]),
-        "chair_s_rate": scores.get_column("chair_s").cast(pl.Float64).mean(),
-        "negative_consistency": _ratio(sums["n_negative_denied"], sums["n_negative_questions"]),
-        "count_consistency": _ratio(sums["n_counts_correct"], sums["n_counts"]),
-        **claim_figures(scores),
-        "region_name_match_rate": scores.get_column("region_name_match").cast(pl.Float64).mean(),
-        "format_valid_rate": scores.get_column("format_valid").cast(pl.Float64).mean(),
-        "turns_mean": scores.get_column("n_turns").cast(pl.Float64).mean(),
-        "tags_per_conversation_mean": scores.get_column("tags_per_conversation")
-        .cast(pl.Float64)
-        .mean(),
-        "reasoning_share_mean": scores.get_column("reasoning_share").mean(),
-        "answer_words_mean": scores.get_column("answer_words_mean").mean(),
-    }

@@ -20,10 +20,11 @@ from vlit_assets.core.scored.embed import (
     conversation_vectors,
     relevance,
 )
+from vlit_assets.core.scored.figures import Figures, dataset_figures
 from vlit_assets.core.scored.image_text import ImageTextScorer
 from vlit_assets.core.scored.llm_checks import llm_checks
-from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
-from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD, diversity_summary, near_duplicates
+from vlit_assets.core.scored.metrics import score_rules
+from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD, near_duplicates
 from vlit_assets.core.scored.task_kinds import infer_task_kinds
 from vlit_assets.core.scored.text_quality import (
     MinHashConfig,
@@ -37,7 +38,6 @@ SEMANTIC_MODES = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class QualityConfig:
-    neardup_threshold: float = DEFAULT_THRESHOLD  # cosine at or above which two are near-copies
     # Conversation embeddings: "auto" computes them only when a metric needs them (relevance,
     # when the source's images have captions); "on" always (semantic near-duplicates on data
     # without captions); "off" never. Encoding is by far the dearest step of scoring.
@@ -53,7 +53,7 @@ class QualityConfig:
 @dataclass
 class QualityResult:
     scored: pl.DataFrame  # scored__conversations columns, one row per input conversation
-    dataset: dict[str, float | int | None]  # dataset-level figures (diversity, balance, ...)
+    dataset: Figures  # dataset-level figures (figures.dataset_figures)
     encoded_texts: int  # texts embedded by this call (0 when everything came from the cache)
 
 
@@ -232,7 +232,7 @@ def score_conversations(
     embed = needs_vectors(config, captions)
     if embed and embedder is None:
         raise ValueError("score_conversations: these settings need an embedder")
-    semantic: dict[str, float | int | None] = {}
+    semantic_vectors: np.ndarray | None = None
     if embed:
         assert embedder is not None
         vectors = conversation_vectors(conversations, embedder, cache)
@@ -247,10 +247,12 @@ def score_conversations(
         ).select("conversation_id", "relevance")
         has = vectors.has_turns
         ids = np.asarray(vectors.conversation_ids, dtype=object)
+        # Clusters at the fixed DEFAULT_THRESHOLD describe the source (near_duplicate_rate,
+        # cluster_size); the final stage decides which rows are near duplicates (final/dedup.py).
         dup = near_duplicates(
-            ids[has].tolist(), vectors.conversation[has], threshold=config.neardup_threshold
+            ids[has].tolist(), vectors.conversation[has], threshold=DEFAULT_THRESHOLD
         )
-        semantic = diversity_summary(dup, vectors.conversation[has])
+        semantic_vectors = vectors.conversation
     else:
         rel, dup = _without_vectors(conversations)
     keep = {"on": "conversation_id", "how": "left", "maintain_order": "left"}
@@ -275,31 +277,6 @@ def score_conversations(
     scored = scored.select(
         [pl.col(c).cast(t) for c, t in SCORED_CONVERSATIONS.polars_schema.items()]
     )
-    dataset: dict[str, float | int | None] = dict(dataset_metrics(conversations, rules))
-    dataset |= diversity_figures(scored)
-    if semantic:
-        dataset["semantic_spread"] = semantic["semantic_spread"]
-    dataset["relevance_mean"] = scored["relevance"].mean()
+    dataset = dataset_figures(scored, semantic_vectors)
     encoded = (cache.encoded - encoded_before) if cache is not None else 0
     return QualityResult(scored=scored, dataset=dataset, encoded_texts=encoded)
-
-
-def diversity_figures(rows: pl.DataFrame) -> dict[str, float | int | None]:
-    """Duplicate figures from stored per-row columns: semantic clusters (null when the rows were
-    not embedded) and MinHash text clusters, over the rows given."""
-    clustered = rows.filter(pl.col("cluster_id").is_not_null())
-    m = clustered.height
-    sizes = clustered.group_by("cluster_id").len()
-    texted = rows["text_cluster_id"].drop_nulls()  # null: scored before MinHash existed
-    return {
-        "samples": m,
-        "near_duplicate_clusters": int((sizes["len"] > 1).sum()) if m else 0,
-        "samples_in_near_duplicate_clusters": int(sizes.filter(pl.col("len") > 1)["len"].sum())
-        if m
-        else 0,
-        "near_duplicate_rate": (m - sizes.height) / m if m else None,
-        "mean_novelty": clustered["novelty"].mean() if m else None,
-        "text_near_duplicate_rate": (
-            (texted.len() - texted.n_unique()) / texted.len() if texted.len() else None
-        ),
-    }
