@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/score.py [--n 100000] [--embed-conversations 1000]``.
 Prints one table with the targets:
 
-- rule-based metrics (``score_rules``, then ``dataset_metrics``) on ``--n`` synthetic
+- rule-based metrics (``score_rules``, then ``figures.rule_figures``) on ``--n`` synthetic
   template-like conversations (benchmarks/score_rules.py): >= 50,000 conversations/s;
 - the embedding step (``conversation_vectors`` with a fresh DuckDB cache: explode turns, hash,
   cache lookup and insert, MiniLM, pooling) against plain ``SentenceTransformer.encode`` of the
@@ -55,7 +55,7 @@ def _row(
 
 
 def rules_rows(n: int, repeat: int) -> list[Row]:
-    wanted = {"score_rules (all per-conversation)", "score_rules + dataset_metrics"}
+    wanted = {"score_rules (all per-conversation)", "score_rules + rule_figures"}
     rows = []
     for r in run_rules_bench(n, repeat):
         if r["stage"] in wanted:
@@ -133,7 +133,8 @@ def embed_rows(conversations: pl.DataFrame, subset: int, rounds: int = 2) -> lis
 def suite_rows(conversations: pl.DataFrame, objects: pl.DataFrame, tags: pl.DataFrame) -> list[Row]:
     """The scored suite on every row; embedding columns are filled with plausible values."""
     from vlit_assets.checks.scored_suite import validate_scored
-    from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
+    from vlit_assets.core.scored.figures import rule_figures
+    from vlit_assets.core.scored.metrics import score_rules
 
     rules = score_rules(conversations, objects, tags)
     rng = np.random.default_rng(0)
@@ -141,7 +142,7 @@ def suite_rows(conversations: pl.DataFrame, objects: pl.DataFrame, tags: pl.Data
         relevance=pl.Series(rng.uniform(0.2, 0.8, conversations.height)),
         cluster_size=pl.lit(1, dtype=pl.Int64),
     )
-    dataset = dict(dataset_metrics(conversations, rules))
+    dataset = dict(rule_figures(conversations, rules))
     dataset |= {"near_duplicate_rate": 0.0, "relevance_mean": scored["relevance"].mean()}
     start = time.perf_counter()
     outcome = validate_scored(scored, dataset)

@@ -174,7 +174,8 @@ def synthetic_embeddings(n: int, d: int = 384, seed: int = 0) -> tuple[np.ndarra
 
 def _child_neardup(n: int, dims: int) -> dict:
     """Runs in a fresh interpreter: time and peak RSS of near_duplicates alone."""
-    from vlit_assets.core.scored.neardup import diversity_summary, near_duplicates
+    from vlit_assets.core.scored.figures import diversity_figures
+    from vlit_assets.core.scored.neardup import near_duplicates
 
     x, planted = synthetic_embeddings(n)
     ids = [f"conv_{i:06d}" for i in range(n)]
@@ -188,7 +189,7 @@ def _child_neardup(n: int, dims: int) -> dict:
     true_planted = planted[cos >= THRESHOLD]
     cluster = frame["cluster_id"].to_numpy()
     found = cluster[true_planted[:, 0]] == cluster[true_planted[:, 1]]
-    summary = diversity_summary(frame, x)
+    summary = diversity_figures(frame, x)
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import polars as pl
 
+from vlit_assets.core.scored.figures import rule_figures
 from vlit_assets.core.scored.metrics import (
-    dataset_metrics,
     format_check,
     norm_text_hash,
     score_rules,
@@ -162,10 +162,10 @@ def run_rules_bench(n: int = 100_000, repeat: int = 3, seed: int = 0) -> list[di
         ("format_check", lambda: format_check(keyed)),
         ("norm_text_hash", lambda: norm_text_hash(keyed)),
         ("score_rules (all per-conversation)", lambda: score_rules(conversations, objects, tags)),
-        ("dataset_metrics", lambda: dataset_metrics(conversations, scores)),
+        ("rule_figures", lambda: rule_figures(conversations, scores)),
         (
-            "score_rules + dataset_metrics",
-            lambda: dataset_metrics(conversations, score_rules(conversations, objects, tags)),
+            "score_rules + rule_figures",
+            lambda: rule_figures(conversations, score_rules(conversations, objects, tags)),
         ),
     ]
     rows = []

@@ -22,7 +22,6 @@ from vlit_assets.checks.scored_suite import (
     DATASET,
     SAMPLES,
     PrincipleThresholds,
-    stored_dataset_figures,
     validate_scored,
     validate_scored_table,
 )
@@ -31,6 +30,7 @@ from vlit_assets.core.generated.templates import TemplateConfig, generate_templa
 from vlit_assets.core.raw.collect import CollectResult, collect_source, find_coco_files
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
+from vlit_assets.core.scored.figures import dataset_figures
 from vlit_assets.core.scored.quality import QualityResult, score_conversations
 from vlit_assets_tests.defects import plant_defects
 
@@ -291,8 +291,10 @@ def test_table_validation_recomputes_the_same_figures(scoring: Scoring, tmp_path
 
 
 def test_stored_figures_match_scoring(scoring: Scoring) -> None:
-    stored = stored_dataset_figures(scoring.scored.scored)
+    stored = dataset_figures(scoring.scored.scored)
     for key, value in stored.items():
+        if key == "semantic_spread":  # needs the vectors, which stored rows do not hold
+            continue
         assert value == pytest.approx(scoring.scored.dataset[key]), key
 
 

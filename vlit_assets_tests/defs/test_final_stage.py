@@ -176,7 +176,9 @@ def test_scores_left_behind_by_a_blocked_run_do_not_ship(tmp_path, monkeypatch):
 
 
 def test_final_config_defaults_are_the_core_defaults():
-    from vlit_assets.core.final.select import Balance, SplitConfig, Thresholds
+    from vlit_assets.core.final.balance import Balance
+    from vlit_assets.core.final.rules import Thresholds
+    from vlit_assets.core.final.split import SplitConfig
     from vlit_assets.defs.final import FinalConfig
 
     config = FinalConfig()
@@ -191,26 +193,3 @@ def test_final_config_defaults_are_the_core_defaults():
         f.name for f in dataclasses.fields(Thresholds) if f.name not in FinalConfig.model_fields
     ]
     assert missing == []
-
-
-def test_export_version_follows_content_not_the_checkout_location():
-    import polars as pl
-
-    from vlit_assets.defs.final import export_version
-
-    def kept(root: str, text: str = "h1", split: str = "train") -> pl.DataFrame:
-        return pl.DataFrame(
-            {
-                "conversation_id": ["c1", "c2"],
-                "split": [split, "val"],
-                "norm_text_hash": [text, "h2"],
-                "image_id": ["i1", "i2"],
-                "image_path": [f"{root}/train/a.jpg", f"{root}/regions/s/b_0.jpg"],
-            }
-        )
-
-    base = export_version(kept("/home/ana/vlit/data"), {"val_ratio": 0.05})
-    assert export_version(kept("/srv/clone/data"), {"val_ratio": 0.05}) == base
-    assert export_version(kept("/srv/clone/data", text="h9"), {"val_ratio": 0.05}) != base
-    assert export_version(kept("/srv/clone/data", split="val"), {"val_ratio": 0.05}) != base
-    assert export_version(kept("/srv/clone/data"), {"val_ratio": 0.1}) != base

@@ -263,20 +263,3 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float | None:
         return None
     total = vectors.sum(axis=0, dtype=np.float64)
     return float((total @ total - n) / (n * (n - 1)))
-
-
-def diversity_summary(frame: pl.DataFrame, vectors: np.ndarray) -> dict[str, float | int | None]:
-    """Dataset-level figures from a ``near_duplicates`` frame and the same vectors."""
-    n = frame.height
-    clusters = frame["cluster_id"].n_unique() if n else 0
-    mean_cos = mean_pairwise_cosine(check_unit_vectors(vectors))
-    return {
-        "samples": n,
-        "near_duplicate_clusters": int(
-            frame.filter(pl.col("cluster_size") > 1)["cluster_id"].n_unique()
-        ),
-        "samples_in_near_duplicate_clusters": int((frame["cluster_size"] > 1).sum()),
-        "near_duplicate_rate": (n - clusters) / n if n else None,
-        "mean_novelty": frame["novelty"].mean() if n else None,
-        "semantic_spread": None if mean_cos is None else 1.0 - mean_cos,
-    }

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.scored.embed import MiniLMEmbedder, conversation_vectors
+from vlit_assets.core.scored.figures import diversity_figures
 from vlit_assets.core.scored.neardup import (
-    diversity_summary,
     find_neighbours,
     mean_pairwise_cosine,
     near_duplicates,
@@ -137,7 +137,7 @@ def test_spread_and_rate():
     brute = (sims.sum() - np.trace(sims)) / (len(x) * (len(x) - 1))
     assert mean_pairwise_cosine(x) == pytest.approx(brute, abs=1e-5)
     frame = near_duplicates([f"c{i}" for i in range(len(x))], x, dims=8, tile=128)
-    summary = diversity_summary(frame, x)
+    summary = diversity_figures(frame, x)
     clusters = frame["cluster_id"].n_unique()
     assert summary["near_duplicate_rate"] == pytest.approx(1 - clusters / len(x))
     assert summary["semantic_spread"] == pytest.approx(1 - brute, abs=1e-5)

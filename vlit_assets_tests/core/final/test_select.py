@@ -9,17 +9,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from vlit_assets.core.final.select import (
-    DECISIONS_SCHEMA,
+from vlit_assets.core.final.balance import Balance
+from vlit_assets.core.final.dedup import typicality
+from vlit_assets.core.final.rules import RULES, Thresholds
+from vlit_assets.core.final.select import DECISIONS_SCHEMA, decide
+from vlit_assets.core.final.split import (
     IMAGE_HASH_COLUMN,
-    RULES,
-    Balance,
     SplitConfig,
-    Thresholds,
     assign_split,
-    decide,
     images_in_both_splits,
-    typicality,
 )
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 

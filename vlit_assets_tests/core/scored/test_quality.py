@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
-from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
+from vlit_assets.core.scored.figures import rule_figures
+from vlit_assets.core.scored.metrics import score_rules
 from vlit_assets.core.scored.quality import QualityConfig, needs_vectors, score_conversations
 from vlit_assets.core.vocab import UNLABELLED
 
@@ -99,6 +100,6 @@ def test_semantic_on_needs_an_embedder():
 
 def test_type_balance_of_untyped_rows_is_null_not_zero():
     conversations = imported([(cid, UNLABELLED, turns) for cid, _, turns in ROWS])
-    figures = dataset_metrics(conversations, score_rules(conversations))
+    figures = rule_figures(conversations, score_rules(conversations))
     assert figures["instruction_type_entropy_norm"] is None
     assert figures["yes_ratio"] is not None  # one polar question, answered No

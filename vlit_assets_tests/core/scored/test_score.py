@@ -9,12 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from vlit_assets.core.scored.figures import distinct_n, histogram_balance, rule_figures
 from vlit_assets.core.scored.metrics import (
     FORMAT_ERRORS,
     SCORE_COLUMNS,
-    dataset_metrics,
-    distinct_n,
-    histogram_balance,
     score_rules,
 )
 from vlit_assets.core.text.reading import caption_mentions
@@ -466,7 +464,7 @@ def test_distinct_n() -> None:
     assert distinct_n(pl.Series([""], dtype=pl.String), 2) is None
 
 
-def test_dataset_metrics() -> None:
+def test_rule_figures() -> None:
     rows = [
         conv("Is there a cat?", "No, there is no cat.", cid="n1", itype="negative"),
         conv("Is there a dog?", "Yes, a dog.", cid="n2", itype="negative"),
@@ -476,7 +474,7 @@ def test_dataset_metrics() -> None:
         conv("What is boxed?", "A cat.", cid="r2", itype="region", region="o_d2"),
     ]
     convs = frame(*rows)
-    d = dataset_metrics(convs, score_rules(convs, OBJECTS, TAGS))
+    d = rule_figures(convs, score_rules(convs, OBJECTS, TAGS))
     assert d["n_conversations"] == 6
     assert d["unique_tags"] == 3  # cat, dog, couch
     # conversations mentioning each category: cat 2 (n1, r2), dog 4, couch 2 (g1, g2)
@@ -496,9 +494,9 @@ def test_dataset_metrics() -> None:
     assert 0 < d["distinct_1"] <= 1 and 0 < d["distinct_2"] <= 1
 
 
-def test_dataset_metrics_undefined_figures_are_none() -> None:
+def test_rule_figures_undefined_figures_are_none() -> None:
     convs = frame(conv("Describe it.", "Calm.", image="img_x"))
-    d = dataset_metrics(convs, score_rules(convs))
+    d = rule_figures(convs, score_rules(convs))
     assert d["yes_ratio"] is None and d["chair_i"] is None and d["unique_tags"] == 0
     assert d["tag_entropy_bits"] is None and d["category_entropy_norm"] is None
 

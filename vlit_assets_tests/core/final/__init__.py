@@ -1,0 +1,1 @@
+"""Tests of core/final: selection rules, dedup, balance, split, report and export."""

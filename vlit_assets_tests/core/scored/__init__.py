@@ -1,0 +1,1 @@
+"""Tests of core/scored: per-row metrics, figures, embeddings, near duplicates, scoring."""
