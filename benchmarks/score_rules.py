@@ -1,4 +1,4 @@
-"""Throughput of the rule-based scorer (core/score.py) on synthetic template-like conversations.
+"""Throughput of the rule-based scorer (core/scored/metrics.py) on synthetic conversations.
 
 Run: ``.venv/bin/python benchmarks/score_rules.py [--n 100000]``. Prints one row per stage
 (conversations/s, wall seconds) and the figures the brief asks for (target: >= 50,000

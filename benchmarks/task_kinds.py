@@ -1,4 +1,4 @@
-"""Task-kind inference (core/task_kinds.py): throughput on bench data, precision on known types.
+"""Task-kind inference (core/scored/task_kinds.py): throughput on bench data, precision.
 
 Run: ``POLARS_MAX_THREADS=1 .venv/bin/python benchmarks/task_kinds.py [--data B100K.JSONL]``.
 Without ``--data`` it writes 100k bench conversations with ../shared/bench/make_llava_bench.py

@@ -259,7 +259,7 @@ LLM_CHECK_COLUMNS = {
 }
 
 SCORE_COLUMNS = {
-    # correctness (core/score.py; docs/metrics.md)
+    # correctness (core/scored/metrics.py; docs/metrics.md)
     "format_valid": "BOOLEAN",
     "format_error": "VARCHAR",
     "n_turns": "INTEGER",

@@ -1,8 +1,8 @@
 """Text filters a Data-Juicer user expects, as per-conversation metrics, and MinHash near-copies.
 
-Everything here measures; the final stage decides (core/select.py). The conversation text is the
-values of all its turns, joined by newlines, with the image token removed. Definitions (also in
-docs/metrics.md):
+Everything here measures; the final stage decides (core/final/dedup.py and rules.py). The
+conversation text is the values of all its turns, joined by newlines, with the image token
+removed. Definitions (also in docs/metrics.md):
 
 - ``text_chars``: characters of that text.
 - ``text_words``: whitespace-separated words of that text.
