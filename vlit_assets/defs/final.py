@@ -129,26 +129,11 @@ def final(
         )
     for source, why in sorted(out.held_back.items()):
         context.log.warning(f"source {source!r} held back: {why}")
-    held = "; ".join(f"{k}: {v}" for k, v in sorted(out.held_back.items()))
-    yield dg.MaterializeResult(
-        asset_key=FINAL_DECISIONS.name,
-        metadata={
-            "dagster/row_count": out.decisions.height,
-            "dropped": out.decisions.height - out.kept.height,
-            "texts_embedded": out.texts_embedded,
-            "sources_held_back": held or "none",
-            **{f"drops/{rule}": n for rule, n in out.drops().items()},
-        },
-    )
-    report = json.loads(json.dumps(out.selection.report, default=str))
+    yield dg.MaterializeResult(asset_key=FINAL_DECISIONS.name, metadata=out.decisions_metadata())
+    report = dg.MetadataValue.json(json.loads(json.dumps(out.selection.report, default=str)))
     yield dg.MaterializeResult(
         asset_key=FINAL_CONVERSATIONS.name,
-        metadata={
-            "dagster/row_count": out.kept.height,
-            **{f"split/{s}": n for s, n in out.splits().items()},
-            **{f"metric/{k}": float(v) for k, v in out.figures.items() if v is not None},
-            "selection_report": dg.MetadataValue.json(report),
-        },
+        metadata={**out.kept_metadata(), "selection_report": report},
     )
 
 

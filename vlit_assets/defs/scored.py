@@ -58,17 +58,8 @@ def scored__conversations(
         except LookupError as e:
             raise dg.Failure(str(e)) from e
     context.log.info(outcome.summary())
-    figures = outcome.result.dataset
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": outcome.result.scored.height,
-            "texts_embedded": outcome.result.encoded_texts,
-            "embeddings": outcome.embeddings,
-            "annotations": outcome.annotations,
-            "image_text_scorer": "configured" if image_text is not None else "not configured",
-            **{f"metric/{k}": float(v) for k, v in figures.items() if v is not None},
-        }
-    )
+    scorer = "configured" if image_text is not None else "not configured"
+    return dg.MaterializeResult(metadata={**outcome.metadata(), "image_text_scorer": scorer})
 
 
 class PrincipleThresholdsConfig(dg.Config):

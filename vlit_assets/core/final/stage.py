@@ -37,13 +37,26 @@ class FinalOutcome:
     figures: Figures  # dataset figures of the kept rows
     texts_embedded: int  # texts the embedder encoded (not found in the cache)
 
-    def drops(self) -> dict[str, int]:
-        """Dropped rows per first failing rule, by rule name."""
+    def decisions_metadata(self) -> dict[str, object]:
+        """Rows, drops per first failing rule, embedding work and held-back sources."""
         dropped = self.decisions.filter(~pl.col("kept")).group_by("first_failing_rule").len()
-        return dict(dropped.sort("first_failing_rule").iter_rows())
+        held = "; ".join(f"{k}: {v}" for k, v in sorted(self.held_back.items()))
+        return {
+            "dagster/row_count": self.decisions.height,
+            "dropped": self.decisions.height - self.kept.height,
+            "texts_embedded": self.texts_embedded,
+            "sources_held_back": held or "none",
+            **{f"drops/{r}": n for r, n in dropped.sort("first_failing_rule").iter_rows()},
+        }
 
-    def splits(self) -> dict[str, int]:
-        return dict(self.kept.group_by("split").len().sort("split").iter_rows())
+    def kept_metadata(self) -> dict[str, object]:
+        """Kept rows, rows per split and the defined dataset figures of what ships."""
+        splits = self.kept.group_by("split").len().sort("split")
+        return {
+            "dagster/row_count": self.kept.height,
+            **{f"split/{s}": n for s, n in splits.iter_rows()},
+            **{f"metric/{k}": float(v) for k, v in self.figures.items() if v is not None},
+        }
 
 
 def select_and_store(

@@ -61,6 +61,16 @@ class ScoreOutcome:
         rows = self.result.scored.height
         return f"scored {self.source}: {rows} rows in {self.seconds:.1f} s; {figures}"
 
+    def metadata(self) -> dict[str, object]:
+        """Rows, embedding work, whose annotations judged them, and the defined figures."""
+        return {
+            "dagster/row_count": self.result.scored.height,
+            "texts_embedded": self.result.encoded_texts,
+            "embeddings": self.embeddings,
+            "annotations": self.annotations,
+            **{f"metric/{k}": float(v) for k, v in self.result.dataset.items() if v is not None},
+        }
+
 
 def annotations_for(
     con: duckdb.DuckDBPyConnection, record: sources.SourceRecord

@@ -20,6 +20,7 @@ from vlit_assets.core.final.split import (
     images_in_both_splits,
 )
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
+from vlit_assets.core.scored.figures import dataset_figures
 
 DIM = 64
 NO_DEDUP = Thresholds(neardup_threshold=None)
@@ -388,6 +389,36 @@ def test_report_shows_metrics_before_and_after() -> None:
     assert 0 < after["semantic_spread"] <= 2
     dist = sel.report["distributions"]["relevance"]
     assert sum(dist["before"]["counts"]) == 5 and sum(dist["after"]["counts"]) == 4
+
+
+def test_report_metrics_are_the_dataset_figures_of_the_rows() -> None:
+    rows = [row(f"conv_{i}") for i in range(4)] + [row("conv_h", chair_i=0.5, n_hallucinated=3)]
+    v = unit_vectors(5)
+    sel = decide(frame(rows), v)
+    before = sel.report["metrics"]["before"]
+    expected = dataset_figures(frame(rows), v) | {"n_sources": 1}
+    assert before.keys() == expected.keys()
+    for key, value in expected.items():
+        assert before[key] == pytest.approx(value, nan_ok=True), key
+
+
+def test_a_held_back_source_is_set_aside_before_every_other_rule() -> None:
+    rows = [row("conv_a", norm_text_hash="same", relevance=0.4), row("conv_b")]
+    # conv_h ranks above conv_a as an exact copy and sits on conv_b's image with a near vector
+    rows += [row("conv_h", source="s2", norm_text_hash="same", relevance=0.9, image_id="img_b")]
+    v = unit_vectors(3)
+    v[2] = near(v[1], 2)
+    judged_alone = decide(frame(rows[:2]), v[:2])
+    v[2] = np.nan  # the held rows' vectors are never read
+    sel = decide(frame(rows), v, held_back={"s2"})
+    d = by_id(sel.decisions)
+    assert d["conv_h"]["failing_rules"] == ["source_held_back"] and not d["conv_h"]["kept"]
+    assert sel.decisions["conversation_id"].to_list()[-1] == "conv_h"  # held rows come last
+    assert sel.decisions.head(2).equals(judged_alone.decisions)
+    assert sel.kept.equals(judged_alone.kept)
+    assert list(RULES)[0] == "source_held_back"
+    assert sel.report["drops_by_first_rule"]["source_held_back"] == 1
+    assert sel.report["counts"]["scored"] == 3 and sel.report["counts"]["dropped"] == 1
 
 
 def test_bad_input_is_refused_with_the_column_or_id() -> None:
