@@ -6,7 +6,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.scored.claims import grammar_checks, parse_relations, relation_claims
-from vlit_assets.core.scored.metrics import dataset_metrics, score_rules
+from vlit_assets.core.scored.figures import rule_figures
+from vlit_assets.core.scored.metrics import score_rules
 
 
 def _conv(*pairs: tuple[str, str], cid: str = "c1", image: str = "1") -> dict:
@@ -164,5 +165,5 @@ def test_score_rules_carries_the_claims_and_reads_llm_counts() -> None:
     assert (first["n_counts"], first["count_consistency"]) == (1, 0.0)
     assert first["relations_contradicted"] == ["cat left of dog"]
     assert second["grammar_errors"] == ["article: a oven"] and first["n_grammar_errors"] == 0
-    figures = dataset_metrics(frame, out)  # shown with the other correctness figures
+    figures = rule_figures(frame, out)  # shown with the other correctness figures
     assert figures["relation_consistency"] == 0.0 and figures["grammar_error_rate"] == 0.5
