@@ -33,14 +33,9 @@ from pathlib import Path
 import polars as pl
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.raw.collect import (
-    _conform,
-    _stable_ids,
-    assemble,
-    find_coco_files,
-    load_annotations,
-    validate_images,
-)
+from vlit_assets.core.raw.annotations import find_coco_files, load_annotations
+from vlit_assets.core.raw.collect import assemble, validate_images
+from vlit_assets.core.raw.rejects import conform, source_ids
 from vlit_assets.core.schemas import RAW_IMAGES, RAW_REJECTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,10 +127,10 @@ def build_scaled(src: Path, root: Path) -> Path:
 
 def _declared_as_valid(source: str, records: pl.DataFrame) -> pl.DataFrame:
     """raw__images rows from the declared sizes: ingestion is measured without image I/O."""
-    return _conform(
+    return conform(
         RAW_IMAGES,
         records.with_columns(
-            pl.Series("image_id", _stable_ids("img", source, records["coco_image_id"])),
+            pl.Series("image_id", source_ids("img", source, records["coco_image_id"])),
             pl.lit(source).alias("source"),
             pl.col("width").alias("oriented_width"),
             pl.col("height").alias("oriented_height"),

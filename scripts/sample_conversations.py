@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlit_assets.core.generated.templates import TemplateConfig, generate_templates  # noqa: E402
-from vlit_assets.core.raw.collect import collect_source, find_coco_files  # noqa: E402
+from vlit_assets.core.raw.annotations import find_coco_files  # noqa: E402
+from vlit_assets.core.raw.collect import collect_source  # noqa: E402
 from vlit_assets.core.text.categories import COCO_CATEGORIES  # noqa: E402
 from vlit_assets.core.text.objects import plural  # noqa: E402
 

@@ -12,7 +12,7 @@ import polars as pl
 
 from vlit_assets.checks.gx_runner import SuiteOutcome, run_suite
 from vlit_assets.core import warehouse
-from vlit_assets.core.formats import exportable
+from vlit_assets.core.formats.writers import exportable
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
 from vlit_assets.core.vocab import GENERATORS, INSTRUCTION_TYPES, UNLABELLED
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from vlit_assets.checks.gx_runner import SuiteOutcome, run_suite
 from vlit_assets.core import sources
-from vlit_assets.core.raw.collect import BOX_TOLERANCE_PX
+from vlit_assets.core.raw.annotations import BOX_TOLERANCE_PX
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,

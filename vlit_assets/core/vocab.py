@@ -51,7 +51,7 @@ REJECT_REASONS = {
     "bbox_outside_image": "the box extends past the image bounds",
     "caption_empty": "the caption is empty or whitespace",
     "parent_image_rejected": "the annotation belongs to an image that was rejected",
-    # imported instruction data (core/formats.py)
+    # imported instruction data (core/formats/)
     "record_unparseable": "a JSONL line or record is not valid JSON",
     "conversation_empty": "the record has no conversation turns",
     "turn_unknown_speaker": "a turn's speaker is neither the user nor the assistant",

@@ -20,7 +20,7 @@ from vlit_assets.core.generated.templates import (
     generation_workers,
 )
 from vlit_assets.core.generated.verify import plan_verification, verification_rows
-from vlit_assets.core.raw.collect import find_coco_files
+from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
     GENERATED_LLM_REQUESTS,

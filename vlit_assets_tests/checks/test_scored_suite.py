@@ -27,7 +27,8 @@ from vlit_assets.checks.scored_suite import (
 )
 from vlit_assets.core import warehouse
 from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
-from vlit_assets.core.raw.collect import CollectResult, collect_source, find_coco_files
+from vlit_assets.core.raw.annotations import find_coco_files
+from vlit_assets.core.raw.collect import CollectResult, collect_source
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
 from vlit_assets.core.scored.figures import dataset_figures

@@ -26,7 +26,8 @@ from vlit_assets.core.generated.templates import (
     plural,
 )
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.raw.collect import collect_source, find_coco_files
+from vlit_assets.core.raw.annotations import find_coco_files
+from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
 from vlit_assets.core.text.categories import COCO_CATEGORIES
 

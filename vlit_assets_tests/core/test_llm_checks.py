@@ -22,7 +22,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
-from vlit_assets.core.raw.collect import collect_source, find_coco_files
+from vlit_assets.core.raw.annotations import find_coco_files
+from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.schemas import LLM_CHECK_COLUMNS
 from vlit_assets.core.scored.claims import grammar_checks, relation_claims
 from vlit_assets.core.scored.llm_checks import example_grams, llm_checks

@@ -45,7 +45,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
-from vlit_assets.core.raw.collect import CollectResult, collect_source, find_coco_files
+from vlit_assets.core.raw.annotations import find_coco_files
+from vlit_assets.core.raw.collect import CollectResult, collect_source
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
 from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD
 from vlit_assets.core.scored.quality import score_conversations

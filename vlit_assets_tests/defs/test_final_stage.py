@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from vlit_assets.core.formats import load_instruction_file
+from vlit_assets.core.formats.files import load_instruction_file
 from vlit_assets.runner import run_final, run_source
 from vlit_assets_tests.openai_server import FakeOpenAIServer
 from vlit_assets_tests.pipeline import (

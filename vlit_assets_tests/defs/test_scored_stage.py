@@ -63,7 +63,7 @@ def test_imported_llava_with_an_annotating_source_gets_correctness_metrics(
     import polars as pl
 
     from vlit_assets.core import warehouse
-    from vlit_assets.core.formats import to_llava
+    from vlit_assets.core.formats.writers import to_llava
 
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "coco-mini", coco_mini, stages=("raw", "generated")).success

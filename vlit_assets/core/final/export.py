@@ -25,7 +25,7 @@ import polars as pl
 
 from vlit_assets.core.final.report import PRINCIPLE_METRICS
 from vlit_assets.core.final.rules import RULES
-from vlit_assets.core.formats import llava_json, paper_json
+from vlit_assets.core.formats.writers import llava_json, paper_json
 from vlit_assets.core.vocab import IMAGE_TOKEN, INSTRUCTION_TYPES, TRAIN, UNLABELLED, VAL
 
 SPLITS = (TRAIN, VAL)

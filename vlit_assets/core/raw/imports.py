@@ -14,14 +14,14 @@ Choices that callers rely on:
   Identical bytes under two names are not rejected (the COCO path does): two names are two
   images to the conversations that use them, and exact duplicates are the dedup stage's call.
 - A paper region image ``<stem>_<k>.jpg`` belongs to the original image ``<stem>.jpg``
-  (formats.py gives both the original's ``image_id``). When the original is present it is
+  (``formats/paper.py`` gives both the original's ``image_id``). When the original is present it is
   checked too and its ``raw__images`` row describes the original; when it is absent, the first
   valid region file (by name) stands in for it. A conversation is kept only when its own image
   file and the row of its ``image_id`` are both valid; otherwise it becomes one
   ``parent_image_rejected`` reject whose record id is its conversation id.
 - Image rejects name the image file relative to DIR (as the COCO path does), the reference as
   written in the instruction file as record id, and ``image`` as field.
-- Conversation ids are those of formats.py, which depend on the record (id or index, image,
+- Conversation ids are those of ``core/formats``, which depend on the record (id or index, image,
   type) and not on the file it sits in, so a re-imported export keeps its ids. When files are
   read in name order and a later file yields an id already taken: the same turns are the same
   conversation and become a ``conversation_duplicate_id`` reject; different turns are another
@@ -40,7 +40,8 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
-from vlit_assets.core.formats import LLAVA_ID_PREFIX, ImportLimits, load_instruction_file
+from vlit_assets.core.formats.files import load_instruction_file
+from vlit_assets.core.formats.records import LLAVA_ID_PREFIX, ImportLimits
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.raw.images import ImageJob, ImageReport, inspect_images, resolve_inside
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, RAW_IMAGES, RAW_REJECTS, Table
@@ -137,7 +138,7 @@ def _reject(source: str, file: str, record_id: str, field: str, reason: str, det
 
 
 def _record_ref(row: dict) -> str:
-    """How formats.py names an imported record in its reject rows."""
+    """How core/formats names an imported record in its reject rows."""
     for value in row["source_annotation_ids"] or []:
         if value.startswith(LLAVA_ID_PREFIX):
             return f"{value[len(LLAVA_ID_PREFIX) :]} [{row['variant']}]"
@@ -206,14 +207,14 @@ class _ImageGroup:
 
 
 def _base_name(source: str, image_id: str, name: str) -> str:
-    """The name formats.py derived ``image_id`` from: ``name`` itself or its region original."""
+    """The name core/formats derived ``image_id`` from: ``name`` itself or its region original."""
     if stable_id("img", source, name) == image_id:
         return name
     path = PurePosixPath(name)
     original = str(path.with_stem(_REGION_SUFFIX.sub("", path.stem)))
     if stable_id("img", source, original) == image_id:
         return original
-    raise RuntimeError(  # formats.py changed how it derives image ids
+    raise RuntimeError(  # core/formats changed how it derives image ids
         f"image_id {image_id} of {name!r} is neither stable_id('img', {source!r}, {name!r}) "
         f"nor that of its region original {original!r}"
     )
@@ -515,8 +516,9 @@ def collect_import(
 ) -> ImportCollectResult:
     """Conversations, images and rejects of one import source directory (see the module doc).
 
-    An instruction file that is unusable as a whole raises ``formats.InstructionFormatError``
-    naming it; a bad record or image only becomes reject rows.
+    An instruction file that is unusable as a whole raises
+    ``formats.records.InstructionFormatError`` naming it; a bad record or image only becomes
+    reject rows.
     """
     root = Path(root)
     store = ImageStore(image_cache)

@@ -17,7 +17,7 @@ from vlit_assets.core.final.export import export_image_paths, write_export
 from vlit_assets.core.final.rules import Thresholds
 from vlit_assets.core.final.select import Selection, decide
 from vlit_assets.core.final.split import SplitConfig
-from vlit_assets.core.formats import load_instruction_file
+from vlit_assets.core.formats.files import load_instruction_file
 from vlit_assets.core.schemas import SCORE_COLUMNS
 from vlit_assets_tests.core.final.test_select import frame, row, unit_vectors
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core.formats import load_instruction_file
+from vlit_assets.core.formats.files import load_instruction_file
 from vlit_assets.core.generated import templates as gen
 from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
-from vlit_assets.core.raw.collect import collect_source, find_coco_files
+from vlit_assets.core.raw.annotations import find_coco_files
+from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.scored.task_kinds import (
     KINDS,
     OUTPUT_SCHEMA,

@@ -12,19 +12,17 @@ import polars as pl
 import pytest
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.formats import (
+from vlit_assets.core.formats.files import load_instruction_file
+from vlit_assets.core.formats.llava import from_llava, import_llava
+from vlit_assets.core.formats.paper import from_paper
+from vlit_assets.core.formats.records import (
     CONVERSATION_SCHEMA,
     IMPORT_REJECT_REASONS,
+    Collector,
     ImportLimits,
     InstructionFormatError,
-    _Collector,
-    _import_llava,
-    from_llava,
-    from_paper,
-    load_instruction_file,
-    to_llava,
-    to_paper,
 )
+from vlit_assets.core.formats.writers import to_llava, to_paper
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.vocab import IMAGE_TOKEN, REJECT_REASONS, UNLABELLED
 
@@ -553,7 +551,10 @@ def test_imported_rows_and_rejects_store_in_duckdb(tmp_path: Path) -> None:
 
 
 def test_formats_does_not_import_dagster() -> None:
-    code = "import sys, vlit_assets.core.formats; print('dagster' in sys.modules)"
+    code = (
+        "import sys, vlit_assets.core.formats.files, vlit_assets.core.formats.writers; "
+        "print('dagster' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -690,8 +691,8 @@ def test_bad_bytes_and_surrogates_in_json_lines_reject_their_line(tmp_path: Path
 def test_limits_are_settings() -> None:
     record = GOOD | {"conversations": _conv(("human", "<image>\nQ?"), ("gpt", "z" * 100))}
     tight = ImportLimits(max_turn_chars=50, max_conversation_chars=1000)
-    out = _Collector("s", "f.json", tight)
-    result = _import_llava([(0, record)], out)
+    out = Collector("s", "f.json", tight)
+    result = import_llava([(0, record)], out)
     assert result.rejects["reason"].to_list() == ["turn_too_long"]
     assert from_llava([record], source="s", file="f.json").rows.height == 1
 
@@ -755,7 +756,7 @@ def _variety() -> list[dict]:
 def test_vectorised_json_lines_equal_the_per_record_path(
     tmp_path: Path, monkeypatch, repeat_ids: bool
 ) -> None:
-    import vlit_assets.core.formats as formats
+    from vlit_assets.core.formats import llava
 
     records = _variety()
     if repeat_ids:  # the key of the second "plain" is "plain#1": this one maps to the same id
@@ -765,13 +766,13 @@ def test_vectorised_json_lines_equal_the_per_record_path(
             if isinstance(record.get("id"), str) and record["id"].strip():
                 record["id"] = f"{record['id']}-{k // 29}"
     path = _write(tmp_path / "v.jsonl", "\n".join(json.dumps(r) for r in records) + "\n")
-    monkeypatch.setattr(formats, "_FAST_BLOCK", 1 << 16)  # several blocks, each > any record
+    monkeypatch.setattr(llava, "_FAST_BLOCK", 1 << 16)  # several blocks, each > any record
     calls = []
-    real = formats._llava_record
-    monkeypatch.setattr(formats, "_llava_record", lambda *a: calls.append(a[1]) or real(*a))
+    real = llava._llava_record
+    monkeypatch.setattr(llava, "_llava_record", lambda *a: calls.append(a[1]) or real(*a))
     fast = load_instruction_file(path, source="s", limits=ImportLimits(max_turn_chars=30_000))
     used_fast = len(calls) < len(records)
-    monkeypatch.setattr(formats, "_fast_jsonl", lambda p, o: None)
+    monkeypatch.setattr(llava, "_fast_jsonl", lambda p, o: None)
     slow = load_instruction_file(path, source="s", limits=ImportLimits(max_turn_chars=30_000))
     assert fast.rows.height > 20 and slow.rejects.height > 20
     assert fast.rows.equals(slow.rows)

@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.formats import InstructionFormatError
-from vlit_assets.core.raw.collect import CollectConfig, SourceFormatError, collect_source
+from vlit_assets.core.formats.records import InstructionFormatError
+from vlit_assets.core.raw.coco_json import SourceFormatError
+from vlit_assets.core.raw.collect import CollectConfig, collect_source
 from vlit_assets.core.raw.imports import collect_import
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from vlit_assets.core.formats import InstructionFormatError, load_instruction_file
+from vlit_assets.core.formats.files import load_instruction_file
+from vlit_assets.core.formats.records import InstructionFormatError
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.raw.imports import (
     coco_id_from_name,

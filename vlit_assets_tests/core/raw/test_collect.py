@@ -12,16 +12,11 @@ import pytest
 from PIL import Image
 
 from vlit_assets.core.ids import stable_id
-from vlit_assets.core.raw import collect
-from vlit_assets.core.raw.collect import (
-    CollectConfig,
-    SourceFormatError,
-    balanced_sample,
-    collect_source,
-    derive_tags,
-    find_coco_files,
-    load_annotations,
-)
+from vlit_assets.core.raw import annotations, coco_json, collect, rejects
+from vlit_assets.core.raw.annotations import find_coco_files, load_annotations
+from vlit_assets.core.raw.coco_json import SourceFormatError
+from vlit_assets.core.raw.collect import CollectConfig, collect_source
+from vlit_assets.core.raw.tags import balanced_sample, derive_tags
 from vlit_assets.core.schemas import (
     RAW_CAPTIONS,
     RAW_CATEGORIES,
@@ -190,7 +185,7 @@ def test_ids_are_stable_across_runs_and_equal_stable_id(coco_mini, mini_result):
 
 def test_bulk_ids_equal_stable_id():
     values = [0, 7, 123456789012, -3, "x"]
-    assert collect._stable_ids("cap", "src", values) == [stable_id("cap", "src", v) for v in values]
+    assert rejects.source_ids("cap", "src", values) == [stable_id("cap", "src", v) for v in values]
 
 
 # --- tags and sampling -----------------------------------------------------------------------
@@ -470,8 +465,8 @@ def test_tiny_source_collects_cleanly_pretty_printed_or_not(tmp_path):
 def test_scan_path_reads_coco_mini_exactly_as_the_whole_file_path(coco_mini, monkeypatch):
     files = find_coco_files(coco_mini)
     whole = load_annotations("m", files)
-    monkeypatch.setattr(collect, "_read_whole", lambda path, arrays: None)
-    monkeypatch.setattr(collect, "_GROUP_BYTES", 50_000)  # many groups, each streamed
+    monkeypatch.setattr(coco_json, "_read_whole", lambda path, arrays: None)
+    monkeypatch.setattr(coco_json, "_GROUP_BYTES", 50_000)  # many groups, each streamed
     scanned = load_annotations("m", files)
     for name in ("images", "captions", "objects", "categories"):
         assert scanned.__dict__[name].equals(whole.__dict__[name]), name
@@ -482,8 +477,10 @@ def test_mistyped_fields_are_rejected_per_record_and_the_rest_proceeds(tmp_path,
     """A type error sends a file down the record-by-record path; strings full of brackets,
     escaped quotes and newlines must not confuse its scanner."""
     slow_calls = []
-    real_slow = collect._read_slow
-    monkeypatch.setattr(collect, "_read_slow", lambda *a: slow_calls.append(a[1]) or real_slow(*a))
+    real_slow = coco_json._read_slow
+    monkeypatch.setattr(
+        coco_json, "_read_slow", lambda *a: slow_calls.append(a[1]) or real_slow(*a)
+    )
     root = _tiny_source(tmp_path / "src")
 
     def captions(doc):
@@ -556,7 +553,7 @@ def test_duplicated_ids_give_one_reject_per_id_and_keep_the_first(tmp_path):
 
 def test_box_tolerance_lets_float_rounding_pass(tmp_path):
     root = _tiny_source(tmp_path / "src")
-    tol = collect.BOX_TOLERANCE_PX
+    tol = annotations.BOX_TOLERANCE_PX
 
     def instances(doc):
         doc["annotations"] += [
