@@ -1,4 +1,4 @@
-"""LLaVA and paper-format converters: round trips, the paper's examples, malformed records."""
+"""Reading LLaVA and paper-format records and files: malformed records, hostile text, JSON Lines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from vlit_assets.core import warehouse
@@ -16,167 +15,15 @@ from vlit_assets.core.formats.files import load_instruction_file
 from vlit_assets.core.formats.llava import from_llava, import_llava
 from vlit_assets.core.formats.paper import from_paper
 from vlit_assets.core.formats.records import (
-    CONVERSATION_SCHEMA,
     IMPORT_REJECT_REASONS,
     Collector,
     ImportLimits,
     InstructionFormatError,
 )
-from vlit_assets.core.formats.writers import to_llava, to_paper
+from vlit_assets.core.formats.writers import to_llava
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.vocab import IMAGE_TOKEN, REJECT_REASONS, UNLABELLED
-
-TURNS = {
-    "global": [
-        ("human", "Describe the scene."),
-        ("gpt", "A red bus drives past two people on the sidewalk."),
-        ("human", "Why might the bus be there?"),
-        ("gpt", "It is probably on its regular route through the city."),
-    ],
-    "negative": [
-        ("human", "Is there a dog in the picture?"),
-        ("gpt", "No, there is no dog; only a bus and two people."),
-    ],
-    "region": [
-        ("human", "What is inside the red box?"),
-        ("gpt", "A red bus."),
-    ],
-}
-IMAGES = {
-    "global": "train/000000123456.jpg",
-    "negative": "train/000000123456.jpg",
-    "region": "regions/000000123456_0.jpg",
-}
-
-
-def _turns(pairs: list[tuple[str, str]]) -> list[dict]:
-    return [{"from": who, "value": text} for who, text in pairs]
-
-
-def _internal_rows() -> pl.DataFrame:
-    """Rows as the generation stage writes them (generator="template")."""
-    rows = []
-    for itype, pairs in TURNS.items():
-        row = dict.fromkeys(CONVERSATION_SCHEMA)
-        row |= {
-            "conversation_id": stable_id("conv", "sample", IMAGES[itype], itype, "template"),
-            "source": "sample",
-            "image_id": stable_id("img", "sample", 123456),
-            "instruction_type": itype,
-            "generator": "template",
-            "variant": 0,
-            "turns": _turns(pairs),
-            "image_path": IMAGES[itype],
-            "source_annotation_ids": ["cap_1", "obj_2"],
-        }
-        rows.append(row)
-    return pl.DataFrame(rows, schema=CONVERSATION_SCHEMA)
-
-
-def _llava(value0: str = "<image>\nWhat is here?", **extra: object) -> dict:
-    record = {
-        "id": "r1",
-        "image": "images/a.jpg",
-        "conversations": [
-            {"from": "human", "value": value0},
-            {"from": "gpt", "value": "A cat."},
-        ],
-    }
-    return record | extra
-
-
-def _by_type(df: pl.DataFrame) -> dict[str, dict]:
-    return {row["instruction_type"]: row for row in df.iter_rows(named=True)}
-
-
-# ---------------------------------------------------------------- round trips
-
-
-def test_llava_round_trip_keeps_turns_type_and_image() -> None:
-    rows = _internal_rows()
-    records = to_llava(rows)
-    assert [r["conversations"][0]["value"].startswith(f"{IMAGE_TOKEN}\n") for r in records] == [
-        True
-    ] * 3
-    assert all(IMAGE_TOKEN not in t["value"] for r in records for t in r["conversations"][1:])
-    assert [r["id"] for r in records] == rows["conversation_id"].to_list()
-
-    back = from_llava(json.loads(json.dumps(records)), source="reimport", file="out.json")
-    assert back.rejects.height == 0
-    before, after = _by_type(rows), _by_type(back.rows)
-    assert set(after) == set(TURNS)
-    for itype in TURNS:
-        assert after[itype]["turns"] == before[itype]["turns"]
-        assert after[itype]["image_path"] == before[itype]["image_path"]
-    assert set(back.rows["generator"]) == {"import"}
-
-
-def test_paper_round_trip_keeps_turns_type_and_image() -> None:
-    rows = _internal_rows()
-    doc = to_paper(rows, image_source="sample", construction_time="2024-01")
-    assert {a["instruction_type"]: a["img_ids"] for a in doc["annotations"]} == {
-        "global": "000000123456",
-        "negative": "000000123456",
-        "region": "000000123456_0",
-    }
-    assert {t["from"] for a in doc["annotations"] for t in a["conversations"]} == {"User", "AI"}
-
-    back = from_paper(json.loads(json.dumps(doc)), source="reimport", file="paper.json")
-    assert back.rejects.height == 0
-    before, after = _by_type(rows), _by_type(back.rows)
-    for itype in TURNS:
-        assert after[itype]["turns"] == before[itype]["turns"]
-        assert after[itype]["image_path"] == before[itype]["image_path"]
-    # re-export of the imported rows writes the same document
-    assert to_paper(back.rows, image_source="sample", construction_time="2024-01") == doc
-
-
-def test_reimport_of_an_export_keeps_conversation_ids() -> None:
-    first = from_llava([_llava(), _llava(id="r2")], source="s", file="a.json")
-    again = from_llava(to_llava(first.rows), source="s", file="b.json")
-    assert again.rows["conversation_id"].to_list() == first.rows["conversation_id"].to_list()
-    assert [r["id"] for r in to_llava(again.rows)] == ["r1", "r2"]
-
-
-def test_llava_export_makes_images_relative_to_the_root(tmp_path: Path) -> None:
-    rows = _internal_rows().with_columns(
-        image_path=pl.lit(str(tmp_path / "imgs" / "train" / "x.jpg"))
-    )
-    assert {r["image"] for r in to_llava(rows, image_root=tmp_path / "imgs")} == {"train/x.jpg"}
-    with pytest.raises(ValueError, match="is not under"):
-        to_llava(rows, image_root=tmp_path / "elsewhere")
-
-
-# ---------------------------------------------------------------- the paper's examples
-
-
-def test_paper_examples_import_and_reexport_unchanged(paper_examples: Path) -> None:
-    path = paper_examples / "examples.json"
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    result = load_instruction_file(path, source="paper")
-    assert result.rejects.height == 0
-    assert result.rows["instruction_type"].to_list() == ["global", "negative", "region"]
-    assert result.rows["turns"].list.len().to_list() == [8, 18, 12]
-    for row, ann in zip(result.rows.iter_rows(named=True), doc["annotations"], strict=True):
-        assert (paper_examples / "images" / row["image_path"]).exists()
-        assert [t["value"] for t in row["turns"]] == [t["value"] for t in ann["conversations"]]
-    region = _by_type(result.rows)["region"]
-    # the region conversation is about the original image, not the boxed copy
-    assert region["image_id"] == stable_id("img", "paper", "COCO_train2014_000000247884.jpg")
-    again = to_paper(
-        result.rows,
-        image_source=doc["image_source"],
-        construction_time=doc["construction_time"],
-    )
-    assert again == doc
-
-
-def test_paper_examples_convert_to_llava_and_back(paper_examples: Path) -> None:
-    result = load_instruction_file(paper_examples / "examples.json", source="paper")
-    back = from_llava(to_llava(result.rows), source="paper", file="llava.json")
-    assert back.rows["instruction_type"].to_list() == ["global", "negative", "region"]
-    assert back.rows["turns"].to_list() == result.rows["turns"].to_list()
-
+from vlit_assets_tests.core.formats import llava_record
 
 # ---------------------------------------------------------------- LLaVA details
 
@@ -191,12 +38,12 @@ def test_paper_examples_convert_to_llava_and_back(paper_examples: Path) -> None:
     ],
 )
 def test_llava_image_token_is_stripped_wherever_it_sits(value: str, expected: str) -> None:
-    result = from_llava([_llava(value)], source="s", file="f.json")
+    result = from_llava([llava_record(value)], source="s", file="f.json")
     assert result.rows["turns"][0][0]["value"] == expected
 
 
 def test_untyped_llava_records_are_unlabelled_and_keep_their_id() -> None:
-    result = from_llava([_llava(id=33471)], source="s", file="f.json")
+    result = from_llava([llava_record(id=33471)], source="s", file="f.json")
     row = result.rows.row(0, named=True)
     assert row["instruction_type"] == UNLABELLED
     assert row["conversation_id"] == stable_id(
@@ -208,14 +55,14 @@ def test_untyped_llava_records_are_unlabelled_and_keep_their_id() -> None:
 
 
 def test_typed_llava_records_keep_their_type() -> None:
-    result = from_llava([_llava(instruction_type="negative")], source="s", file="f.json")
+    result = from_llava([llava_record(instruction_type="negative")], source="s", file="f.json")
     assert result.rows["instruction_type"].to_list() == ["negative"]
     assert to_llava(result.rows)[0]["instruction_type"] == "negative"
 
 
 def test_repeated_llava_ids_import_as_distinct_conversations() -> None:
     # LLaVA-Instruct gives every conversation about one image that image's id
-    records = [_llava(), _llava(), _llava(id="other")]
+    records = [llava_record(), llava_record(), llava_record(id="other")]
     result = from_llava(records, source="s", file="f.json")
     assert result.rejects.height == 0
     assert result.rows["conversation_id"].n_unique() == 3
@@ -223,9 +70,9 @@ def test_repeated_llava_ids_import_as_distinct_conversations() -> None:
 
 
 def test_a_rejected_record_still_counts_as_an_occurrence_of_its_id() -> None:
-    broken = _llava("no token here")
-    alone = from_llava([_llava()], source="s", file="f.json")
-    after_broken = from_llava([broken, _llava()], source="s", file="f.json")
+    broken = llava_record("no token here")
+    alone = from_llava([llava_record()], source="s", file="f.json")
+    after_broken = from_llava([broken, llava_record()], source="s", file="f.json")
     assert after_broken.rejects["reason"].to_list() == ["image_token_missing"]
     # the valid record is the second "r1" of its file, so its key (and id) differ from "r1" alone
     assert after_broken.rows["conversation_id"][0] == stable_id(
@@ -235,7 +82,7 @@ def test_a_rejected_record_still_counts_as_an_occurrence_of_its_id() -> None:
 
 
 def test_records_without_id_get_ids_from_their_position() -> None:
-    records = [_llava(), _llava()]
+    records = [llava_record(), llava_record()]
     for r in records:
         del r["id"]
     result = from_llava(records, source="s", file="f.json")
@@ -245,7 +92,7 @@ def test_records_without_id_get_ids_from_their_position() -> None:
 
 # ---------------------------------------------------------------- malformed records
 
-GOOD = _llava()
+GOOD = llava_record()
 
 
 def _conv(*turns: tuple[object, object]) -> list[dict]:
@@ -316,9 +163,13 @@ LLAVA_BAD = {
         "annotation_bad_field",
     ),
     "image is a list": (GOOD | {"image": ["a.jpg", "b.jpg"]}, "image", "annotation_bad_field"),
-    "no image token": (_llava("What is here?"), "conversations[0].value", "image_token_missing"),
+    "no image token": (
+        llava_record("What is here?"),
+        "conversations[0].value",
+        "image_token_missing",
+    ),
     "two image tokens": (
-        _llava("<image>\n<image>\nQ?"),
+        llava_record("<image>\n<image>\nQ?"),
         "conversations[0].value",
         "image_token_misplaced",
     ),
@@ -328,18 +179,18 @@ LLAVA_BAD = {
         "image_token_misplaced",
     ),
     "unknown type": (
-        _llava(instruction_type="detail"),
+        llava_record(instruction_type="detail"),
         "instruction_type",
         "instruction_type_unknown",
     ),
-    "id not text": (_llava(id={"n": 1}), "id", "annotation_bad_field"),
+    "id not text": (llava_record(id={"n": 1}), "id", "annotation_bad_field"),
 }
 
 
 @pytest.mark.parametrize("case", list(LLAVA_BAD), ids=list(LLAVA_BAD))
 def test_malformed_llava_record_is_rejected_and_the_rest_imports(case: str) -> None:
     bad, field, reason = LLAVA_BAD[case]
-    records = [_llava(id="good-0"), copy.deepcopy(bad), _llava(id="good-2")]
+    records = [llava_record(id="good-0"), copy.deepcopy(bad), llava_record(id="good-2")]
     result = from_llava(records, source="s", file="mixed.json")
     assert result.rows["variant"].to_list() == [0, 2]
     assert result.rejects.height == 1
@@ -439,24 +290,6 @@ def test_llava_import_needs_a_list() -> None:
         from_llava({"conversations": []}, source="s", file="f.json")
 
 
-# ---------------------------------------------------------------- exporters refuse bad rows
-
-
-def test_exporters_refuse_rows_they_cannot_write_faithfully() -> None:
-    rows = _internal_rows()
-    dropped = rows.with_columns(drop_reason=pl.lit("llm_refusal"))
-    with pytest.raises(ValueError, match="dropped"):
-        to_llava(dropped)
-    untyped = rows.with_columns(instruction_type=pl.lit(UNLABELLED))
-    with pytest.raises(ValueError, match="paper format"):
-        to_paper(untyped, image_source="x", construction_time="y")
-    one_turn = rows.head(1).with_columns(
-        turns=pl.Series([[{"from": "human", "value": "Q?"}]], dtype=CONVERSATION_SCHEMA["turns"])
-    )
-    with pytest.raises(ValueError, match="conversations\\[0\\]"):
-        to_llava(one_turn)
-
-
 # ---------------------------------------------------------------- files
 
 
@@ -466,14 +299,19 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_load_detects_llava_json_list(tmp_path: Path) -> None:
-    path = _write(tmp_path / "llava.json", json.dumps([_llava(), _llava(id="r2")]))
+    path = _write(tmp_path / "llava.json", json.dumps([llava_record(), llava_record(id="r2")]))
     result = load_instruction_file(path, source="s")
     assert result.rows.height == 2
     assert set(result.rows["source"]) == {"s"}
 
 
 def test_load_jsonl_rejects_an_unparseable_line_and_keeps_the_rest(tmp_path: Path) -> None:
-    lines = [json.dumps(_llava(id="a")), json.dumps(_llava(id="b"))[:40], "", json.dumps(_llava())]
+    lines = [
+        json.dumps(llava_record(id="a")),
+        json.dumps(llava_record(id="b"))[:40],
+        "",
+        json.dumps(llava_record()),
+    ]
     path = _write(tmp_path / "data.jsonl", "\n".join(lines) + "\n")
     result = load_instruction_file(path, source="s")
     assert result.rows["source_annotation_ids"].to_list() == [["llava_id:a"], ["llava_id:r1"]]
@@ -486,7 +324,7 @@ def test_load_jsonl_rejects_an_unparseable_line_and_keeps_the_rest(tmp_path: Pat
 
 
 def test_load_single_line_jsonl(tmp_path: Path) -> None:
-    path = _write(tmp_path / "one.jsonl", json.dumps(_llava()) + "\n")
+    path = _write(tmp_path / "one.jsonl", json.dumps(llava_record()) + "\n")
     assert load_instruction_file(path, source="s").rows.height == 1
 
 
@@ -540,7 +378,7 @@ def test_non_utf8_file_fails_with_its_name(tmp_path: Path) -> None:
 
 
 def test_imported_rows_and_rejects_store_in_duckdb(tmp_path: Path) -> None:
-    result = from_llava([_llava(), LLAVA_BAD["no image"][0]], source="s", file="f.json")
+    result = from_llava([llava_record(), LLAVA_BAD["no image"][0]], source="s", file="f.json")
     with warehouse.connect(tmp_path / "wh.duckdb") as con:
         warehouse.replace_source(con, "generated__conversations", result.rows, "s")
         warehouse.replace_source(con, "raw__rejects", result.rejects, "s")
@@ -570,7 +408,7 @@ def test_text_only_records_import_with_no_image() -> None:
             {"from": "gpt", "value": "Four."},
         ],
     }
-    result = from_llava([text_only, _llava(id="v1")], source="s", file="mix.json")
+    result = from_llava([text_only, llava_record(id="v1")], source="s", file="mix.json")
     rows = {r["source_annotation_ids"][0]: r for r in result.rows.iter_rows(named=True)}
     assert rows["llava_id:t1"]["image_id"] is None and rows["llava_id:t1"]["image_path"] is None
     assert rows["llava_id:t1"]["turns"][0]["value"] == "What is two plus two?"
@@ -583,15 +421,17 @@ def test_text_only_records_import_with_no_image() -> None:
 
 
 def test_a_single_images_list_entry_is_the_image_and_several_are_rejected() -> None:
-    one = {k: v for k, v in _llava(id="one").items() if k != "image"} | {"images": ["x/b.jpg"]}
-    two = {k: v for k, v in _llava(id="two").items() if k != "image"} | {"images": ["a", "b"]}
+    one = {k: v for k, v in llava_record(id="one").items() if k != "image"} | {
+        "images": ["x/b.jpg"]
+    }
+    two = {k: v for k, v in llava_record(id="two").items() if k != "image"} | {"images": ["a", "b"]}
     result = from_llava([one, two], source="s", file="dj.json")
     assert result.rows["image_path"].to_list() == ["x/b.jpg"]
     assert result.rejects.select("record_id", "field").rows() == [("two", "images")]
 
 
 def test_streamed_files_are_never_read_whole(tmp_path: Path, monkeypatch) -> None:
-    records = [_llava(id=f"r{i}") for i in range(50)]
+    records = [llava_record(id=f"r{i}") for i in range(50)]
     array = _write(tmp_path / "array.json", json.dumps(records))
     lines = _write(tmp_path / "lines.jsonl", "\n".join(json.dumps(r) for r in records))
     paper = _write(
@@ -656,7 +496,7 @@ HOSTILE = {
 @pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
 def test_hostile_llava_fields_are_rejects(case: str) -> None:
     bad, field, reason = HOSTILE[case]
-    result = from_llava([_llava(id="ok"), bad], source="s", file="h.json")
+    result = from_llava([llava_record(id="ok"), bad], source="s", file="h.json")
     assert result.rows.height == 1
     assert result.rejects.select("field", "reason").rows() == [(field, reason)]
 
@@ -664,7 +504,7 @@ def test_hostile_llava_fields_are_rejects(case: str) -> None:
 def test_lone_surrogate_escape_in_a_json_list_is_a_reject_not_a_question_mark(
     tmp_path: Path,
 ) -> None:
-    text = json.dumps([_llava(id="ok"), _llava(id="bad", image="\ud800.jpg")])
+    text = json.dumps([llava_record(id="ok"), llava_record(id="bad", image="\ud800.jpg")])
     assert "\\ud800" in text
     path = _write(tmp_path / "list.json", text)
     result = load_instruction_file(path, source="s")
@@ -673,11 +513,11 @@ def test_lone_surrogate_escape_in_a_json_list_is_a_reject_not_a_question_mark(
 
 
 def test_bad_bytes_and_surrogates_in_json_lines_reject_their_line(tmp_path: Path) -> None:
-    good = json.dumps(_llava(id="ok")).encode()
-    latin1 = json.dumps(_llava(id="l1", image="caf\u00e9.jpg"), ensure_ascii=False).encode(
+    good = json.dumps(llava_record(id="ok")).encode()
+    latin1 = json.dumps(llava_record(id="l1", image="caf\u00e9.jpg"), ensure_ascii=False).encode(
         "latin-1"
     )
-    surrogate = json.dumps(_llava(id="s1", image="\ud800.jpg")).encode()
+    surrogate = json.dumps(llava_record(id="s1", image="\ud800.jpg")).encode()
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join([good, latin1, surrogate, good.replace(b'"ok"', b'"ok2"')]))
     result = load_instruction_file(path, source="s")
@@ -708,14 +548,14 @@ def _variety() -> list[dict]:
     """Records each check of the per-record path decides, valid and not, in one file."""
     conv = _conv
     base = [
-        _llava(id="plain"),
-        _llava("What is here?\n<image>", id="token-last"),
-        _llava("Look: <image> what is it?", id="token-mid"),
-        _llava("  <image>\n  padded  ", id="padded"),
-        _llava(id="plain"),  # a repeated id: its own key plain#1
-        _llava(id="typed", instruction_type="negative"),
-        _llava(id="labelled", instruction_type="unlabelled"),
-        _llava(id="bad-type", instruction_type="detail"),
+        llava_record(id="plain"),
+        llava_record("What is here?\n<image>", id="token-last"),
+        llava_record("Look: <image> what is it?", id="token-mid"),
+        llava_record("  <image>\n  padded  ", id="padded"),
+        llava_record(id="plain"),  # a repeated id: its own key plain#1
+        llava_record(id="typed", instruction_type="negative"),
+        llava_record(id="labelled", instruction_type="unlabelled"),
+        llava_record(id="bad-type", instruction_type="detail"),
         {"id": "text-only", "conversations": conv(("human", "Hi?"), ("gpt", "Hello."))},
         {"id": "text-token", "conversations": conv(("human", "<image> Hi?"), ("gpt", "Hey."))},
         {"conversations": conv(("human", "<image>\nQ?"), ("gpt", "A.")), "image": "n.jpg"},
@@ -724,14 +564,14 @@ def _variety() -> list[dict]:
             "image": "a.jpg",
             "conversations": conv(("human", "<image>\nQ"), ("gpt", "A")),
         },
-        _llava(id="  "),
-        _llava(id="sep\x1f"),
-        _llava("<image>\n\x1f", id="unit-separator-only"),
-        _llava("<image>\n\u2003", id="em-space-only"),
-        {k: v for k, v in _llava(id="dj").items() if k != "image"} | {"images": ["x.jpg"]},
-        _llava(id="both") | {"images": ["ignored.jpg"]},
-        _llava(id="two-images") | {"image": None, "images": ["a", "b"]},
-        _llava("<image>\n<image>\nQ?", id="two-tokens"),
+        llava_record(id="  "),
+        llava_record(id="sep\x1f"),
+        llava_record("<image>\n\x1f", id="unit-separator-only"),
+        llava_record("<image>\n\u2003", id="em-space-only"),
+        {k: v for k, v in llava_record(id="dj").items() if k != "image"} | {"images": ["x.jpg"]},
+        llava_record(id="both") | {"images": ["ignored.jpg"]},
+        llava_record(id="two-images") | {"image": None, "images": ["a", "b"]},
+        llava_record("<image>\n<image>\nQ?", id="two-tokens"),
         GOOD | {"id": "unanswered", "conversations": conv(("human", "<image>\nQ?"))},
         GOOD | {"id": "gpt-first", "conversations": conv(("gpt", "<image>\nQ?"), ("human", "A"))},
         GOOD | {"id": "null-turn", "conversations": [GOOD["conversations"][0], None]},
@@ -746,8 +586,8 @@ def _variety() -> list[dict]:
                 ("human", "<image>\nQ"), ("gpt", "A"), ("human", "B"), ("gpt", "C")
             ),
         },
-        _llava(id="empty-image", image=""),
-        _llava(id="caf\u00e9 \U0001f600"),
+        llava_record(id="empty-image", image=""),
+        llava_record(id="caf\u00e9 \U0001f600"),
     ]
     return base * 3  # repeats across blocks: keys plain#1, plain#2 ...
 
@@ -760,7 +600,7 @@ def test_vectorised_json_lines_equal_the_per_record_path(
 
     records = _variety()
     if repeat_ids:  # the key of the second "plain" is "plain#1": this one maps to the same id
-        records.append(_llava(id="plain#1"))
+        records.append(llava_record(id="plain#1"))
     else:
         for k, record in enumerate(records):
             if isinstance(record.get("id"), str) and record["id"].strip():
