@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
+from vlit_assets.core.raw.stage import RawOptions
+from vlit_assets.defs.raw import RawConfig
 from vlit_assets.runner import run_source
 from vlit_assets_tests.corrupt import build_corrupted_coco
 from vlit_assets_tests.pipeline import check_evaluation, pipeline_env
+
+
+def test_run_config_has_the_fields_and_defaults_of_the_core_options():
+    assert RawConfig().model_dump() == asdict(RawOptions())
 
 
 def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
