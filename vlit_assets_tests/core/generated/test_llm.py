@@ -40,7 +40,7 @@ from vlit_assets.core.generated.llm import (
 from vlit_assets.core.generated.prompts import parse_reply
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SECRET = "sk-test-Zq8vW3-never-store-me-41"
 
 
@@ -335,7 +335,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     import sys
     import duckdb
     from vlit_assets.core.generated.llm import LLMSettings, RequestCache, run_requests_sync
-    from vlit_assets_tests.core.test_llm import make_request
+    from vlit_assets_tests.core.generated.test_llm import make_request
 
     base_url, db = sys.argv[1], sys.argv[2]
     settings = LLMSettings(base_url=base_url, model="fake-model", api_key="unused",

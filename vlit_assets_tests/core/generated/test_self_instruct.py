@@ -24,7 +24,7 @@ from vlit_assets.core.generated.llm import (
 )
 from vlit_assets.core.generated.prompts import PROMPT_VERSION, SYSTEM_PROMPTS
 from vlit_assets.core.generated.self_instruct import plan_requests, request_rows, rows_from_results
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
 from vlit_assets.core.text.categories import COCO_CATEGORIES

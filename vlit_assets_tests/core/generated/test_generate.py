@@ -16,19 +16,17 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from vlit_assets.core.generated import templates as gen
-from vlit_assets.core.generated.templates import (
+from vlit_assets.core.generated.templates import frames, phrasing, run
+from vlit_assets.core.generated.templates.run import (
     TEMPLATE_VERSION,
     TemplateConfig,
-    a_phrase,
-    count_phrase,
     generate_templates,
-    plural,
 )
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.raw.collect import collect_source, find_coco_files
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
 from vlit_assets.core.text.categories import COCO_CATEGORIES
+from vlit_assets.core.text.inflect import NUMBER_NAMES, a_phrase, count_phrase, plural, the_phrase
 
 PLURALS = {
     "person": "people", "bicycle": "bicycles", "car": "cars", "motorcycle": "motorcycles",
@@ -55,8 +53,8 @@ PLURALS = {
     "hair drier": "hair driers", "toothbrush": "toothbrushes",
 }  # fmt: skip
 
-NUMBERS = {w: i for i, w in enumerate(gen._NUMBER_WORDS)}
-NUM = r"(\d+|" + "|".join(gen._NUMBER_WORDS) + r")"
+NUMBERS = {w: i for i, w in enumerate(NUMBER_NAMES)}
+NUM = r"(\d+|" + "|".join(NUMBER_NAMES) + r")"
 
 
 def test_plural_is_right_for_all_80_coco_names() -> None:
@@ -75,8 +73,8 @@ def test_noun_phrases() -> None:
     assert a_phrase("broccoli") == "some broccoli"
     assert a_phrase("sheep") == "a sheep" and a_phrase("oven") == "an oven"
     assert count_phrase(3, "broccoli") == "three pieces of broccoli"
-    assert gen.the_phrase("broccoli", 3) == ("the broccoli", "is")
-    assert gen.the_phrase("person", 2, boxed=True) == ("the boxed people", "are")
+    assert the_phrase("broccoli", 3) == ("the broccoli", "is")
+    assert the_phrase("person", 2, boxed=True) == ("the boxed people", "are")
 
 
 # --------------------------------------------------------------------------- hand-made frames
@@ -262,9 +260,9 @@ def test_captions_with_contradicted_counts_are_not_quoted(tmp_path: Path) -> Non
     assert "Two zebras grazing." in text  # true count
     assert "A crowd of 5 people near two zebras." in text  # a crowd cannot be contradicted
     images, caps, objs, cats, _ = frames
-    kept = gen.quotable_captions(caps, objs, cats["name"])
+    kept = frames.quotable_captions(caps, objs, cats["name"])
     assert kept["caption_id"].to_list() == ["cap_2", "cap_3"]
-    only_dogs = gen.quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
+    only_dogs = frames.quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
     assert only_dogs["caption_id"].to_list() == ["cap_0", "cap_2", "cap_3"]  # giraffe: not judged
 
 
@@ -461,7 +459,7 @@ def _truths(m: Mini) -> dict[str, Truth]:
 
 
 def _description_answers(turns: list[dict]) -> set[int]:
-    describe = set(gen.DESCRIBE_Q) | set(gen.REDESCRIBE_Q)
+    describe = set(phrasing.DESCRIBE_Q) | set(phrasing.REDESCRIBE_Q)
     return {i + 1 for i, t in enumerate(turns) if t["from"] == "human" and t["value"] in describe}
 
 
@@ -807,4 +805,4 @@ def test_generation_split_over_processes_gives_the_serial_rows(mini: Mini, tmp_p
 
 def test_generation_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers"):
-        gen._check_config(TemplateConfig(workers=0))
+        run._check_config(TemplateConfig(workers=0))
