@@ -209,7 +209,7 @@ class LLMResource(dg.ConfigurableResource):
         )
 
     def settings(self):
-        from vlit_assets.core.generated.llm import LLMSettings
+        from vlit_assets.core.generated.llm.settings import LLMSettings
 
         values = self.resolved()
         fixed = _parse_concurrency(str(values["concurrency"]), "LLMResource.concurrency")

@@ -6,13 +6,10 @@ import polars as pl
 from vlit_assets.checks.factory import build_suite_check
 from vlit_assets.checks.generated_suite import validate_generated
 from vlit_assets.core import sources, warehouse
-from vlit_assets.core.generated.llm import (
-    Budget,
-    LLMSettings,
-    ProgressLine,
-    RequestCache,
-    run_requests_sync,
-)
+from vlit_assets.core.generated.llm.cache import RequestCache
+from vlit_assets.core.generated.llm.client import run_requests_sync
+from vlit_assets.core.generated.llm.pacing import ProgressLine
+from vlit_assets.core.generated.llm.settings import Budget, LLMSettings
 from vlit_assets.core.generated.self_instruct import SelfInstructRun, generate_self_instruct
 from vlit_assets.core.generated.templates import (
     TemplateConfig,
@@ -46,7 +43,7 @@ class GeneratedConfig(dg.Config):
     region_min_area_frac: float = 0.02  # smallest box, as a share of the image, for region
     seed: int = 0
     # Processes for template writing and region rendering; None: every core (template writing
-    # stays in one process below core.generate.PARALLEL_MIN_IMAGES images).
+    # stays in one process below templates.run.PARALLEL_MIN_IMAGES images).
     workers: int | None = None
     use_llm: bool = True  # self-instruct as well, when an endpoint is configured
     llm_types: list[str] = ALL_TYPES

@@ -16,7 +16,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from vlit_assets.core.generated.templates import frames, phrasing, run
+from vlit_assets.core.generated.templates import phrasing, run
+from vlit_assets.core.generated.templates.frames import quotable_captions
 from vlit_assets.core.generated.templates.run import (
     TEMPLATE_VERSION,
     TemplateConfig,
@@ -260,9 +261,9 @@ def test_captions_with_contradicted_counts_are_not_quoted(tmp_path: Path) -> Non
     assert "Two zebras grazing." in text  # true count
     assert "A crowd of 5 people near two zebras." in text  # a crowd cannot be contradicted
     images, caps, objs, cats, _ = frames
-    kept = frames.quotable_captions(caps, objs, cats["name"])
+    kept = quotable_captions(caps, objs, cats["name"])
     assert kept["caption_id"].to_list() == ["cap_2", "cap_3"]
-    only_dogs = frames.quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
+    only_dogs = quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
     assert only_dogs["caption_id"].to_list() == ["cap_0", "cap_2", "cap_3"]  # giraffe: not judged
 
 

@@ -22,20 +22,20 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vlit_assets.core.generated.llm import (
-    CACHE_TABLE,
-    Budget,
+from vlit_assets.core.generated.llm.cache import CACHE_TABLE, RequestCache
+from vlit_assets.core.generated.llm.client import run_requests, run_requests_sync
+from vlit_assets.core.generated.llm.pacing import (
     ConcurrencyLimit,
-    LLMRequest,
-    LLMResult,
-    LLMSettings,
-    RequestCache,
     RunStats,
     backoff_delay,
     parse_retry_after,
+)
+from vlit_assets.core.generated.llm.settings import (
+    Budget,
+    LLMRequest,
+    LLMResult,
+    LLMSettings,
     request_hash,
-    run_requests,
-    run_requests_sync,
 )
 from vlit_assets.core.generated.prompts import parse_reply
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
@@ -334,7 +334,9 @@ CLIENT_SCRIPT = textwrap.dedent(
     """
     import sys
     import duckdb
-    from vlit_assets.core.generated.llm import LLMSettings, RequestCache, run_requests_sync
+    from vlit_assets.core.generated.llm.cache import RequestCache
+    from vlit_assets.core.generated.llm.client import run_requests_sync
+    from vlit_assets.core.generated.llm.settings import LLMSettings
     from vlit_assets_tests.core.generated.test_llm import make_request
 
     base_url, db = sys.argv[1], sys.argv[2]

@@ -14,14 +14,9 @@ import polars as pl
 import pytest
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.generated.llm import (
-    Budget,
-    LLMResult,
-    LLMSettings,
-    RequestCache,
-    request_hash,
-    run_requests_sync,
-)
+from vlit_assets.core.generated.llm.cache import RequestCache
+from vlit_assets.core.generated.llm.client import run_requests_sync
+from vlit_assets.core.generated.llm.settings import Budget, LLMResult, LLMSettings, request_hash
 from vlit_assets.core.generated.prompts import PROMPT_VERSION, SYSTEM_PROMPTS
 from vlit_assets.core.generated.self_instruct import plan_requests, request_rows, rows_from_results
 from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates

@@ -158,11 +158,19 @@ POOLS = [
     (phrasing.CONFIRM_Q, _YES, "existence"),
     (phrasing.COUNT_Q, "There are two dogs.", "counting"),
     (phrasing.INVENTORY_Q, "I can see two dogs.", "counting"),
-    (phrasing.RELATION_Q["h"] + phrasing.RELATION_Q["v"] + phrasing.RELATION_Q["s"], "It is.", "spatial"),
+    (
+        phrasing.RELATION_Q["h"] + phrasing.RELATION_Q["v"] + phrasing.RELATION_Q["s"],
+        "It is.",
+        "spatial",
+    ),
     (phrasing.FALSE_COUNT_Q, _NO_COUNT, "counting"),
     (phrasing.FALSE_COUNT_Q, "Yes, there are exactly three dogs.", "counting"),
     (phrasing.FALSE_RELATION_Q, "No. Actually, the dog is to the right of the cat.", "spatial"),
-    (phrasing.REGION_WHAT_Q + phrasing.REGION_WHERE_Q + phrasing.REGION_WHERE_POLAR_Q, "It is.", "region"),
+    (
+        phrasing.REGION_WHAT_Q + phrasing.REGION_WHERE_Q + phrasing.REGION_WHERE_POLAR_Q,
+        "It is.",
+        "region",
+    ),
     (phrasing.REGION_REL_Q + phrasing.REGION_REL_POLAR_Q + phrasing.REGION_SIZE_Q, "No.", "region"),
     (phrasing.REGION_ALONE_Q, "No, there are three dogs in all.", "region"),
 ]
@@ -186,7 +194,8 @@ def test_region_count_phrasings_without_a_box_word_are_counts_or_presence() -> N
     kinds = {_classify(q.format(**_FILL), "No others.")["kind"] for q in phrasing.REGION_COUNT_Q}
     assert kinds <= {"region", "counting"}
     kinds = {
-        _classify(q.format(**_FILL), "No, it is the only dog.")["kind"] for q in phrasing.REGION_MORE_Q
+        _classify(q.format(**_FILL), "No, it is the only dog.")["kind"]
+        for q in phrasing.REGION_MORE_Q
     }
     assert kinds <= {"region", "existence"}
 

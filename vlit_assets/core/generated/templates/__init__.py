@@ -49,8 +49,9 @@ decide what may be said are these (the tests check them on coco-mini):
   zebras) is never quoted (``quotable_captions``). Attributes (adjective + category) are not
   generated yet.
 - A conversation needs ``MIN_PAIRS`` question/answer pairs; one the annotations cannot fill is
-  kept as a row with empty turns and ``drop_reason`` "too_few_facts: ...". A region image that
-  fails to render keeps its turns and gets ``drop_reason`` "region_render_failed: ...".
+  kept as a row with empty turns, ``drop_reason`` "too_few_facts" and the pairs it lacks in
+  ``drop_detail``. A region image that fails to render keeps its turns and gets
+  "region_render_failed", with the renderer's error as the detail.
 
 Phrasings are drawn per conversation from pools by a stream of bytes hashed from
 ``(seed, conversation_id)``, so a seed fixes every row byte for byte, on any machine.

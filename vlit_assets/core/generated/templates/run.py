@@ -70,6 +70,7 @@ class _Rows:
         self.image_path: list[str] = []
         self.region_object_id: list[str | None] = []
         self.drop_reason: list[str | None] = []
+        self.drop_detail: list[str | None] = []
         self.turn_off = [0]
         self.turn_value: list[str] = []
         self.ids_off = [0]
@@ -93,13 +94,15 @@ class _Rows:
         self.image_path.append(image_path)
         self.region_object_id.append(region_object_id)
         if len(pairs) < MIN_PAIRS:
-            self.drop_reason.append(
-                f"too_few_facts: the annotations support {len(pairs)} of the {MIN_PAIRS} "
+            self.drop_reason.append("too_few_facts")
+            self.drop_detail.append(
+                f"the annotations support {len(pairs)} of the {MIN_PAIRS} "
                 f"question/answer pairs a {itype} conversation needs"
             )
             pairs = []
         else:
             self.drop_reason.append(None)
+            self.drop_detail.append(None)
         for pair in pairs:
             self.turn_value.extend(pair)
         self.turn_off.append(len(self.turn_value))
@@ -132,6 +135,7 @@ class _Rows:
                 "region_object_id": pa.array(self.region_object_id, pa.string()),
                 "source_annotation_ids": ids,
                 "drop_reason": pa.array(self.drop_reason, pa.string()),
+                "drop_detail": pa.array(self.drop_detail, pa.string()),
             }
         )
         return table
@@ -326,15 +330,18 @@ def _ready() -> bool:
 
 def _render(df: pl.DataFrame, jobs: list[_Job], workers: int | None) -> pl.DataFrame:
     results = render_regions([job for _, job in jobs], workers=workers)
-    reasons = df["drop_reason"].to_list()
+    reasons, details = df["drop_reason"].to_list(), df["drop_detail"].to_list()
     failed = 0
     for (row, _), result in zip(jobs, results, strict=True):
         if result.status == "failed":
-            reasons[row] = f"region_render_failed: {result.error}"
+            reasons[row], details[row] = "region_render_failed", result.error
             failed += 1
     if not failed:
         return df
-    return df.with_columns(pl.Series("drop_reason", reasons, dtype=pl.String))
+    return df.with_columns(
+        pl.Series("drop_reason", reasons, dtype=pl.String),
+        pl.Series("drop_detail", details, dtype=pl.String),
+    )
 
 
 def _template_rows(
