@@ -31,7 +31,7 @@ WRITER_POOL = "duckdb_writer"
 # is usable); the specific part (which cause, which failure, what the renderer said) is in
 # drop_detail, so counts per code stay few and stable.
 DROP_REASONS = {
-    "too_few_facts": "the annotations support fewer question/answer pairs than a conversation needs",
+    "too_few_facts": "the annotations support fewer question/answer pairs than one needs",
     "region_render_failed": "the region image (the box drawn on the photo) could not be written",
     "llm_error": "the LLM request got no reply; the detail is the cause (timeout, connection, "
     "http_<status>, deadline, gave_up, budget_exhausted, ...)",
