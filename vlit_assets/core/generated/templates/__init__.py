@@ -34,9 +34,9 @@ decide what may be said are these (the tests check them on coco-mini):
   holds or its opposite, "the only one?" or "any others?"; the answer states the truth.
 - Negative questions about absent objects use the top of the ``raw__tags.absent`` ranking
   (co-occurring, so plausible), minus anything annotated in the image or named by one of its
-  captions (``score.caption_mentions``: CHAIR counts those as present); the answer denies and
-  then lists what is annotated. False counts ask for the true count plus 1 to 3 and answer
-  with the true count; false relations ask the opposite of a relation that holds.
+  captions (``text.reading.caption_mentions``: CHAIR counts those as present); the answer
+  denies and then lists what is annotated. False counts ask for the true count plus 1 to 3
+  and answer with the true count; false relations ask the opposite of a relation that holds.
 - Balance (POPE): a negative conversation opens with a denial (an absent object when the
   ranking has one) and then alternates confirmations and denials, the last side drawn with
   "no" twice as likely (global conversations add yes-answers). Confirmations ask about an

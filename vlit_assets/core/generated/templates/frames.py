@@ -154,9 +154,9 @@ def quotable_captions(
 ) -> pl.DataFrame:
     """The captions minus those stating a count the boxes contradict ("two giraffes" of zebras).
 
-    Counts are read as the scorer reads them (``score.stated_counts``) and judged as it judges
-    them: only for the source's ``categories``, never for a category with a crowd box, and an
-    unboxed category counts zero.
+    Counts are read as the scorer reads them (``text.reading.stated_counts``) and judged as it
+    judges them: only for the source's ``categories``, never for a category with a crowd box,
+    and an unboxed category counts zero.
     """
     # Only a caption holding a digit or a number word can state a count.
     maybe = captions.filter(pl.col("caption").str.contains(_NUMBER_HINT))

@@ -207,7 +207,7 @@ def generate_templates(
             pool = _start_pool(workers - 1)
         frames = prepare_frames(images, captions, objects, categories, tags, source)
         names = categories.filter(pl.col("source") == source).get_column("name")
-        # Captions are ground truth for presence (score.py's CHAIR reads them too), so what
+        # Captions are ground truth for presence (the scorer's CHAIR reads them too), so what
         # they name is never denied, even where COCO drew no box.
         named = caption_mentions(frames.captions)
         frames = frames._replace(captions=quotable_captions(frames.captions, frames.objects, names))

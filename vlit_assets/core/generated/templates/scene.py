@@ -114,7 +114,7 @@ def box_relations(
 
 
 def relations_between(a: Cat, b: Cat, width: float, height: float) -> list[str]:
-    """Relations "every a <rel> every b" that the boxes support (see module doc)."""
+    """Relations "every a <rel> every b" that the boxes support (see the package doc)."""
     return box_relations(a.ext, b.ext, width, height)
 
 
