@@ -446,8 +446,8 @@ def add_llm_arguments(run: argparse.ArgumentParser) -> None:
     add("--llm-retries", type=int, metavar="N",
         help="retries per request ($VLIT_LLM_MAX_RETRIES, default 4)")  # fmt: skip
     add("--llm-deadline", type=float, metavar="S",
-        help="whole-stage limit; what is not done by then is dropped as llm_error:deadline "
-        "($VLIT_LLM_DEADLINE_S, default none)")  # fmt: skip
+        help="whole-stage limit; what is not done by then is dropped as llm_error with "
+        "detail deadline ($VLIT_LLM_DEADLINE_S, default none)")  # fmt: skip
     add(
         "--llm-max-tokens",
         type=int,
