@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from vlit_assets.core.generated.regions import RenderJob, render_regions
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 
 SOURCE = "bench"
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Throughput of the self-instruct LLM client (core/llm.py) against the local fake server.
+"""Throughput of the self-instruct LLM client (core/generated/llm/) against the local fake server.
 
 Run: ``.venv/bin/python benchmarks/llm_bench.py [--requests 960]``. Real self-instruct prompts
 (system prompt, in-context example, annotations) go over HTTP through the ``openai`` client to
@@ -25,14 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from vlit_assets.core.generated.llm import (  # noqa: E402
-    LLMRequest,
-    LLMResult,
-    LLMSettings,
-    RequestCache,
-    cache_entry,
-    run_requests_sync,
-)
+from vlit_assets.core.generated.llm.cache import RequestCache, cache_entry  # noqa: E402
+from vlit_assets.core.generated.llm.client import run_requests_sync  # noqa: E402
+from vlit_assets.core.generated.llm.settings import LLMRequest, LLMResult, LLMSettings  # noqa: E402
 from vlit_assets.core.generated.prompts import PROMPT_VERSION, build_messages  # noqa: E402
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault  # noqa: E402
 

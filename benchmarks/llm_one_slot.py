@@ -14,7 +14,8 @@ import argparse
 import time
 from collections import Counter
 
-from vlit_assets.core.generated.llm import LLMRequest, LLMSettings, run_requests_sync
+from vlit_assets.core.generated.llm.client import run_requests_sync
+from vlit_assets.core.generated.llm.settings import LLMRequest, LLMSettings
 from vlit_assets_tests.openai_server import FakeOpenAIServer
 
 

@@ -22,7 +22,7 @@ from vlit_assets.core.scored.metrics import (
     score_rules,
 )
 from vlit_assets.core.text.categories import COCO_CATEGORIES
-from vlit_assets.core.text.objects import plural
+from vlit_assets.core.text.inflect import plural
 from vlit_assets.core.text.reading import mentions_long, qa_pairs, turns_long
 
 TURNS = pl.List(pl.Struct({"from": pl.String, "value": pl.String}))

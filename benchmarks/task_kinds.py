@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import polars as pl  # noqa: E402
 
 from vlit_assets.core.formats.files import load_instruction_file  # noqa: E402
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates  # noqa: E402
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates  # noqa: E402
 from vlit_assets.core.raw.annotations import find_coco_files  # noqa: E402
 from vlit_assets.core.raw.collect import collect_source  # noqa: E402
 from vlit_assets.core.scored.task_kinds import infer_task_kinds, type_precision_recall  # noqa: E402

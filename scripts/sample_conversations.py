@@ -26,11 +26,11 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates  # noqa: E402
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates  # noqa: E402
 from vlit_assets.core.raw.annotations import find_coco_files  # noqa: E402
 from vlit_assets.core.raw.collect import collect_source  # noqa: E402
 from vlit_assets.core.text.categories import COCO_CATEGORIES  # noqa: E402
-from vlit_assets.core.text.objects import plural  # noqa: E402
+from vlit_assets.core.text.inflect import plural  # noqa: E402
 
 SOURCE = "coco-mini"
 _SIDE = {

@@ -446,8 +446,8 @@ def add_llm_arguments(run: argparse.ArgumentParser) -> None:
     add("--llm-retries", type=int, metavar="N",
         help="retries per request ($VLIT_LLM_MAX_RETRIES, default 4)")  # fmt: skip
     add("--llm-deadline", type=float, metavar="S",
-        help="whole-stage limit; what is not done by then is dropped as llm_error:deadline "
-        "($VLIT_LLM_DEADLINE_S, default none)")  # fmt: skip
+        help="whole-stage limit; what is not done by then is dropped as llm_error with "
+        "detail deadline ($VLIT_LLM_DEADLINE_S, default none)")  # fmt: skip
     add(
         "--llm-max-tokens",
         type=int,
@@ -606,8 +606,10 @@ def llm_summary_lines(metadata: Mapping[str, object]) -> list[str]:
     row("cache hits", meta["llm/cache_hits"])
     row("parsed", meta.get("llm/parsed", "?"))
     row("repaired by the parser", meta.get("llm/repaired", 0))
-    for key in sorted(k for k in meta if k.startswith("drops/llm_")):
-        row(f"dropped: {key.removeprefix('drops/')}", meta[key])
+    for key in sorted(k for k in meta if k.startswith("drops/llm/")):
+        row(f"dropped: {key.removeprefix('drops/llm/')}", meta[key])
+    for key in sorted(k for k in meta if k.startswith("llm/no_reply/")):
+        row(f"no reply: {key.removeprefix('llm/no_reply/')}", meta[key])
     for key in sorted(k for k in meta if k.startswith("llm/failed_attempts/")):
         row(f"failed attempts: {key.removeprefix('llm/failed_attempts/')}", meta[key])
     row("prompt tokens", meta["llm/prompt_tokens"])

@@ -151,7 +151,7 @@ class LLMResource(dg.ConfigurableResource):
     deadline_s: float | None = Field(
         None,
         description="$VLIT_LLM_DEADLINE_S: whole-stage limit; requests not done by then fail as "
-        "llm_error:deadline (default: none)",
+        "llm_error, detail deadline (default: none)",
     )
     temperature: float | None = Field(None, description="$VLIT_LLM_TEMPERATURE (0.7)")
     max_tokens: int | None = Field(
@@ -209,7 +209,7 @@ class LLMResource(dg.ConfigurableResource):
         )
 
     def settings(self):
-        from vlit_assets.core.generated.llm import LLMSettings
+        from vlit_assets.core.generated.llm.settings import LLMSettings
 
         values = self.resolved()
         fixed = _parse_concurrency(str(values["concurrency"]), "LLMResource.concurrency")

@@ -14,7 +14,8 @@ import polars as pl
 
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.scored.metrics import image_annotations
-from vlit_assets.core.text.objects import CATEGORY_NAMES, NUMBER_WORDS, extract_mentions, plural
+from vlit_assets.core.text.inflect import NUMBER_WORDS, plural
+from vlit_assets.core.text.objects import CATEGORY_NAMES, extract_mentions
 
 DEFECT_KINDS = (
     "absent_object",  # an object the image does not hold is asserted in an answer

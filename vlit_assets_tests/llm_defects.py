@@ -30,8 +30,7 @@ import polars as pl
 
 from vlit_assets.core.generated.prompts import EXAMPLES
 from vlit_assets.core.scored.metrics import image_annotations
-from vlit_assets.core.text.objects import (
-    CATEGORY_NAMES,
+from vlit_assets.core.text.inflect import (
     PAIRED,
     a_phrase,
     article,
@@ -39,6 +38,7 @@ from vlit_assets.core.text.objects import (
     plural,
     the_phrase,
 )
+from vlit_assets.core.text.objects import CATEGORY_NAMES
 from vlit_assets.core.text.reading import caption_mentions
 from vlit_assets_tests.defects import plant_kinds
 

@@ -91,13 +91,15 @@ def test_the_llm_summary_shows_verification_and_the_warning() -> None:
         "generators": "template + llm (m)", "llm/requests": 4, "llm/sent": 4, "llm/attempts": 5,
         "llm/retries": 1, "llm/cache_hits": 0, "llm/parsed": 0, "llm/repaired": 0,
         "llm/prompt_tokens": 0, "llm/completion_tokens": 0, "llm/cost_usd": 0.0,
-        "drops/llm_error:connection": 4, "llm/warning": "LLM: EVERY 4 requests failed (...)",
+        "drops/llm/llm_error": 4, "llm/no_reply/connection": 4,
+        "llm/warning": "LLM: EVERY 4 requests failed (...)",
         "verify/requests": 2, "verify/verified": 1, "verify/answers_supported": 2,
         "verify/answers_contradicted": 1, "verify/answers_unknown": 0,
         "verify/errors/llm_parse:no_json": 1,
     }  # fmt: skip
     text = "\n".join(cli.llm_summary_lines(meta))
-    assert "dropped: llm_error:connection" in text and "answers contradicted" in text
+    assert "dropped: llm_error" in text and "no reply: connection" in text
+    assert "answers contradicted" in text
     assert "verification failed: llm_parse:no_json" in text
     assert text.rstrip().endswith("!!! WARNING: LLM: EVERY 4 requests failed (...)")
     assert cli.llm_summary_lines({"generators": "template only (use_llm is off)"})[-1] == (

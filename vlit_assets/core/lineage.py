@@ -8,6 +8,7 @@ from typing import Any
 import duckdb
 
 from vlit_assets.core.schemas import SCORE_COLUMNS
+from vlit_assets.core.vocab import DROP_REASONS
 from vlit_assets.core.warehouse import table_exists
 
 
@@ -63,6 +64,8 @@ def lineage(con: duckdb.DuckDBPyConnection, conversation_id: str) -> dict[str, A
         ),
     }
     chain["generated"] = {k: v for k, v in generated.items() if k != "turns"}
+    if generated.get("drop_reason"):
+        chain["generated"]["drop_reason_means"] = DROP_REASONS.get(generated["drop_reason"])
     chain["turns"] = generated["turns"]
     # LLM rows: what the request cost on the wire, and the optional verifier's verdicts.
     for key, table in (("llm_request", "generated__llm_requests"),

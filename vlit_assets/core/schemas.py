@@ -189,7 +189,8 @@ GENERATED_CONVERSATIONS = Table(
         "completion_tokens": "INTEGER",
         "latency_ms": "DOUBLE",
         "cache_hit": "BOOLEAN",
-        "drop_reason": "VARCHAR",  # set when the generator could not produce a usable sample
+        "drop_reason": "VARCHAR",  # a DROP_REASONS code when the generator made no usable sample
+        "drop_detail": "VARCHAR",  # the specific cause behind drop_reason, in words or a key
         "run_id": "VARCHAR",
     },
     ("conversation_id",),

@@ -27,6 +27,17 @@ SOURCES = "sources"  # the dynamic partitions definition: one partition key per 
 # whose limit is 1 in dagster.yaml, so parallel partition runs queue instead of failing on the lock.
 WRITER_POOL = "duckdb_writer"
 
+# Why a generated conversation is unusable (generated__conversations.drop_reason, null when it
+# is usable); the specific part (which cause, which failure, what the renderer said) is in
+# drop_detail, so counts per code stay few and stable.
+DROP_REASONS = {
+    "too_few_facts": "the annotations support fewer question/answer pairs than one needs",
+    "region_render_failed": "the region image (the box drawn on the photo) could not be written",
+    "llm_error": "the LLM request got no reply; the detail is the cause (timeout, connection, "
+    "http_<status>, deadline, gave_up, budget_exhausted, ...)",
+    "llm_parse": "the LLM reply is no usable conversation; the detail is a prompts.FAILURES key",
+}
+
 # Why a record of a source was rejected at the raw stage (raw__rejects.reason).
 REJECT_REASONS = {
     # images

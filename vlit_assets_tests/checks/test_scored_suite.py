@@ -26,7 +26,7 @@ from vlit_assets.checks.scored_suite import (
     validate_scored_table,
 )
 from vlit_assets.core import warehouse
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.collect import CollectResult, collect_source
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.schemas import LLM_CHECK_COLUMNS

@@ -44,7 +44,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.collect import CollectResult, collect_source
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder

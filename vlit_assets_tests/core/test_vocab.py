@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.text.categories import COCO_CATEGORIES
+from vlit_assets.core.text.inflect import plural
 from vlit_assets.core.text.objects import (
     CATEGORY_NAMES,
     COUNT_PATTERN,
@@ -19,7 +20,6 @@ from vlit_assets.core.text.objects import (
     NEGATION_SCOPE_PATTERN,
     category_of,
     extract_mentions,
-    plural,
 )
 from vlit_assets.core.text.reading import rx, with_category
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from PIL import Image
 
 from vlit_assets.core import lineage, warehouse
+from vlit_assets.core.generated.stage import GenerationOptions
+from vlit_assets.defs.generated import GeneratedConfig
 from vlit_assets.runner import run_source
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 from vlit_assets_tests.pipeline import (
@@ -16,6 +18,10 @@ from vlit_assets_tests.pipeline import (
 
 STAGES = ("raw", "generated")
 SECRET = "sk-test-never-store-this-0123456789"
+
+
+def test_the_stage_config_has_the_fields_and_defaults_of_the_core_options() -> None:
+    assert GenerationOptions(**GeneratedConfig().model_dump()) == GenerationOptions()
 
 
 def test_sample_generates_all_three_types_with_templates_only(tmp_path, monkeypatch):
@@ -120,7 +126,7 @@ def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
         resent = len(server.log) - sent_first
         failed_before = env.scalar(
             "SELECT count(*) FROM generated__conversations "
-            "WHERE generator = 'llm' AND drop_reason LIKE 'llm_error:%'"
+            "WHERE generator = 'llm' AND drop_reason = 'llm_error'"
         )
         assert resent <= failed_before
         hits = materialization_metadata(again, "generated__conversations")["llm/cache_hits"]
@@ -143,7 +149,8 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(tmp_path, monkeypatch):
         )
         stopped = env.scalar(
             "SELECT count(*) FROM generated__conversations "
-            "WHERE generator = 'llm' AND drop_reason = 'llm_error:budget_exhausted'"
+            "WHERE generator = 'llm' AND drop_reason = 'llm_error' "
+            "AND drop_detail = 'budget_exhausted'"
         )
         assert done == 5 and stopped == 24 - 5
 
@@ -241,6 +248,9 @@ def test_every_llm_request_failing_warns_loudly_and_can_fail_the_stage(tmp_path,
         metadata = materialization_metadata(warned, "generated__conversations")
         assert metadata["llm/warning"].startswith("LLM: EVERY 3 requests failed")
         assert metadata["llm/failed"] == 3 and metadata["llm/parsed"] == 0
+        # counted per drop code and generator; the cause is the detail, counted apart
+        assert metadata["drops/llm/llm_error"] == 3 and metadata["llm/no_reply/connection"] == 3
+        assert not any(k.startswith("drops/template/") for k in metadata)
         warnings = [
             r.user_message
             for r in env.instance.all_logs(warned.run_id)

@@ -16,7 +16,7 @@ import polars as pl
 from vlit_assets.core import warehouse
 from vlit_assets.core.final.export import sha256_file, write_export
 from vlit_assets.core.generated.prompts import PROMPT_VERSION
-from vlit_assets.core.generated.templates import TEMPLATE_VERSION
+from vlit_assets.core.generated.templates.run import TEMPLATE_VERSION
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.imports import image_root_of
 from vlit_assets.core.schemas import (

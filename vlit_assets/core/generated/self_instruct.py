@@ -16,15 +16,15 @@ from pathlib import Path
 
 import polars as pl
 
-from vlit_assets.core.generated.llm import (
+from vlit_assets.core.generated.llm.cache import RequestCache
+from vlit_assets.core.generated.llm.client import run_requests_sync
+from vlit_assets.core.generated.llm.pacing import ProgressLine, RunStats
+from vlit_assets.core.generated.llm.settings import (
+    BUDGET_EXHAUSTED,
     Budget,
     LLMRequest,
     LLMResult,
     LLMSettings,
-    ProgressLine,
-    RequestCache,
-    RunStats,
-    run_requests_sync,
 )
 from vlit_assets.core.generated.prompts import (
     PROMPT_VERSION,
@@ -254,13 +254,14 @@ def _parsed(result: LLMResult) -> ParsedReply | None:
     return parse_reply(result.text, finish_reason=result.finish_reason)
 
 
-def _drop_reason(result: LLMResult) -> tuple[list[dict[str, str]], str | None]:
+def _drop_reason(result: LLMResult) -> tuple[list[dict[str, str]], str | None, str | None]:
+    """Turns, drop reason (a ``DROP_REASONS`` code) and its detail."""
     parsed = _parsed(result)
     if parsed is None:
-        return [], f"llm_error:{result.error}"
+        return [], "llm_error", result.error
     if not parsed.ok:
-        return [], f"llm_parse:{parsed.failure}"
-    return parsed.turns, None
+        return [], "llm_parse", parsed.failure
+    return parsed.turns, None, None
 
 
 def request_rows(
@@ -306,8 +307,8 @@ def rows_from_results(
 ) -> pl.DataFrame:
     """One ``generated__conversations`` row per planned request, failures included.
 
-    A request error becomes ``drop_reason="llm_error:<cause>"``, an unusable reply
-    ``"llm_parse:<failure>"``; both keep their provenance and empty turns.
+    A request error becomes ``drop_reason="llm_error"`` with the cause as ``drop_detail``, an
+    unusable reply ``"llm_parse"`` with the parse failure; both keep provenance, empty turns.
     """
     by_key = {r.key: r for r in results}
     columns: dict[str, list] = {c: [] for c in ROW_SCHEMA}
@@ -321,7 +322,7 @@ def rows_from_results(
         result = by_key.get(request.key)
         if result is None:
             raise ValueError(f"request {request.key}: no result (every planned request needs one)")
-        turns, reason = _drop_reason(result)
+        turns, reason, detail = _drop_reason(result)
         values = {
             "conversation_id": request.key,
             "source": source,
@@ -340,6 +341,7 @@ def rows_from_results(
             "latency_ms": result.latency_ms,
             "cache_hit": result.cache_hit,
             "drop_reason": reason,
+            "drop_detail": detail,
             "run_id": run_id,
         }
         for column, value in values.items():
@@ -355,7 +357,8 @@ class SelfInstructRun:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    errors: dict[str, int]
+    drops: dict[str, int]  # rows per drop_reason code
+    no_reply: dict[str, int]  # llm_error rows per cause (drop_detail)
     budget_stop: str | None
     request_rows: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REQUEST_SCHEMA))
     stats: RunStats = field(default_factory=RunStats)
@@ -368,11 +371,7 @@ class SelfInstructRun:
     def failed(self) -> int:
         """Planned requests that got no reply: request errors, not parse failures, and not the
         ones a spent budget kept from being sent."""
-        return sum(
-            n
-            for r, n in self.errors.items()
-            if r.startswith("llm_error:") and r != "llm_error:budget_exhausted"
-        )
+        return sum(n for cause, n in self.no_reply.items() if cause != BUDGET_EXHAUSTED)
 
     @property
     def failed_share(self) -> float:
@@ -383,9 +382,9 @@ class SelfInstructRun:
         if not self.requests or self.failed == 0 or self.failed_share < warn_share:
             return None
         causes = ", ".join(
-            f"{r.removeprefix('llm_error:')} {n}"
-            for r, n in sorted(self.errors.items())
-            if r.startswith("llm_error:") and r != "llm_error:budget_exhausted"
+            f"{cause} {n}"
+            for cause, n in sorted(self.no_reply.items())
+            if cause != BUDGET_EXHAUSTED
         )
         every = "EVERY" if self.failed == self.requests else f"{self.failed_share:.0%} of"
         return (
@@ -451,9 +450,10 @@ def generate_self_instruct(
     rows = rows_from_results(plan, results, source=source, run_id=run_id, model=settings.model)
     requests = request_rows(plan, results, source=source, run_id=run_id, model=settings.model)
     rows = _render_llm_regions(rows, images, objects, image_root, render_workers)
-    errors: dict[str, int] = {}
-    for reason in rows["drop_reason"].drop_nulls():
-        errors[reason] = errors.get(reason, 0) + 1
+    dropped = rows.filter(pl.col("drop_reason").is_not_null())
+    drops = dict(dropped.group_by("drop_reason").len().sort("drop_reason").iter_rows())
+    no_reply = dropped.filter(pl.col("drop_reason") == "llm_error")
+    causes = dict(no_reply.group_by("drop_detail").len().sort("drop_detail").iter_rows())
     return SelfInstructRun(
         rows=rows,
         requests=len(plan),
@@ -461,7 +461,8 @@ def generate_self_instruct(
         prompt_tokens=sum(r.prompt_tokens or 0 for r in results),
         completion_tokens=sum(r.completion_tokens or 0 for r in results),
         cost_usd=sum(r.cost_usd or 0.0 for r in results),
-        errors=errors,
+        drops=drops,
+        no_reply=causes,
         budget_stop=budget.exhausted() if budget is not None else None,
         request_rows=requests,
         stats=stats,
@@ -495,12 +496,17 @@ def _render_llm_regions(
         )
         for r in boxes.iter_rows(named=True)
     ]
-    failed = [r.out_path for r in render_regions(jobs, workers=workers) if r.status == "failed"]
-    if not failed:
+    errors = {
+        r.out_path: r.error for r in render_regions(jobs, workers=workers) if r.status == "failed"
+    }
+    if not errors:
         return rows
+    failed = pl.col("image_path").is_in(list(errors))
+    error = pl.col("image_path").replace_strict(errors, default=None, return_dtype=pl.String)
     return rows.with_columns(
-        pl.when(pl.col("image_path").is_in(failed))
+        pl.when(failed)
         .then(pl.lit("region_render_failed"))
-        .otherwise(pl.col("drop_reason"))
-        .alias("drop_reason")
+        .otherwise("drop_reason")
+        .alias("drop_reason"),
+        pl.when(failed).then(error).otherwise("drop_detail").alias("drop_detail"),
     )

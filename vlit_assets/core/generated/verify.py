@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from vlit_assets.core.generated.llm import LLMRequest, LLMResult
+from vlit_assets.core.generated.llm.settings import LLMRequest, LLMResult
 from vlit_assets.core.generated.prompts import (
     VERIFY_PROMPT_VERSION,
     build_verify_messages,

@@ -45,13 +45,8 @@ import re
 
 import polars as pl
 
-from vlit_assets.core.text.objects import (
-    FORM_TO_CATEGORY,
-    NUMBER_WORDS,
-    article,
-    extract_mentions,
-    plural,
-)
+from vlit_assets.core.text.inflect import NUMBER_WORDS, article, plural
+from vlit_assets.core.text.objects import FORM_TO_CATEGORY, extract_mentions
 from vlit_assets.core.text.reading import (
     POLAR_PATTERN,
     REQUEST_PATTERN,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from vlit_assets.core.text.objects import NUMBER_WORDS
+from vlit_assets.core.text.inflect import NUMBER_WORDS
 from vlit_assets.core.text.reading import rx
 
 # Task kinds in order of precedence: a question that several rules match takes the first kind.

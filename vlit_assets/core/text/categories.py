@@ -89,5 +89,4 @@ COCO_CATEGORIES: list[tuple[int, str, str]] = [
     (90, "toothbrush", "indoor"),
 ]
 
-COCO_NAME_BY_ID: dict[int, str] = {cid: name for cid, name, _ in COCO_CATEGORIES}
 COCO_ID_BY_NAME: dict[str, int] = {name: cid for cid, name, _ in COCO_CATEGORIES}

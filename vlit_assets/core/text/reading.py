@@ -10,6 +10,7 @@ from collections.abc import Collection
 
 import polars as pl
 
+from vlit_assets.core.text.inflect import NUMBER_WORDS
 from vlit_assets.core.text.objects import (
     COUNT_GAP_STOPWORDS,
     COUNT_PATTERN,
@@ -17,7 +18,6 @@ from vlit_assets.core.text.objects import (
     FORM_TO_CATEGORY,
     MENTION_PATTERN,
     NEGATION_SCOPE_PATTERN,
-    NUMBER_WORDS,
     category_of,
 )
 from vlit_assets.core.vocab import IMAGE_TOKEN

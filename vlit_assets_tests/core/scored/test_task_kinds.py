@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.core.formats.files import load_instruction_file
-from vlit_assets.core.generated import templates as gen
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates import phrasing
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.scored.task_kinds import (
@@ -151,28 +151,36 @@ _FILL = {
 }  # fmt: skip
 _YES = "Yes, there is one dog in the image."
 _FILL_NO = {"be": "are", "no": "dogs", "x": "dog"}
-_NO_COUNT = gen.FALSE_COUNT_A[0].format(be="are", cp="two dogs", m="three")
+_NO_COUNT = phrasing.FALSE_COUNT_A[0].format(be="are", cp="two dogs", m="three")
 POOLS = [
-    (gen.DESCRIBE_Q, _YES, "description"),
-    (gen.REDESCRIBE_Q, _YES, "description"),
-    (gen.PRESENCE_Q, _YES, "existence"),
-    (gen.CONFIRM_Q, _YES, "existence"),
-    (gen.COUNT_Q, "There are two dogs.", "counting"),
-    (gen.INVENTORY_Q, "I can see two dogs.", "counting"),
-    (gen.RELATION_Q["h"] + gen.RELATION_Q["v"] + gen.RELATION_Q["s"], "It is.", "spatial"),
-    (gen.FALSE_COUNT_Q, _NO_COUNT, "counting"),
-    (gen.FALSE_COUNT_Q, "Yes, there are exactly three dogs.", "counting"),
-    (gen.FALSE_RELATION_Q, "No. Actually, the dog is to the right of the cat.", "spatial"),
-    (gen.REGION_WHAT_Q + gen.REGION_WHERE_Q + gen.REGION_WHERE_POLAR_Q, "It is.", "region"),
-    (gen.REGION_REL_Q + gen.REGION_REL_POLAR_Q + gen.REGION_SIZE_Q, "No.", "region"),
-    (gen.REGION_ALONE_Q, "No, there are three dogs in all.", "region"),
+    (phrasing.DESCRIBE_Q, _YES, "description"),
+    (phrasing.REDESCRIBE_Q, _YES, "description"),
+    (phrasing.PRESENCE_Q, _YES, "existence"),
+    (phrasing.CONFIRM_Q, _YES, "existence"),
+    (phrasing.COUNT_Q, "There are two dogs.", "counting"),
+    (phrasing.INVENTORY_Q, "I can see two dogs.", "counting"),
+    (
+        phrasing.RELATION_Q["h"] + phrasing.RELATION_Q["v"] + phrasing.RELATION_Q["s"],
+        "It is.",
+        "spatial",
+    ),
+    (phrasing.FALSE_COUNT_Q, _NO_COUNT, "counting"),
+    (phrasing.FALSE_COUNT_Q, "Yes, there are exactly three dogs.", "counting"),
+    (phrasing.FALSE_RELATION_Q, "No. Actually, the dog is to the right of the cat.", "spatial"),
+    (
+        phrasing.REGION_WHAT_Q + phrasing.REGION_WHERE_Q + phrasing.REGION_WHERE_POLAR_Q,
+        "It is.",
+        "region",
+    ),
+    (phrasing.REGION_REL_Q + phrasing.REGION_REL_POLAR_Q + phrasing.REGION_SIZE_Q, "No.", "region"),
+    (phrasing.REGION_ALONE_Q, "No, there are three dogs in all.", "region"),
 ]
 POOL_CASES = [
     pytest.param(q.format(**_FILL), a, kind, id=q[:40]) for pool, a, kind in POOLS for q in pool
 ] + [
     # each absent-object question with the first answer of its own pool
     pytest.param(q.format(**_FILL), answers[0].format(**_FILL_NO), "absent_object", id=q[:40])
-    for q, answers in gen.ABSENT_Q
+    for q, answers in phrasing.ABSENT_Q
 ]
 
 
@@ -184,10 +192,11 @@ def test_every_template_phrasing_gets_its_kind(question: str, answer: str, kind:
 def test_region_count_phrasings_without_a_box_word_are_counts_or_presence() -> None:
     # Only some region count questions name the box; the rest read as plain counts and
     # presence, which is right for the turn (the conversation is region through its others).
-    kinds = {_classify(q.format(**_FILL), "No others.")["kind"] for q in gen.REGION_COUNT_Q}
+    kinds = {_classify(q.format(**_FILL), "No others.")["kind"] for q in phrasing.REGION_COUNT_Q}
     assert kinds <= {"region", "counting"}
     kinds = {
-        _classify(q.format(**_FILL), "No, it is the only dog.")["kind"] for q in gen.REGION_MORE_Q
+        _classify(q.format(**_FILL), "No, it is the only dog.")["kind"]
+        for q in phrasing.REGION_MORE_Q
     }
     assert kinds <= {"region", "existence"}
 

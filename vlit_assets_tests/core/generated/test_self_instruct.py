@@ -14,17 +14,12 @@ import polars as pl
 import pytest
 
 from vlit_assets.core import warehouse
-from vlit_assets.core.generated.llm import (
-    Budget,
-    LLMResult,
-    LLMSettings,
-    RequestCache,
-    request_hash,
-    run_requests_sync,
-)
+from vlit_assets.core.generated.llm.cache import RequestCache
+from vlit_assets.core.generated.llm.client import run_requests_sync
+from vlit_assets.core.generated.llm.settings import Budget, LLMResult, LLMSettings, request_hash
 from vlit_assets.core.generated.prompts import PROMPT_VERSION, SYSTEM_PROMPTS
 from vlit_assets.core.generated.self_instruct import plan_requests, request_rows, rows_from_results
-from vlit_assets.core.generated.templates import TemplateConfig, generate_templates
+from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
 from vlit_assets.core.text.categories import COCO_CATEGORIES
@@ -242,14 +237,17 @@ def test_failed_replies_become_rows_with_reasons(tmp_path: Path) -> None:
 
     assert df.columns == list(GENERATED_CONVERSATIONS.columns)
     assert df.height == len(requests)  # nothing lost
-    reasons = {(r["image_id"], r["instruction_type"]): r["drop_reason"] for r in df.to_dicts()}
+    reasons = {
+        (r["image_id"], r["instruction_type"]): (r["drop_reason"], r["drop_detail"])
+        for r in df.to_dicts()
+    }
     assert reasons == {
-        ("img_a", "global"): None,
-        ("img_a", "negative"): "llm_parse:bad_json",
-        ("img_a", "region"): None,
-        ("img_b", "global"): "llm_parse:truncated_json",
-        ("img_b", "negative"): "llm_error:http_400",
-        ("img_b", "region"): "llm_parse:refusal",
+        ("img_a", "global"): (None, None),
+        ("img_a", "negative"): ("llm_parse", "bad_json"),
+        ("img_a", "region"): (None, None),
+        ("img_b", "global"): ("llm_parse", "truncated_json"),
+        ("img_b", "negative"): ("llm_error", "http_400"),
+        ("img_b", "region"): ("llm_parse", "refusal"),
     }
     for row in df.to_dicts():
         assert row["generator"] == "llm" and row["model"] == "fake" and row["run_id"] == "run-1"
@@ -261,7 +259,7 @@ def test_failed_replies_become_rows_with_reasons(tmp_path: Path) -> None:
         else:
             assert turns == []
     # A paid-for but unusable reply keeps its tokens; a rejected request has none.
-    truncated = df.filter(pl.col("drop_reason") == "llm_parse:truncated_json").row(0, named=True)
+    truncated = df.filter(pl.col("drop_detail") == "truncated_json").row(0, named=True)
     assert truncated["completion_tokens"] > 0
     region = df.filter(pl.col("instruction_type") == "region", pl.col("image_id") == "img_a")
     assert region["turns"][0][0]["value"] == "What is the object in the red box?"
@@ -277,7 +275,8 @@ def test_budget_exhausted_rows_keep_provenance(tmp_path: Path) -> None:
                                concurrency=1)  # fmt: skip
         results = run_requests_sync(requests, settings, cache=None, budget=Budget(2, None, None))
     df = rows_from_results(requests, results, source=SRC, run_id="r", model="fake")
-    assert df["drop_reason"].to_list() == [None, None] + ["llm_error:budget_exhausted"] * 4
+    assert df["drop_reason"].to_list() == [None, None] + ["llm_error"] * 4
+    assert df["drop_detail"].to_list() == [None, None] + ["budget_exhausted"] * 4
     assert df["image_path"].null_count() == 0
     assert df.filter(pl.col("instruction_type") == "region")["region_object_id"].to_list() == [
         "img_a_obj2", "img_b_obj0"
@@ -382,12 +381,17 @@ def test_request_rows_say_what_failed_and_what_was_mended(tmp_path: Path) -> Non
     assert rows.columns == list(GENERATED_LLM_REQUESTS.columns)
     assert rows.height == len(requests) and rows["attempts"].to_list() == [1] * len(requests)
     by_conv = {r["conversation_id"]: r for r in rows.to_dicts()}
-    reasons = {r["conversation_id"]: r["drop_reason"] for r in convs.to_dicts()}
+    reasons = {r["conversation_id"]: (r["drop_reason"], r["drop_detail"]) for r in convs.to_dicts()}
     kinds = {}
     for cid, row in by_conv.items():
         kinds[cid] = (row["error"], row["parse_failure"], row["repaired"], reasons[cid])
     values = sorted(kinds.values(), key=str)
-    assert (None, None, "closed 1 bracket", None) in values  # stop without its final }: mended
-    assert ("http_400", None, None, "llm_error:http_400") in values
+    assert (
+        None,
+        None,
+        "closed 1 bracket",
+        (None, None),
+    ) in values  # stop without its final }: mended
+    assert ("http_400", None, None, ("llm_error", "http_400")) in values
     cut = [r for r in by_conv.values() if r["parse_failure"] == "truncated_json"]
     assert len(cut) == 1 and "finish_reason=length" in cut[0]["detail"]

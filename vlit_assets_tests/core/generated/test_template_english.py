@@ -15,7 +15,7 @@ import pytest
 
 from vlit_assets.core.scored.claims import grammar_checks
 from vlit_assets.core.text.categories import COCO_CATEGORIES
-from vlit_assets_tests.core.test_generate import _frames, _run
+from vlit_assets_tests.core.generated.test_generate import _frames, _run
 
 NAMES = [name for _, name, _ in COCO_CATEGORIES]
 # Plurals spelled out here, independently of the inflector.

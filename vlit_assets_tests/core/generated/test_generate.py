@@ -16,20 +16,19 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from vlit_assets.core.generated import templates as gen
-from vlit_assets.core.generated.templates import (
+from vlit_assets.core.generated.templates import phrasing, run
+from vlit_assets.core.generated.templates.frames import quotable_captions
+from vlit_assets.core.generated.templates.run import (
     TEMPLATE_VERSION,
     TemplateConfig,
-    a_phrase,
-    count_phrase,
     generate_templates,
-    plural,
 )
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
 from vlit_assets.core.text.categories import COCO_CATEGORIES
+from vlit_assets.core.text.inflect import NUMBER_NAMES, a_phrase, count_phrase, plural, the_phrase
 
 PLURALS = {
     "person": "people", "bicycle": "bicycles", "car": "cars", "motorcycle": "motorcycles",
@@ -56,8 +55,8 @@ PLURALS = {
     "hair drier": "hair driers", "toothbrush": "toothbrushes",
 }  # fmt: skip
 
-NUMBERS = {w: i for i, w in enumerate(gen._NUMBER_WORDS)}
-NUM = r"(\d+|" + "|".join(gen._NUMBER_WORDS) + r")"
+NUMBERS = {w: i for i, w in enumerate(NUMBER_NAMES)}
+NUM = r"(\d+|" + "|".join(NUMBER_NAMES) + r")"
 
 
 def test_plural_is_right_for_all_80_coco_names() -> None:
@@ -76,8 +75,8 @@ def test_noun_phrases() -> None:
     assert a_phrase("broccoli") == "some broccoli"
     assert a_phrase("sheep") == "a sheep" and a_phrase("oven") == "an oven"
     assert count_phrase(3, "broccoli") == "three pieces of broccoli"
-    assert gen.the_phrase("broccoli", 3) == ("the broccoli", "is")
-    assert gen.the_phrase("person", 2, boxed=True) == ("the boxed people", "are")
+    assert the_phrase("broccoli", 3) == ("the broccoli", "is")
+    assert the_phrase("person", 2, boxed=True) == ("the boxed people", "are")
 
 
 # --------------------------------------------------------------------------- hand-made frames
@@ -232,7 +231,7 @@ def test_negative_conversation_without_a_denial_is_not_made(tmp_path: Path) -> N
     )  # fmt: skip
     for seed in range(10):
         df = _run(frames, tmp_path, seed=seed, types=("negative",))
-        assert df["drop_reason"][0].startswith("too_few_facts")
+        assert df["drop_reason"][0] == "too_few_facts"
         assert df["turns"][0].len() == 0
 
 
@@ -263,9 +262,9 @@ def test_captions_with_contradicted_counts_are_not_quoted(tmp_path: Path) -> Non
     assert "Two zebras grazing." in text  # true count
     assert "A crowd of 5 people near two zebras." in text  # a crowd cannot be contradicted
     images, caps, objs, cats, _ = frames
-    kept = gen.quotable_captions(caps, objs, cats["name"])
+    kept = quotable_captions(caps, objs, cats["name"])
     assert kept["caption_id"].to_list() == ["cap_2", "cap_3"]
-    only_dogs = gen.quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
+    only_dogs = quotable_captions(caps, objs, pl.Series(["dog", "zebra"]))
     assert only_dogs["caption_id"].to_list() == ["cap_0", "cap_2", "cap_3"]  # giraffe: not judged
 
 
@@ -273,7 +272,11 @@ def test_too_few_facts_is_a_row_with_a_reason(tmp_path: Path) -> None:
     frames = _frames([], captions=("Just one caption.",), absent=())
     df = _run(frames, tmp_path, types=("global", "negative"))
     assert df.height == 2
-    assert df["drop_reason"].str.starts_with("too_few_facts").all()
+    assert df["drop_reason"].to_list() == ["too_few_facts"] * 2
+    assert df["drop_detail"].to_list() == [
+        f"the annotations support {n} of the 3 question/answer pairs a {t} conversation needs"
+        for n, t in ((1, "global"), (0, "negative"))
+    ]
     assert df["turns"].list.len().to_list() == [0, 0]
 
 
@@ -462,7 +465,7 @@ def _truths(m: Mini) -> dict[str, Truth]:
 
 
 def _description_answers(turns: list[dict]) -> set[int]:
-    describe = set(gen.DESCRIBE_Q) | set(gen.REDESCRIBE_Q)
+    describe = set(phrasing.DESCRIBE_Q) | set(phrasing.REDESCRIBE_Q)
     return {i + 1 for i, t in enumerate(turns) if t["from"] == "human" and t["value"] in describe}
 
 
@@ -765,7 +768,7 @@ def test_region_images_are_rendered_and_failures_become_reasons(tmp_path: Path) 
     config = TemplateConfig(types=("region",), render_workers=1)
     args = {"source": SRC, "image_root": tmp_path, "regions_dir": tmp_path / "regions"}
     df = generate_templates(*frames, **args, config=config)
-    assert df["drop_reason"].null_count() == 2
+    assert df["drop_reason"].null_count() == 2 and df["drop_detail"].null_count() == 2
     for path in df["image_path"]:
         with Image.open(path) as im:
             assert im.size == (1000, 800)
@@ -773,8 +776,8 @@ def test_region_images_are_rendered_and_failures_become_reasons(tmp_path: Path) 
     for path in df["image_path"]:
         Path(path).unlink()
     failed = generate_templates(*frames, **args, config=config)
-    assert failed["drop_reason"].str.starts_with("region_render_failed: ").all()
-    assert "a.jpg" in failed["drop_reason"][0]
+    assert failed["drop_reason"].to_list() == ["region_render_failed"] * 2
+    assert "a.jpg" in failed["drop_detail"][0]
     assert failed["turns"].list.len().min() >= 6
 
 
@@ -797,7 +800,7 @@ def test_generation_split_over_processes_gives_the_serial_rows(mini: Mini, tmp_p
     assert split.drop("image_path").equals(serial.drop("image_path"))
     moved = split["image_path"].str.replace(str(tmp_path / "split"), str(tmp_path / "serial"))
     assert moved.to_list() == serial["image_path"].to_list()
-    failed = split.filter(pl.col("drop_reason").str.starts_with("region_render_failed"))
+    failed = split.filter(pl.col("drop_reason") == "region_render_failed")
     assert failed.height > 0 and set(failed["image_id"]) == {broken_id}
     rendered = split.filter(
         (pl.col("instruction_type") == "region") & pl.col("drop_reason").is_null()
@@ -808,4 +811,4 @@ def test_generation_split_over_processes_gives_the_serial_rows(mini: Mini, tmp_p
 
 def test_generation_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers"):
-        gen._check_config(TemplateConfig(workers=0))
+        run._check_config(TemplateConfig(workers=0))

@@ -22,25 +22,25 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vlit_assets.core.generated.llm import (
-    CACHE_TABLE,
-    Budget,
+from vlit_assets.core.generated.llm.cache import CACHE_TABLE, RequestCache
+from vlit_assets.core.generated.llm.client import run_requests, run_requests_sync
+from vlit_assets.core.generated.llm.pacing import (
     ConcurrencyLimit,
-    LLMRequest,
-    LLMResult,
-    LLMSettings,
-    RequestCache,
     RunStats,
     backoff_delay,
     parse_retry_after,
+)
+from vlit_assets.core.generated.llm.settings import (
+    Budget,
+    LLMRequest,
+    LLMResult,
+    LLMSettings,
     request_hash,
-    run_requests,
-    run_requests_sync,
 )
 from vlit_assets.core.generated.prompts import parse_reply
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SECRET = "sk-test-Zq8vW3-never-store-me-41"
 
 
@@ -334,8 +334,10 @@ CLIENT_SCRIPT = textwrap.dedent(
     """
     import sys
     import duckdb
-    from vlit_assets.core.generated.llm import LLMSettings, RequestCache, run_requests_sync
-    from vlit_assets_tests.core.test_llm import make_request
+    from vlit_assets.core.generated.llm.cache import RequestCache
+    from vlit_assets.core.generated.llm.client import run_requests_sync
+    from vlit_assets.core.generated.llm.settings import LLMSettings
+    from vlit_assets_tests.core.generated.test_llm import make_request
 
     base_url, db = sys.argv[1], sys.argv[2]
     settings = LLMSettings(base_url=base_url, model="fake-model", api_key="unused",

@@ -8,12 +8,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vlit_assets.core.generated.llm import Budget, LLMSettings, RequestCache, run_requests_sync
+from vlit_assets.core.generated.llm.cache import RequestCache
+from vlit_assets.core.generated.llm.client import run_requests_sync
+from vlit_assets.core.generated.llm.settings import Budget, LLMSettings
 from vlit_assets.core.generated.prompts import VERIFY_PROMPT_VERSION, parse_verdicts
 from vlit_assets.core.generated.self_instruct import rows_from_results
 from vlit_assets.core.generated.verify import plan_verification, verification_rows
 from vlit_assets.core.schemas import GENERATED_LLM_VERIFICATION
-from vlit_assets_tests.core.test_self_instruct import SRC, frames, plan
+from vlit_assets_tests.core.generated.test_self_instruct import SRC, frames, plan
 from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 
 
