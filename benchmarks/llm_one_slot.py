@@ -15,7 +15,7 @@ import time
 from collections import Counter
 
 from vlit_assets.core.generated.llm import LLMRequest, LLMSettings, run_requests_sync
-from vlit_assets_tests.openai_server import FakeOpenAIServer
+from vlit_assets.testing.openai_server import FakeOpenAIServer
 
 
 def main() -> None:

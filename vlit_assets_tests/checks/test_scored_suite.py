@@ -32,7 +32,7 @@ from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
 from vlit_assets.core.scored.figures import dataset_figures
 from vlit_assets.core.scored.quality import QualityResult, score_conversations
-from vlit_assets_tests.defects import plant_defects
+from vlit_assets.testing.defects import plant_defects
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "sample"

@@ -38,7 +38,7 @@ from vlit_assets.core.generated.llm import (
     run_requests_sync,
 )
 from vlit_assets.core.generated.prompts import parse_reply
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-Zq8vW3-never-store-me-41"

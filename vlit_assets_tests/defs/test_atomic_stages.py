@@ -13,7 +13,7 @@ from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
 from vlit_assets.runner import run_final, run_source
-from vlit_assets_tests.pipeline import REPO, pipeline_env
+from vlit_assets.testing.pipeline import REPO, pipeline_env
 
 SAMPLE = REPO / "data" / "sample"
 # Tables whose rows a re-run rewrites on purpose before the stage's own writes (registration)

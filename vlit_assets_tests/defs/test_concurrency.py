@@ -21,7 +21,7 @@ import polars as pl
 
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 SAMPLE = REPO / "data" / "sample"
 RAW_TABLES = tuple(t for t in TABLES.values() if t.partitioned and t.stage == "raw")

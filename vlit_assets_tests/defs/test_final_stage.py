@@ -8,8 +8,8 @@ from pathlib import Path
 
 from vlit_assets.core.formats import load_instruction_file
 from vlit_assets.runner import run_final, run_source
-from vlit_assets_tests.openai_server import FakeOpenAIServer
-from vlit_assets_tests.pipeline import (
+from vlit_assets.testing.openai_server import FakeOpenAIServer
+from vlit_assets.testing.pipeline import (
     REPO,
     check_evaluation,
     materialization_metadata,

@@ -6,8 +6,8 @@ from PIL import Image
 
 from vlit_assets.core import lineage, warehouse
 from vlit_assets.runner import run_source
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
-from vlit_assets_tests.pipeline import (
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault
+from vlit_assets.testing.pipeline import (
     REPO,
     check_evaluation,
     materialization_metadata,
@@ -200,7 +200,7 @@ def test_requests_in_flight_do_not_hold_the_write_lock(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from vlit_assets_tests.openai_server import default_responder
+    from vlit_assets.testing.openai_server import default_responder
 
     probes: list[int] = []
 

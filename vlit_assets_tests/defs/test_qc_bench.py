@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.runner import run_final, run_source
+from vlit_assets.testing.pipeline import check_evaluation, materialization_metadata, pipeline_env
 from vlit_assets_tests.conftest import _require, _shared_dir
-from vlit_assets_tests.pipeline import check_evaluation, materialization_metadata, pipeline_env
 
 N = 2000
 

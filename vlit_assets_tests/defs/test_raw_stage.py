@@ -7,8 +7,8 @@ import json
 import pytest
 
 from vlit_assets.runner import run_source
+from vlit_assets.testing.pipeline import check_evaluation, pipeline_env
 from vlit_assets_tests.corrupt import build_corrupted_coco
-from vlit_assets_tests.pipeline import check_evaluation, pipeline_env
 
 
 def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
@@ -95,7 +95,7 @@ def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, st
 def test_a_second_folder_under_a_known_name_is_refused_not_overwritten(
     coco_mini, tmp_path, monkeypatch
 ):
-    from vlit_assets_tests.pipeline import REPO
+    from vlit_assets.testing.pipeline import REPO
 
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "data", REPO / "data" / "sample", stages=("raw",)).success

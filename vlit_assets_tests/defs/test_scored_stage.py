@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vlit_assets.runner import run_source
-from vlit_assets_tests.pipeline import (
+from vlit_assets.testing.pipeline import (
     REPO,
     check_evaluation,
     materialization_metadata,
