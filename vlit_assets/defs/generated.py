@@ -1,10 +1,8 @@
-"""Instruction generation stage: raw__* tables -> generated__conversations, and its GX suite."""
+"""Instruction generation stage: raw__* tables -> generated__conversations (check: checks/)."""
 
 import dagster as dg
 import polars as pl
 
-from vlit_assets.checks.factory import build_suite_check
-from vlit_assets.checks.generated_suite import validate_generated
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.generated.llm import (
     Budget,
@@ -294,15 +292,3 @@ def _warn_or_fail(
             "fails and the previous rows of this source stay",
             metadata={"llm/failed": run.failed, "llm/requests": run.requests},
         )
-
-
-generated_suite_check = build_suite_check(
-    name="generated_suite",
-    asset=GENERATED_CONVERSATIONS.name,
-    validate=validate_generated,
-    description=(
-        "GX suite: turns alternate human/gpt from human, no empty text, known types, region "
-        "images exist, unique ids, LLaVA export carries the image token."
-    ),
-    partitions_def=sources_partitions,
-)

@@ -1,12 +1,10 @@
-"""Data collection stage: a source's COCO files -> raw__* tables, and the raw GX suite check."""
+"""Data collection stage: a source's COCO files -> raw__* tables (its check: checks/)."""
 
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from vlit_assets.checks.factory import build_suite_check
-from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.formats import ImportLimits, InstructionFormatError
 from vlit_assets.core.raw.collect import CollectConfig, SourceFormatError, collect_source
@@ -178,15 +176,3 @@ def raw(
         if table is RAW_REJECTS:
             metadata |= {f"rejects/{r}": n for r, n in sorted(rejects_by_reason.items())}
         yield dg.MaterializeResult(asset_key=table.name, metadata=metadata)
-
-
-raw_suite_check = build_suite_check(
-    name="raw_suite",
-    asset=RAW_IMAGES.name,
-    validate=validate_raw,
-    description=(
-        "GX suite: unique ids, boxes inside their image, every image captioned, "
-        "categories declared, no null paths."
-    ),
-    partitions_def=sources_partitions,
-)

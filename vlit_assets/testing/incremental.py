@@ -45,7 +45,7 @@ _ID_STRIDE = 1_000  # ids per batch: far more than the sample's 24 images, 145 o
 # per-batch suite leaves balance to the final suite, which measures it over every source.
 # Applied on top of the sensor's run config, to the base and the new batches alike.
 SMALL_BATCH_CHECKS: dict[str, dict[str, object]] = {
-    "scored__conversations_principles_suite": {
+    "scored__conversations_scored_suite": {
         "yes_ratio_min": 0.0,
         "yes_ratio_max": 1.0,
         "min_category_entropy_norm": None,

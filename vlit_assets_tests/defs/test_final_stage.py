@@ -114,10 +114,10 @@ def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
 
 
 def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatch):
-    """With ``blocking: true`` (the old strict behaviour) a failed principles suite is a gate."""
+    """With ``blocking: true`` (the old strict behaviour) a failed scored_suite is a gate."""
     with pipeline_env(tmp_path, monkeypatch) as env:
         strict = {
-            "scored__conversations_principles_suite": {
+            "scored__conversations_scored_suite": {
                 "min_answer_words_mean": 1000.0,
                 "blocking": True,
             }
@@ -132,21 +132,20 @@ def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatc
         assert env.scalar("SELECT count(*) FROM final__conversations") == 0
 
 
-def test_a_failed_principles_suite_reports_and_the_source_is_filtered_not_held_back(
+def test_a_failed_scored_suite_reports_and_the_source_is_filtered_not_held_back(
     tmp_path, monkeypatch
 ):
     """By default the suite measures the input: its failure is a warning, recorded as such,
     and the final rules (not the suite) decide which of the source's rows ship."""
     with pipeline_env(tmp_path, monkeypatch) as env:
-        impossible = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        impossible = {"scored__conversations_scored_suite": {"min_answer_words_mean": 1000.0}}
         result = run_source(env.instance, "sample", SAMPLE, op_config=impossible)
         assert result.success
-        evaluation = check_evaluation(result, "principles_suite")
+        evaluation = check_evaluation(result, "scored_suite")
         assert not evaluation.passed
         assert evaluation.severity.value == "WARN"
         severities = env.query(
-            "SELECT DISTINCT severity FROM meta__check_results "
-            "WHERE check_name = 'principles_suite'"
+            "SELECT DISTINCT severity FROM meta__check_results WHERE check_name = 'scored_suite'"
         )
         assert severities == [("WARN",)]
         final = run_final(env.instance)
