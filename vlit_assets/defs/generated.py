@@ -152,6 +152,8 @@ def generated__conversations(
             return dg.MaterializeResult(
                 metadata={
                     "dagster/row_count": rows.height,
+                    f"rows/{GENERATED_LLM_REQUESTS.name}": 0,
+                    f"rows/{GENERATED_LLM_VERIFICATION.name}": 0,
                     "generators": "import (QC-only source)",
                     **_type_metadata(rows),
                 }
@@ -225,6 +227,9 @@ def generated__conversations(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows.height,
+            # the stage's other tables, so a summary needs no query (vlit's run summary)
+            f"rows/{GENERATED_LLM_REQUESTS.name}": requests.height,
+            f"rows/{GENERATED_LLM_VERIFICATION.name}": verification.height,
             "usable_rows": rows.filter(pl.col("drop_reason").is_null()).height,
             **_type_metadata(rows),
             **metadata,
