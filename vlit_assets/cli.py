@@ -106,7 +106,8 @@ def open_instance(home: Path):
 
 def _materializations(result, instance, partition: str | None) -> dict[str, dict]:
     """Metadata of the latest materialization of every asset, by asset name: this run's where it
-    wrote the asset, else the instance's latest for ``partition`` (an earlier run's)."""
+    wrote the asset, else the instance's latest for ``partition`` (an earlier run's). An asset
+    written only for other partitions has a table but no rows of this one: its counts are 0."""
     import dagster as dg
 
     latest: dict[str, dict] = {}
@@ -122,20 +123,24 @@ def _materializations(result, instance, partition: str | None) -> dict[str, dict
         name = key.to_user_string()
         if name in latest:
             continue
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=key, asset_partitions=[partition] if partition else None
-            ),
-            limit=1,
-        ).records
-        if records and records[0].asset_materialization is not None:
-            mat = records[0].asset_materialization
-            latest[name] = {k: v.value for k, v in mat.metadata.items()}
+        for partitions in ([partition] if partition else None, None):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions), limit=1
+            ).records
+            mat = records[0].asset_materialization if records else None
+            if mat is None:
+                continue
+            meta = {k: v.value for k, v in mat.metadata.items()}
+            if mat.partition != partition:
+                meta = {k: 0 for k in meta if k == ROW_COUNT or k.startswith(TABLE_ROWS_PREFIX)}
+            latest[name] = meta
+            break
     return latest
 
 
 # Tables a stage writes besides its assets: their row counts are in the asset's metadata.
 TABLE_ROWS_PREFIX = "rows/"
+ROW_COUNT = "dagster/row_count"
 
 
 def _summary_rows(materialized: dict[str, dict]) -> tuple[dict[str, int], dict[str, int]]:
@@ -153,7 +158,7 @@ def _summary_rows(materialized: dict[str, dict]) -> tuple[dict[str, int], dict[s
         if not table.partitioned:
             continue
         if name in materialized:
-            counts[name] = int(materialized[name].get("dagster/row_count", 0))
+            counts[name] = int(materialized[name].get(ROW_COUNT, 0))
         elif name in side_tables:
             counts[name] = side_tables[name]
     rejects = {

@@ -233,6 +233,7 @@ def test_defaults_pass_template_output_on_sample(scoring: Scoring) -> None:
     _check_defaults_pass(scoring)
 
 
+@pytest.mark.slow
 def test_defaults_pass_template_output_on_coco_mini(mini_scoring: Scoring) -> None:
     _check_defaults_pass(mini_scoring)
 

@@ -113,6 +113,7 @@ def planted(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> pl.Dat
 GRAMMAR_KINDS = ("article_error", "number_error", "answer_form_error")
 
 
+@pytest.mark.slow
 def test_good_template_rows_trip_none_of_the_rules(planted: pl.DataFrame) -> None:
     good = planted.filter(pl.col("defect") == "good")
     assert good.height > 100
@@ -122,6 +123,7 @@ def test_good_template_rows_trip_none_of_the_rules(planted: pl.DataFrame) -> Non
     assert good["n_relation_claims"].sum() > 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", LLM_DEFECT_KINDS)
 def test_each_planted_kind_is_found_with_precision_and_recall(
     planted: pl.DataFrame, kind: str
@@ -132,6 +134,7 @@ def test_each_planted_kind_is_found_with_precision_and_recall(
     assert precision >= TARGET, f"{kind}: precision {precision:.3f} of {flagged}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", GRAMMAR_KINDS)
 def test_the_grammar_rule_finds_each_grammar_kind(planted: pl.DataFrame, kind: str) -> None:
     precision, recall, flagged = llm_precision_recall(planted, kind, "grammar_error")

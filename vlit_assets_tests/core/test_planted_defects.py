@@ -55,6 +55,9 @@ from vlit_assets.testing.planted import (
     precision_recall,
 )
 
+# One scoring pass of coco-mini with the real model, shared by every test here.
+pytestmark = pytest.mark.slow
+
 TARGET = 0.9
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
@@ -152,6 +153,7 @@ def _run_windows(home: Path) -> list[tuple[float, float]]:
         return out
 
 
+@pytest.mark.slow
 def test_two_processes_write_two_partitions_at_once_without_loss_or_duplicates(tmp_path):
     copy = tmp_path / "sample-copy"
     shutil.copytree(SAMPLE, copy)

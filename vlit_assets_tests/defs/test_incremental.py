@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from vlit_assets.core.schemas import FINAL_CONVERSATIONS, FINAL_DECISIONS, SCORED_CONVERSATIONS
 from vlit_assets.defs.automation import AutomationSettings
@@ -35,6 +36,7 @@ def _per_source_contents(db_path: Path, sources: set[str]) -> dict[str, pl.DataF
     return out
 
 
+@pytest.mark.slow
 def test_a_dropped_batch_rebuilds_only_its_own_partition(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         data = tmp_path / "data"

@@ -11,6 +11,7 @@ from vlit_assets.testing.pipeline import check_evaluation, pipeline_env
 from vlit_assets_tests.corrupt import build_corrupted_coco
 
 
+@pytest.mark.slow
 def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
     captions = json.loads((coco_mini / "annotations/captions_train2017.json").read_text())
     instances = json.loads((coco_mini / "annotations/instances_train2017.json").read_text())
@@ -34,6 +35,7 @@ def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
         assert {m.asset_key.to_user_string() for m in mats} >= {"raw__images", "raw__rejects"}
 
 
+@pytest.mark.slow
 def test_rematerializing_a_partition_replaces_exactly_its_rows(coco_mini, tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "first", coco_mini, stages=("raw",)).success
@@ -43,6 +45,7 @@ def test_rematerializing_a_partition_replaces_exactly_its_rows(coco_mini, tmp_pa
         assert rows == {"first": 400, "second": 400}
 
 
+@pytest.mark.slow
 def test_corrupted_copy_rejects_each_fault_once_and_keeps_good_records(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -60,6 +63,7 @@ def test_corrupted_copy_rejects_each_fault_once_and_keeps_good_records(
         assert check_evaluation(result, "raw_suite").passed  # what was kept satisfies the suite
 
 
+@pytest.mark.slow
 def test_not_coco_shaped_file_fails_the_run_naming_file_and_key(coco_mini, tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     (bad / "annotations").mkdir(parents=True)
@@ -73,6 +77,7 @@ def test_not_coco_shaped_file_fails_the_run_naming_file_and_key(coco_mini, tmp_p
         assert "captions_train.json" in message and "annotations" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["raw"])
 def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, stage):
     """A source whose every image is rejected leaves an empty raw__images: the suite fails."""
@@ -92,6 +97,7 @@ def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, st
         assert env.scalar("SELECT count(*) FROM raw__rejects WHERE reason = 'image_missing'") == 1
 
 
+@pytest.mark.slow
 def test_a_second_folder_under_a_known_name_is_refused_not_overwritten(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -127,6 +133,7 @@ def _record(rid: str, image: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_images_option_reaches_the_import_and_parquet_bytes_land_in_the_output(
     tmp_path, monkeypatch
 ):

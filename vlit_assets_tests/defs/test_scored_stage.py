@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vlit_assets.runner import run_source
 from vlit_assets.testing.pipeline import (
     REPO,
@@ -13,6 +15,7 @@ from vlit_assets.testing.pipeline import (
 STAGES = ("raw", "generated", "scored")
 
 
+@pytest.mark.slow
 def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         first = run_source(env.instance, "sample", REPO / "data" / "sample", stages=STAGES)
@@ -40,6 +43,7 @@ def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypat
         assert runs == 2
 
 
+@pytest.mark.slow
 def test_paper_examples_are_scored_with_null_correctness(paper_examples, tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "paper", paper_examples, stages=STAGES)
@@ -54,6 +58,7 @@ def test_paper_examples_are_scored_with_null_correctness(paper_examples, tmp_pat
         assert all(r[1] is None and r[2] is None and r[3] is None and r[4] is None for r in rows)
 
 
+@pytest.mark.slow
 def test_imported_llava_with_an_annotating_source_gets_correctness_metrics(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -114,6 +119,7 @@ def test_threshold_config_mirrors_the_suite_thresholds():
     assert config.thresholds() == PrincipleThresholds()
 
 
+@pytest.mark.slow
 def test_scored_suite_fails_on_a_bad_batch_and_records_history(tmp_path, monkeypatch):
     """A too-strict band stands in for a bad batch: the check fails and says which figure."""
     with pipeline_env(tmp_path, monkeypatch) as env:
