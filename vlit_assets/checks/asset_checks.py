@@ -92,7 +92,6 @@ def build_asset_checks(
     *, sources_partitions: dg.PartitionsDefinition, pool: str
 ) -> list[dg.AssetChecksDefinition]:
     """The four suite checks: per source (raw, generated, scored), then on what ships (final)."""
-    per_source = {"partitions_def": sources_partitions, "pool": pool}
     return [
         build_suite_check(
             name=RAW_SUITE,
@@ -102,7 +101,8 @@ def build_asset_checks(
                 "GX suite: unique ids, boxes inside their image, every image captioned, "
                 "categories declared, no null paths."
             ),
-            **per_source,
+            partitions_def=sources_partitions,
+            pool=pool,
         ),
         build_suite_check(
             name=GENERATED_SUITE,
@@ -112,7 +112,8 @@ def build_asset_checks(
                 "GX suite: turns alternate human/gpt from human, no empty text, known types, "
                 "region images exist, unique ids, LLaVA export carries the image token."
             ),
-            **per_source,
+            partitions_def=sources_partitions,
+            pool=pool,
         ),
         build_suite_check(
             name=SCORED_SUITE,
@@ -127,7 +128,8 @@ def build_asset_checks(
             ),
             config_cls=ScoredSuiteConfig,
             gate_field="blocking",
-            **per_source,
+            partitions_def=sources_partitions,
+            pool=pool,
         ),
         build_suite_check(
             name=FINAL_SUITE,

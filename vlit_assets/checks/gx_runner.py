@@ -190,6 +190,8 @@ def run_suite(
         result = batch.validate(suite, result_format="SUMMARY")
         for r in result.results:
             config = r.expectation_config
+            if config is None:  # GX attaches the configuration to every result it validated
+                raise RuntimeError(f"suite {name}.{frame_name}: a result without its expectation")
             observed, observed_text = _observed(r.result or {}, config.type)
             outcome.outcomes.append(
                 ExpectationOutcome(
