@@ -7,8 +7,8 @@ rows in one pass with the real MiniLM model, and prints
 1. how many rows of each kind (and of the good rows) each rule flags, and
 2. per kind, the precision and recall of its rule and of the other candidate rules,
 
-counted as vlit_assets_tests/core/test_planted_defects.py defines them (rules are imported from
-there, so the benchmark and the test cannot drift apart).
+counted as vlit_assets_tests/core/test_planted_defects.py defines them (both import the rules
+from ``vlit_assets.testing.planted``, so the benchmark and the test cannot drift apart).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ sys.path.insert(0, str(REPO))
 
 import polars as pl  # noqa: E402
 
-from vlit_assets_tests.core.test_planted_defects import (  # noqa: E402
+from vlit_assets.testing.defects import DEFECT_KINDS  # noqa: E402
+from vlit_assets.testing.planted import (  # noqa: E402
     RULE_FOR_KIND,
     labelled,
     plant_and_score,
     precision_recall,
 )
-from vlit_assets_tests.defects import DEFECT_KINDS  # noqa: E402
 
 RULES = (
     "chair_s",

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlit_assets.core.schemas import FINAL_DECISIONS  # noqa: E402
-from vlit_assets_tests.defs.test_incremental import (  # noqa: E402
+from vlit_assets.testing.incremental import (  # noqa: E402
     PER_SOURCE_TABLES,
     RUN_ID_COLUMN,
     SMALL_BATCH_CHECKS,
@@ -66,7 +66,7 @@ from vlit_assets_tests.defs.test_incremental import (  # noqa: E402
     sources_with_new_run_ids,
     texts_embedded,
 )
-from vlit_assets_tests.pipeline import materialization_metadata  # noqa: E402
+from vlit_assets.testing.pipeline import materialization_metadata  # noqa: E402
 
 TARGET_RATIO = 0.05
 

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/llm_bench.py [--requests 960]``. Real self-instruct prompts
 (system prompt, in-context example, annotations) go over HTTP through the ``openai`` client to
-``vlit_assets_tests/openai_server.py`` with 100 ms fixed latency, the request cache in a DuckDB
+``vlit_assets/testing/openai_server.py`` with 100 ms fixed latency, the request cache in a DuckDB
 file. Targets: >= 120 req/s at concurrency 16 (ideal 160) with the server in its own process,
 and >= 5,000 req/s when every request is a cache hit. ``run_llm_bench()`` returns the rows
 (stage, work, wall s, rate first) for ``benchmarks/generate.py``.
@@ -29,7 +29,7 @@ from vlit_assets.core.generated.llm.cache import RequestCache, cache_entry  # no
 from vlit_assets.core.generated.llm.client import run_requests_sync  # noqa: E402
 from vlit_assets.core.generated.llm.settings import LLMRequest, LLMResult, LLMSettings  # noqa: E402
 from vlit_assets.core.generated.prompts import PROMPT_VERSION, build_messages  # noqa: E402
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault  # noqa: E402
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault  # noqa: E402
 
 LATENCY_S = 0.100
 CONCURRENCY = 16
@@ -57,7 +57,7 @@ def bench_requests(n: int, offset: int = 0) -> list[LLMRequest]:
 def server_process(latency_s: float) -> Iterator[str]:
     """The fake server in a process of its own, so it does not share the client's GIL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vlit_assets_tests.openai_server",
+        [sys.executable, "-m", "vlit_assets.testing.openai_server",
          "--latency-ms", str(latency_s * 1000), "--lifetime-s", "600"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from collections import Counter
 
 from vlit_assets.core.generated.llm.client import run_requests_sync
 from vlit_assets.core.generated.llm.settings import LLMRequest, LLMSettings
-from vlit_assets_tests.openai_server import FakeOpenAIServer
+from vlit_assets.testing.openai_server import FakeOpenAIServer
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 import polars as pl  # noqa: E402
 
 from vlit_assets.core.final.dedup import answer_word_frequencies, typicality  # noqa: E402
-from vlit_assets_tests.core.test_planted_defects import plant_and_score  # noqa: E402
+from vlit_assets.testing.planted import plant_and_score  # noqa: E402
 
 RULES = ("relevance", "typicality", "fewest_rare", "longest")
 

@@ -104,28 +104,68 @@ def open_instance(home: Path):
         return dg.DagsterInstance.get()
 
 
-def _summary_rows(db_path: Path, source: str) -> tuple[dict[str, int], dict[str, int]]:
-    from vlit_assets.core import warehouse
+def _materializations(result, instance, partition: str | None) -> dict[str, dict]:
+    """Metadata of the latest materialization of every asset, by asset name: this run's where it
+    wrote the asset, else the instance's latest for ``partition`` (an earlier run's). An asset
+    written only for other partitions has a table but no rows of this one: its counts are 0."""
+    import dagster as dg
+
+    latest: dict[str, dict] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        if mat.partition == partition:
+            latest[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    if instance is None:
+        return latest
+    from vlit_assets.definitions import defs
+
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        name = key.to_user_string()
+        if name in latest:
+            continue
+        for partitions in ([partition] if partition else None, None):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions), limit=1
+            ).records
+            mat = records[0].asset_materialization if records else None
+            if mat is None:
+                continue
+            meta = {k: v.value for k, v in mat.metadata.items()}
+            if mat.partition != partition:
+                meta = {k: 0 for k in meta if k == ROW_COUNT or k.startswith(TABLE_ROWS_PREFIX)}
+            latest[name] = meta
+            break
+    return latest
+
+
+# Tables a stage writes besides its assets: their row counts are in the asset's metadata.
+TABLE_ROWS_PREFIX = "rows/"
+ROW_COUNT = "dagster/row_count"
+
+
+def _summary_rows(materialized: dict[str, dict]) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows per per-source table and rejects per reason, from materialization metadata."""
     from vlit_assets.core.schemas import TABLES
 
+    side_tables = {
+        key.removeprefix(TABLE_ROWS_PREFIX): int(n)
+        for meta in materialized.values()
+        for key, n in meta.items()
+        if key.startswith(TABLE_ROWS_PREFIX)
+    }
     counts: dict[str, int] = {}
-    rejects: dict[str, int] = {}
-    if not db_path.exists():
-        return counts, rejects
-    with warehouse.connect(db_path, read_only=True) as con:
-        for name, table in TABLES.items():
-            if not table.partitioned or not warehouse.table_exists(con, name):
-                continue
-            row = con.execute(
-                f'SELECT count(*) FROM "{name}" WHERE source = ?', [source]
-            ).fetchone()
-            counts[name] = int(row[0]) if row else 0
-        if warehouse.table_exists(con, "raw__rejects"):
-            for reason, n in con.execute(
-                "SELECT reason, count(*) FROM raw__rejects WHERE source = ? GROUP BY 1 ORDER BY 1",
-                [source],
-            ).fetchall():
-                rejects[reason] = int(n)
+    for name, table in TABLES.items():
+        if not table.partitioned:
+            continue
+        if name in materialized:
+            counts[name] = int(materialized[name].get(ROW_COUNT, 0))
+        elif name in side_tables:
+            counts[name] = side_tables[name]
+    rejects = {
+        key.removeprefix("rejects/"): int(n)
+        for key, n in sorted(materialized.get("raw__rejects", {}).items())
+        if key.startswith("rejects/")
+    }
     return counts, rejects
 
 
@@ -239,12 +279,9 @@ def _failure_code(result) -> Exit | None:
 
 
 def print_summary(result, source: str, instance=None) -> int:
-    from vlit_assets.resources import resolve_path
-
     if _stopped(result):
         return Exit.INTERRUPTED
-    db_path = resolve_path(os.environ["VLIT_DB_PATH"])
-    counts, rejects = _summary_rows(db_path, source)
+    counts, rejects = _summary_rows(_materializations(result, instance, source))
     print(f"\nrun {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
     print("\nrows per table")
     for name, n in counts.items():
@@ -312,26 +349,24 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def print_final_summary(result, instance=None) -> int:
-    from vlit_assets.core import warehouse
-    from vlit_assets.resources import resolve_path
-
     if _stopped(result):
         return Exit.INTERRUPTED
     print(f"\nfinal run {result.run_id}: {'succeeded' if result.success else 'FAILED'}")
-    db_path = resolve_path(os.environ["VLIT_DB_PATH"])
-    with warehouse.connect(db_path, read_only=True) as con:
-        if warehouse.table_exists(con, "final__decisions"):
-            for kept, rule, n in con.execute(
-                "SELECT kept, coalesce(first_failing_rule, ''), count(*) FROM final__decisions "
-                "GROUP BY ALL ORDER BY 1 DESC, 3 DESC"
-            ).fetchall():
-                label = "kept" if kept else f"dropped: {rule}"
-                print(f"  {label:<50} {n:>9,}")
-        if warehouse.table_exists(con, "final__conversations"):
-            for split, n in con.execute(
-                "SELECT split, count(*) FROM final__conversations GROUP BY 1 ORDER BY 1"
-            ).fetchall():
-                print(f"  {'split ' + str(split):<50} {n:>9,}")
+    materialized = _materializations(result, instance, None)
+    decisions = materialized.get("final__decisions")
+    if decisions is not None:
+        drops = {
+            k.removeprefix("drops/"): int(n) for k, n in decisions.items() if k.startswith("drops/")
+        }
+        kept = int(decisions["dagster/row_count"]) - int(decisions["dropped"])
+        if kept:
+            print(f"  {'kept':<50} {kept:>9,}")
+        for rule, n in sorted(drops.items(), key=lambda item: (-item[1], item[0])):
+            print(f"  {'dropped: ' + rule:<50} {n:>9,}")
+    shipped = materialized.get("final__conversations", {})
+    for key, n in sorted(shipped.items()):
+        if key.startswith("split/"):
+            print(f"  {'split ' + key.removeprefix('split/'):<50} {int(n):>9,}")
     failed = print_checks(result.get_asset_check_evaluations())
     print_step_times(result, instance)
     for mat in result.get_asset_materialization_events():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vlit_assets.core.vocab import FINAL_JOB, SOURCE_JOB, SOURCE_STAGES
+from vlit_assets.checks.asset_checks import build_asset_checks
+from vlit_assets.core.vocab import FINAL_JOB, SOURCE_JOB, SOURCE_STAGES, WRITER_POOL
 from vlit_assets.defs import automation, final, generated, raw, scored
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import (
@@ -43,12 +44,7 @@ defs = dg.Definitions(
         final.final,
         final.final__export,
     ],
-    asset_checks=[
-        raw.raw_suite_check,
-        generated.generated_suite_check,
-        scored.scored_suite_check,
-        final.final_suite_check,
-    ],
+    asset_checks=build_asset_checks(sources_partitions=sources_partitions, pool=WRITER_POOL),
     jobs=[source_job, final_job],
     schedules=[final_schedule],
     sensors=[automation.incoming_batches_sensor],

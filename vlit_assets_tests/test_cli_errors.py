@@ -13,7 +13,7 @@ import pytest
 
 from vlit_assets import cli
 from vlit_assets.core import warehouse
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 SAMPLE = REPO / "data" / "sample"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vlit_assets import cli
-from vlit_assets_tests.openai_server import FakeOpenAIServer
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.openai_server import FakeOpenAIServer
+from vlit_assets.testing.pipeline import REPO
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from vlit_assets import cli
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 VARIABLES = ("VLIT_DB_PATH", "VLIT_DATA_DIR", "VLIT_OUTPUT_DIR", "VLIT_LLM_BASE_URL",
              "VLIT_LLM_MODEL", "VLIT_LLM_API_KEY", "DAGSTER_HOME")  # fmt: skip

@@ -30,7 +30,7 @@ from vlit_assets.core.schemas import TABLES
 from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.run_guard import holders
 from vlit_assets.runner import run_final, run_source
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 SAMPLE = REPO / "data" / "sample"
 RUN_TIMEOUT_S = 600  # a re-run that hangs fails the test instead of hanging it

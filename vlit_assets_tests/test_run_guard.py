@@ -19,7 +19,7 @@ from dagster._utils.interrupts import capture_interrupts
 
 from vlit_assets import run_guard
 from vlit_assets.core.vocab import WRITER_POOL
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 
 @pytest.fixture

@@ -1,35 +1,53 @@
 """Turn a GX suite into a blocking Dagster asset check that also records its history in DuckDB."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
 import polars as pl
 
-from vlit_assets.checks.gx_runner import SuiteOutcome
+from vlit_assets.checks.gx_runner import GROUP_ORDER, ExpectationOutcome, SuiteOutcome
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import META_CHECK_RESULTS
-from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.resources import WarehouseResource
 
 Validate = Callable[..., SuiteOutcome]  # (con, source) or (con, source, config)
 ALL_SOURCES = "*"
 
 
-def outcome_metadata(outcome: SuiteOutcome) -> dict[str, dg.MetadataValue]:
-    """One entry per expectation (its observed value), plus a table of all of them."""
-    metadata: dict[str, dg.MetadataValue] = {}
+def grouped(outcome: SuiteOutcome) -> list[ExpectationOutcome]:
+    """Expectations by principle (correctness, diversity, complexity, balance, relevance, then
+    format and split), then the frames of suites without principles, in suite order."""
+    first_seen: dict[str, int] = {}
     for o in outcome.outcomes:
-        if o.observed is not None:
-            metadata[o.expectation_id] = dg.MetadataValue.float(o.observed)
-        else:
-            metadata[o.expectation_id] = dg.MetadataValue.text(o.observed_text or "n/a")
+        first_seen.setdefault(o.group, len(first_seen))
+
+    def rank(o: ExpectationOutcome) -> int:
+        if o.group in GROUP_ORDER:
+            return GROUP_ORDER.index(o.group)
+        return len(GROUP_ORDER) + first_seen[o.group]
+
+    return sorted(outcome.outcomes, key=rank)
+
+
+def outcome_metadata(outcome: SuiteOutcome) -> dict[str, dg.MetadataValue]:
+    """One entry per expectation, ``<principle>/<figure>``: its observed value with its pass band
+    (``0.4123 (≥ 0.3)``, ``2 failing rows of 88 (none allowed; ...)``); then a table of all."""
+    metadata: dict[str, dg.MetadataValue] = {}
+    ordered = grouped(outcome)
+    for o in ordered:
+        key = f"{o.group}/{o.label}"
+        if key in metadata:  # two expectations on one figure: tell them apart by rule
+            key = f"{key} [{o.expectation}]"
+        failed = " FAILED" if o.judged and not o.success else ""
+        metadata[key] = dg.MetadataValue.text(o.explained + failed)
     metadata["expectations"] = dg.MetadataValue.md(
-        "| expectation | passed | observed |\n|---|---|---|\n"
+        "| principle | expectation | passed | observed | pass band |\n|---|---|---|---|---|\n"
         + "\n".join(
-            f"| `{o.expectation_id}` | {_STATUS[o.status]} | {o.observed_text} |"
-            for o in outcome.outcomes
+            f"| {o.group} | `{o.frame}.{o.label}` | {_STATUS[o.status]} | {o.observed_text} "
+            f"| {o.band} |"
+            for o in ordered
         )
     )
     metadata["failed_expectations"] = dg.MetadataValue.int(len(outcome.failed))
@@ -86,13 +104,14 @@ def build_suite_check(
     asset: str,
     validate: Validate,
     description: str,
+    pool: str,
     partitions_def: dg.PartitionsDefinition | None = None,
-    additional_deps: Sequence[str] = (),
     config_cls: type[dg.Config] | None = None,
     gate_field: str | None = None,
 ) -> dg.AssetChecksDefinition:
     """A check that blocks: when the suite fails, downstream assets of ``asset`` do not run.
 
+    It writes meta__check_results, so it holds ``pool`` (the writer pool).
     With ``config_cls``, the check takes that run config (thresholds, editable in the
     launchpad) and passes it to ``validate`` as a third argument. With ``gate_field``, that
     boolean config field decides whether a failure is an ERROR (a gate: it blocks and is
@@ -131,8 +150,7 @@ def build_suite_check(
         description=description,
         blocking=True,
         partitions_def=partitions_def,
-        additional_deps=list(additional_deps),
-        pool=WRITER_POOL,
+        pool=pool,
     )
     if config_cls is not None:
 

@@ -14,9 +14,9 @@ from vlit_assets.checks.gx_runner import SuiteOutcome, run_suite
 from vlit_assets.core import warehouse
 from vlit_assets.core.formats.writers import exportable
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
-from vlit_assets.core.vocab import GENERATORS, INSTRUCTION_TYPES, UNLABELLED
+from vlit_assets.core.vocab import GENERATED_SUITE, GENERATORS, INSTRUCTION_TYPES, UNLABELLED
 
-SUITE_NAME = "generated_suite"
+SUITE_NAME = GENERATED_SUITE
 
 
 def conversation_frame(rows: pl.DataFrame) -> pd.DataFrame:
@@ -75,9 +75,13 @@ def generated_expectations() -> dict[str, list[Any]]:
     }
 
 
+def validate_frame(frame: pd.DataFrame) -> SuiteOutcome:
+    """Validate a ``conversation_frame`` (tests hand it known-bad frames directly)."""
+    return run_suite(SUITE_NAME, {"conversations": frame}, generated_expectations())
+
+
 def validate_rows(rows: pl.DataFrame) -> SuiteOutcome:
-    frames = {"conversations": conversation_frame(rows)}
-    return run_suite(SUITE_NAME, frames, generated_expectations())
+    return validate_frame(conversation_frame(rows))
 
 
 def validate_generated(con: duckdb.DuckDBPyConnection, source: str) -> SuiteOutcome:

@@ -28,6 +28,8 @@ class ExpectationOutcome:
     # False when the figure could not be computed on the data (null, never 0): such an
     # expectation is reported as "not judged", neither passed nor failed, and gates nothing.
     judged: bool = True
+    principle: str | None = None  # the quality principle it speaks for (meta["principle"])
+    band: str = ""  # the pass band in words: "≥ 0.3", "rows must be ≥ 2; ≤ 5% may fail"
 
     @property
     def status(self) -> str:
@@ -38,6 +40,23 @@ class ExpectationOutcome:
     @property
     def expectation_id(self) -> str:
         return f"{self.frame}.{self.expectation}({self.column or ''})"
+
+    @property
+    def group(self) -> str:
+        """What the UI groups it under: its principle, else the frame it reads."""
+        return self.principle or self.frame
+
+    @property
+    def label(self) -> str:
+        """The figure or column a reader knows, with the rule where one column has two."""
+        if self.column is None:
+            return "row count"
+        return self.column + _LABEL_SUFFIX.get(self.expectation, "")
+
+    @property
+    def explained(self) -> str:
+        """The observed value with its pass band, e.g. ``0.4123 (≥ 0.3)``."""
+        return f"{self.observed_text} ({self.band})" if self.band else self.observed_text
 
 
 @dataclass
@@ -63,11 +82,64 @@ class SuiteOutcome:
         if self.success:
             return f"{self.suite}: all {judged} judged expectations passed{unjudged}"
         parts = [
-            f"{o.expectation_id} observed {o.observed_text}"
+            f"{o.frame}.{o.label} {o.explained}"
             + (f" e.g. {list(o.examples)[:3]}" if o.examples else "")
             for o in self.failed
         ]
         return f"{self.suite}: {len(self.failed)}/{judged} failed{unjudged}: " + "; ".join(parts)
+
+
+# What a row counted by a row-level expectation did wrong (its count is "failing rows" else).
+_ROW_COUNTS = {
+    "expect_column_values_to_be_unique": "repeated rows",
+    "expect_column_values_to_not_be_null": "null rows",
+}
+_LABEL_SUFFIX = {
+    "expect_column_values_to_be_unique": " (unique)",
+    "expect_column_values_to_not_be_null": " (not null)",
+}
+GROUP_ORDER = ("correctness", "diversity", "complexity", "balance", "relevance", "format", "split")
+
+
+def figure(value: float) -> str:
+    """A number as a reader wants it: 4 significant figures, integers as integers."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if 1e4 <= abs(value) < 1e15:  # no exponent for a figure a reader counts: 12346 -> 12350
+        return f"{float(f'{value:.4g}'):.0f}"
+    return f"{value:.4g}"
+
+
+def describe_band(kwargs: dict[str, Any], expectation: str) -> str:
+    """The pass band of an expectation's arguments, in words."""
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if expectation in ("expect_column_mean_to_be_between", "expect_table_row_count_to_be_between"):
+        return _interval(low, high, strict_min=bool(kwargs.get("strict_min")))
+    mostly = kwargs.get("mostly")
+    if mostly is None or mostly >= 1:
+        allowed = "none may fail"
+    else:
+        allowed = f"≤ {figure(round((1 - mostly) * 100, 6))}% may fail"
+    if "value_set" in kwargs and len(kwargs["value_set"]) <= 4:
+        rule = "in {" + ", ".join(str(v) for v in kwargs["value_set"]) + "}"
+    elif "value_set" in kwargs:
+        rule = "in the known set"
+    elif low is not None or high is not None:
+        rule = _interval(low, high, strict_min=bool(kwargs.get("strict_min")))
+        rule = rule if rule.startswith(("≥", "≤", ">")) else f"in {rule}"
+    else:
+        return "none allowed"
+    return f"rows must be {rule}; {allowed}"
+
+
+def _interval(low: float | None, high: float | None, strict_min: bool = False) -> str:
+    if low is not None and high is not None:
+        return f"{'(' if strict_min else '['}{figure(low)}, {figure(high)}]"
+    if low is not None:
+        return f"{'>' if strict_min else '≥'} {figure(low)}"
+    if high is not None:
+        return f"≤ {figure(high)}"
+    return ""
 
 
 def _quiet_gx() -> None:
@@ -75,19 +147,20 @@ def _quiet_gx() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _observed(result: dict[str, Any]) -> tuple[float | None, str]:
+def _observed(result: dict[str, Any], expectation: str) -> tuple[float | None, str]:
     """Pick the number a person would call 'the observed value' of an expectation result."""
     if "observed_value" in result:
         value = result["observed_value"]
         if isinstance(value, bool):
             return float(value), str(value)
         if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
-            return float(value), f"{value:.4g}" if isinstance(value, float) else str(value)
+            return float(value), figure(value)
         return None, str(value)
     if "unexpected_count" in result:
         n = result.get("unexpected_count") or 0
         total = result.get("element_count") or 0
-        return float(n), f"{n} unexpected of {total}"
+        what = _ROW_COUNTS.get(expectation, "failing rows")
+        return float(n), f"{n} {what if n != 1 else what[:-1]} of {total}"
     return None, ""
 
 
@@ -117,7 +190,9 @@ def run_suite(
         result = batch.validate(suite, result_format="SUMMARY")
         for r in result.results:
             config = r.expectation_config
-            observed, observed_text = _observed(r.result or {})
+            if config is None:  # GX attaches the configuration to every result it validated
+                raise RuntimeError(f"suite {name}.{frame_name}: a result without its expectation")
+            observed, observed_text = _observed(r.result or {}, config.type)
             outcome.outcomes.append(
                 ExpectationOutcome(
                     frame=frame_name,
@@ -129,6 +204,8 @@ def run_suite(
                     unexpected_count=(r.result or {}).get("unexpected_count"),
                     element_count=(r.result or {}).get("element_count"),
                     examples=tuple((r.result or {}).get("partial_unexpected_list") or ())[:5],
+                    principle=(config.meta or {}).get("principle"),
+                    band=describe_band(config.kwargs, config.type),
                 )
             )
     return outcome

@@ -18,9 +18,10 @@ from vlit_assets.core.schemas import (
     RAW_OBJECTS,
     RAW_TAGS,
 )
+from vlit_assets.core.vocab import RAW_SUITE
 from vlit_assets.core.warehouse import ensure_table
 
-SUITE_NAME = "raw_suite"
+SUITE_NAME = RAW_SUITE
 
 
 def raw_frames(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, pd.DataFrame]:

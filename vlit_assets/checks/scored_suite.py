@@ -27,13 +27,18 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from vlit_assets.checks.gx_runner import ExpectationOutcome, SuiteOutcome, run_suite
+from vlit_assets.checks.gx_runner import (
+    ExpectationOutcome,
+    SuiteOutcome,
+    describe_band,
+    run_suite,
+)
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.scored.figures import dataset_figures
-from vlit_assets.core.vocab import INSTRUCTION_TYPES, UNLABELLED
+from vlit_assets.core.vocab import INSTRUCTION_TYPES, SCORED_SUITE, UNLABELLED
 
-SUITE_NAME = "scored_suite"
+SUITE_NAME = SCORED_SUITE
 SAMPLES = "samples"
 DATASET = "dataset"
 
@@ -161,25 +166,43 @@ def _dataset_expectations(t: PrincipleThresholds) -> list[Any]:
 
 
 def _sample_expectations(t: PrincipleThresholds) -> list[Any]:
+    def meta(column: str) -> dict[str, str]:
+        return {"principle": PRINCIPLES[column]}
+
     return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectColumnValuesToNotBeNull(column="conversation_id"),
-        gxe.ExpectColumnValuesToBeUnique(column="conversation_id"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"principle": "format"}),
+        gxe.ExpectColumnValuesToNotBeNull(column="conversation_id", meta=meta("conversation_id")),
+        gxe.ExpectColumnValuesToBeUnique(column="conversation_id", meta=meta("conversation_id")),
         gxe.ExpectColumnValuesToBeInSet(
-            column="instruction_type", value_set=[*INSTRUCTION_TYPES, UNLABELLED]
+            column="instruction_type",
+            value_set=[*INSTRUCTION_TYPES, UNLABELLED],
+            meta=meta("instruction_type"),
         ),
         gxe.ExpectColumnValuesToBeInSet(
-            column="format_valid", value_set=[True], mostly=t.min_format_valid_rate
+            column="format_valid",
+            value_set=[True],
+            mostly=t.min_format_valid_rate,
+            meta=meta("format_valid"),
         ),
         # null (image not annotated) is skipped by GX: it cannot be judged
         gxe.ExpectColumnValuesToBeInSet(
-            column="chair_s", value_set=[False], mostly=1.0 - t.max_chair_s_rate
+            column="chair_s",
+            value_set=[False],
+            mostly=1.0 - t.max_chair_s_rate,
+            meta=meta("chair_s"),
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="answer_words_min", min_value=2, mostly=1.0 - t.max_one_word_answer_share
+            column="answer_words_min",
+            min_value=2,
+            mostly=1.0 - t.max_one_word_answer_share,
+            meta=meta("answer_words_min"),
         ),
-        gxe.ExpectColumnValuesToBeBetween(column="relevance", min_value=-1.0, max_value=1.0),
-        gxe.ExpectColumnValuesToBeBetween(column="cluster_size", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="relevance", min_value=-1.0, max_value=1.0, meta=meta("relevance")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="cluster_size", min_value=1, meta=meta("cluster_size")
+        ),
     ]
 
 
@@ -201,9 +224,10 @@ DISTRIBUTION_FIGURES = frozenset(
 def _not_judged(
     expectation: Any, why: str = "the figure is undefined on this data"
 ) -> ExpectationOutcome:
+    config = expectation.configuration
     return ExpectationOutcome(
         frame=DATASET,
-        expectation=expectation.expectation_type,
+        expectation=config.type,
         column=expectation.column,
         success=True,
         observed=None,
@@ -211,6 +235,8 @@ def _not_judged(
         unexpected_count=None,
         element_count=None,
         judged=False,
+        principle=(config.meta or {}).get("principle"),
+        band=describe_band(config.kwargs, config.type),
     )
 
 
@@ -220,8 +246,11 @@ def validate_scored(
     thresholds: PrincipleThresholds = PrincipleThresholds(),  # noqa: B008 (frozen)
     *,
     unjudged: dict[str, str] | None = None,
+    suite: str = SUITE_NAME,
 ) -> SuiteOutcome:
     """Run the suite on a ``score_conversations`` result (its ``scored`` and ``dataset``).
+
+    ``suite`` names the outcome: the final suite runs these expectations on what ships.
 
     ``unjudged`` names dataset figures the caller does not want judged here, with why; they
     are reported as "not judged" with that reason and their value.
@@ -246,7 +275,7 @@ def validate_scored(
             skipped.append((expectation, why))
         else:
             judged.append(expectation)
-    outcome = run_suite(SUITE_NAME, frames, {SAMPLES: expectations[SAMPLES], DATASET: judged})
+    outcome = run_suite(suite, frames, {SAMPLES: expectations[SAMPLES], DATASET: judged})
     outcome.outcomes.extend(_not_judged(e, why) for e, why in skipped)
     return outcome
 

@@ -26,6 +26,11 @@ SOURCES = "sources"  # the dynamic partitions definition: one partition key per 
 # DuckDB allows one writing process per file: every asset or check that writes holds this pool,
 # whose limit is 1 in dagster.yaml, so parallel partition runs queue instead of failing on the lock.
 WRITER_POOL = "duckdb_writer"
+# One name per GX suite: the asset check, the GX suite, meta__check_results.check_name, the CLI.
+RAW_SUITE = "raw_suite"
+GENERATED_SUITE = "generated_suite"
+SCORED_SUITE = "scored_suite"
+FINAL_SUITE = "final_suite"
 
 # Why a generated conversation is unusable (generated__conversations.drop_reason, null when it
 # is usable); the specific part (which cause, which failure, what the renderer said) is in

@@ -3,17 +3,11 @@
 import json
 
 import dagster as dg
-import duckdb
 
-from vlit_assets.checks.factory import build_suite_check
-from vlit_assets.checks.scored_suite import validate_scored
-from vlit_assets.core import warehouse
 from vlit_assets.core.final.balance import Balance
-from vlit_assets.core.final.gating import with_image_hashes
 from vlit_assets.core.final.release import export_current
-from vlit_assets.core.final.report import final_figures
 from vlit_assets.core.final.rules import Thresholds
-from vlit_assets.core.final.split import SplitConfig, images_in_both_splits
+from vlit_assets.core.final.split import SplitConfig
 from vlit_assets.core.final.stage import select_and_store
 from vlit_assets.core.schemas import (
     FINAL_CONVERSATIONS,
@@ -21,7 +15,6 @@ from vlit_assets.core.schemas import (
     SCORED_CONVERSATIONS,
 )
 from vlit_assets.core.vocab import WRITER_POOL
-from vlit_assets.defs.scored import PrincipleThresholdsConfig
 from vlit_assets.resources import PROJECT_ROOT, EmbedderResource, ProjectPaths, WarehouseResource
 
 
@@ -135,39 +128,6 @@ def final(
         asset_key=FINAL_CONVERSATIONS.name,
         metadata={**out.kept_metadata(), "selection_report": report},
     )
-
-
-class FinalSuiteConfig(PrincipleThresholdsConfig):
-    """Stricter bands than the scored stage: what ships must hold the principles."""
-
-    max_chair_s_rate: float = 0.0
-    min_region_name_match: float = 1.0
-    min_format_valid_rate: float = 1.0
-    min_negative_consistency: float = 1.0
-    min_count_consistency: float = 1.0
-    min_type_entropy_norm: float = 0.85
-    max_exact_duplicate_share: float = 0.0
-    min_relevance_mean: float | None = 0.30
-    max_one_word_answer_share: float = 0.0
-    max_images_in_both_splits: float | None = 0.0  # no image on both sides of the split
-
-
-def validate_final(con: duckdb.DuckDBPyConnection, _source: str, config: FinalSuiteConfig):
-    shipped = warehouse.read_source(con, FINAL_CONVERSATIONS)
-    leaked = images_in_both_splits(with_image_hashes(con, shipped))
-    rows = shipped.drop("split", "final_run_id")
-    figures, unjudged = final_figures(rows)
-    figures["images_in_both_splits"] = leaked
-    return validate_scored(rows, figures, config.thresholds(), unjudged=unjudged)
-
-
-final_suite_check = build_suite_check(
-    name="final_suite",
-    asset=FINAL_CONVERSATIONS.name,
-    validate=validate_final,
-    description="GX principle suite on what ships, with stricter bounds; blocks the export.",
-    config_cls=FinalSuiteConfig,
-)
 
 
 @dg.asset(

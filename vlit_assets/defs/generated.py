@@ -1,10 +1,8 @@
-"""Instruction generation stage: raw__* tables -> generated__conversations, and its GX suite."""
+"""Instruction generation stage: raw__* tables -> generated__conversations (check: checks/)."""
 
 import dagster as dg
 import duckdb
 
-from vlit_assets.checks.factory import build_suite_check
-from vlit_assets.checks.generated_suite import validate_generated
 from vlit_assets.core import sources, warehouse
 from vlit_assets.core.generated.llm.cache import RequestCache
 from vlit_assets.core.generated.stage import (
@@ -97,7 +95,13 @@ def generated__conversations(
         context.log.warning(out.warning)
     _write(warehouse_db, source, out)
     context.log.info(f"{source}: {out.conversations.height} conversations; {out.generators}")
-    metadata = {"dagster/row_count": out.conversations.height, **row_metadata(out.conversations)}
+    metadata = {
+        "dagster/row_count": out.conversations.height,
+        # the stage's other tables, so a run summary needs no query (vlit's run summary)
+        f"rows/{GENERATED_LLM_REQUESTS.name}": out.requests.height,
+        f"rows/{GENERATED_LLM_VERIFICATION.name}": out.verification.height,
+        **row_metadata(out.conversations),
+    }
     return dg.MaterializeResult(metadata={**metadata, **_json(out.metadata)})
 
 
@@ -126,6 +130,8 @@ def _copy_imported(con: duckdb.DuckDBPyConnection, source: str) -> dg.Materializ
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows.height,
+            f"rows/{GENERATED_LLM_REQUESTS.name}": 0,
+            f"rows/{GENERATED_LLM_VERIFICATION.name}": 0,
             "generators": "import (QC-only source)",
             **row_metadata(rows),
         }
@@ -134,15 +140,3 @@ def _copy_imported(con: duckdb.DuckDBPyConnection, source: str) -> dg.Materializ
 
 def _json(metadata: dict[str, object]) -> dict[str, object]:
     return {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in metadata.items()}
-
-
-generated_suite_check = build_suite_check(
-    name="generated_suite",
-    asset=GENERATED_CONVERSATIONS.name,
-    validate=validate_generated,
-    description=(
-        "GX suite: turns alternate human/gpt from human, no empty text, known types, region "
-        "images exist, unique ids, LLaVA export carries the image token."
-    ),
-    partitions_def=sources_partitions,
-)

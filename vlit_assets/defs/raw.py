@@ -1,9 +1,7 @@
-"""Data collection stage: a source's COCO files -> raw__* tables, and the raw GX suite check."""
+"""Data collection stage: a source's COCO files -> raw__* tables (its check: checks/)."""
 
 import dagster as dg
 
-from vlit_assets.checks.factory import build_suite_check
-from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import warehouse
 from vlit_assets.core.raw.stage import (
     INPUT_ERRORS,
@@ -12,7 +10,6 @@ from vlit_assets.core.raw.stage import (
     collect_raw,
     resolve_source,
 )
-from vlit_assets.core.schemas import RAW_IMAGES
 from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import ProjectPaths, WarehouseResource, resolve_path
@@ -75,15 +72,3 @@ def raw(
     for name, metadata in raw_tables.metadata().items():
         row_count = {"dagster/row_count": raw_tables.counts[name]}
         yield dg.MaterializeResult(asset_key=name, metadata=row_count | metadata)
-
-
-raw_suite_check = build_suite_check(
-    name="raw_suite",
-    asset=RAW_IMAGES.name,
-    validate=validate_raw,
-    description=(
-        "GX suite: unique ids, boxes inside their image, every image captioned, "
-        "categories declared, no null paths."
-    ),
-    partitions_def=sources_partitions,
-)

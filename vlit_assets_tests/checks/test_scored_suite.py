@@ -33,7 +33,7 @@ from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
 from vlit_assets.core.scored.figures import dataset_figures
 from vlit_assets.core.scored.quality import QualityResult, score_conversations
-from vlit_assets_tests.defects import plant_defects
+from vlit_assets.testing.defects import plant_defects
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "sample"
@@ -234,6 +234,7 @@ def test_defaults_pass_template_output_on_sample(scoring: Scoring) -> None:
     _check_defaults_pass(scoring)
 
 
+@pytest.mark.slow
 def test_defaults_pass_template_output_on_coco_mini(mini_scoring: Scoring) -> None:
     _check_defaults_pass(mini_scoring)
 

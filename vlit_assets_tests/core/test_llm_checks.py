@@ -21,16 +21,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
-from vlit_assets.core.raw.annotations import find_coco_files
-from vlit_assets.core.raw.collect import collect_source
 from vlit_assets.core.schemas import LLM_CHECK_COLUMNS
-from vlit_assets.core.scored.claims import grammar_checks, relation_claims
 from vlit_assets.core.scored.llm_checks import example_grams, llm_checks
-from vlit_assets_tests.llm_defects import LLM_DEFECT_KINDS, plant_llm_defects
+from vlit_assets.testing.llm_defects import LLM_DEFECT_KINDS
+from vlit_assets.testing.planted import (
+    LLM_RULE,
+    PER_KIND,
+    llm_precision_recall,
+    plant_and_check,
+)
 
 TARGET = 0.9
-PER_KIND = 30
 
 
 def _conv(*pairs: tuple[str, str], cid: str = "c1", image: str = "1") -> dict:
@@ -104,90 +105,37 @@ def test_missing_columns_are_named() -> None:
         llm_checks(pl.DataFrame({"conversation_id": ["a"], "image_id": ["1"]}))
 
 
-# ------------------------------------------------------------------------------ planted
-
-
-def plant_and_check(root: Path, work: Path, *, per_kind: int = PER_KIND, seed: int = 11):
-    """Template rows of a COCO source plus planted LLM defects, through llm_checks, with the
-    planted kind (``good`` for the rest) and one boolean column per rule."""
-    raw = collect_source("coco-mini", root)
-    good = generate_templates(
-        raw.images, raw.captions, raw.objects, raw.categories, raw.tags,
-        source="coco-mini", image_root=find_coco_files(root).image_dir,
-        regions_dir=work / "regions", config=TemplateConfig(render_regions=False),
-    ).filter(pl.col("drop_reason").is_null())  # fmt: skip
-    bad, truth = plant_llm_defects(
-        good, raw.objects, raw.tags, raw.captions, seed=seed, per_kind=per_kind
-    )
-    rows = pl.concat([good, bad])
-    scored = llm_checks(rows, raw.objects, raw.tags, raw.captions, raw.categories)
-    codes = pl.col("grammar_errors").list.eval(pl.element().str.extract(r"^(\w+):", 1))
-    return (
-        scored.join(relation_claims(rows, raw.objects), on="conversation_id")
-        .join(grammar_checks(rows), on="conversation_id")
-        .join(truth, on="conversation_id", how="left")
-        .with_columns(pl.col("defect").fill_null("good"))
-        .with_columns(
-            denied_present=pl.col("n_denied_present").fill_null(0) > 0,
-            repeated_question=pl.col("n_repeated_questions") > 0,
-            unjudged_claim=pl.col("n_unjudged_claims") > 0,
-            relation_contradicted=pl.col("n_relations_contradicted").fill_null(0) > 0,
-            article=codes.list.contains("article"),
-            number=codes.list.contains("number"),
-            answer_form=codes.list.contains("yes_no") | codes.list.contains("sure"),
-            grammar_error=pl.col("n_grammar_errors") > 0,
-        )
-    )
-
-
-def precision_recall(frame: pl.DataFrame, kind: str, rule: str) -> tuple[float, float, int]:
-    """Over the good rows and the rows of ``kind`` (other kinds are neither right nor wrong)."""
-    counted = frame.filter(pl.col("defect").is_in([kind, "good"]))
-    flagged = counted.filter(pl.col(rule))
-    precision = float((flagged["defect"] == kind).mean()) if flagged.height else 0.0
-    recall = float(frame.filter(pl.col("defect") == kind)[rule].mean())
-    return precision, recall, flagged.height
-
-
 @pytest.fixture(scope="module")
 def planted(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
     return plant_and_check(coco_mini, tmp_path_factory.mktemp("planted"))
 
 
-RULE = {
-    "denied_present": "denied_present",
-    "example_copy": "example_copy",
-    "annotation_leak": "annotation_leak",
-    "repeated_question": "repeated_question",
-    "unjudged_claim": "unjudged_claim",
-    "wrong_relation": "relation_contradicted",
-    "article_error": "article",
-    "number_error": "number",
-    "answer_form_error": "answer_form",
-}
 GRAMMAR_KINDS = ("article_error", "number_error", "answer_form_error")
 
 
+@pytest.mark.slow
 def test_good_template_rows_trip_none_of_the_rules(planted: pl.DataFrame) -> None:
     good = planted.filter(pl.col("defect") == "good")
     assert good.height > 100
-    rules = [*RULE.values(), "grammar_error"]
+    rules = [*LLM_RULE.values(), "grammar_error"]
     assert {rule: int(good[rule].sum()) for rule in rules} == dict.fromkeys(rules, 0)
     # the relation metric did judge template claims (and found every one supported)
     assert good["n_relation_claims"].sum() > 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", LLM_DEFECT_KINDS)
 def test_each_planted_kind_is_found_with_precision_and_recall(
     planted: pl.DataFrame, kind: str
 ) -> None:
-    precision, recall, flagged = precision_recall(planted, kind, RULE[kind])
+    precision, recall, flagged = llm_precision_recall(planted, kind, LLM_RULE[kind])
     assert planted.filter(pl.col("defect") == kind).height == PER_KIND
     assert recall >= TARGET, f"{kind}: recall {recall:.3f}"
     assert precision >= TARGET, f"{kind}: precision {precision:.3f} of {flagged}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", GRAMMAR_KINDS)
 def test_the_grammar_rule_finds_each_grammar_kind(planted: pl.DataFrame, kind: str) -> None:
-    precision, recall, flagged = precision_recall(planted, kind, "grammar_error")
+    precision, recall, flagged = llm_precision_recall(planted, kind, "grammar_error")
     assert recall >= TARGET and precision >= TARGET, (kind, precision, recall, flagged)

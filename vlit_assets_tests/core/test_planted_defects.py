@@ -1,8 +1,9 @@
 """The metrics find planted defects: precision and recall per defect kind on coco-mini.
 
 Good template conversations of coco-mini get copies with exactly one planted defect each
-(``vlit_assets_tests.defects``); good and defective rows are scored together in one pass with
-the real MiniLM model. Each kind has one rule over the scored columns (``RULE_FOR_KIND``):
+(``vlit_assets.testing.defects``); good and defective rows are scored together in one pass with
+the real MiniLM model. Each kind has one rule over the scored columns (``RULE_FOR_KIND``, in
+``vlit_assets.testing.planted``):
 
 - absent_object -> ``chair_s``: CHAIR-s scored with the captions as ground truth too, as in the
   original CHAIR (Rohrbach et al. 2018), so good template rows that quote a caption naming
@@ -37,134 +38,27 @@ left out like the other kinds' rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
-from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
-from vlit_assets.core.raw.annotations import find_coco_files
-from vlit_assets.core.raw.collect import CollectResult, collect_source
-from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
 from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD
-from vlit_assets.core.scored.quality import score_conversations
 from vlit_assets.core.text.reading import caption_mentions
-from vlit_assets_tests.defects import DEFECT_KINDS, plant_defects
+from vlit_assets.testing.defects import DEFECT_KINDS
+from vlit_assets.testing.planted import (
+    PER_KIND,
+    RULE_FOR_KIND,
+    Planted,
+    labelled,
+    plant_and_score,
+    precision_recall,
+)
 
-SOURCE = "coco-mini"
-PER_KIND = 30
-SEED = 7
+# One scoring pass of coco-mini with the real model, shared by every test here.
+pytestmark = pytest.mark.slow
+
 TARGET = 0.9
-
-RULE_FOR_KIND = {
-    "absent_object": "chair_s",
-    "negative_flipped": "negative_inconsistent",
-    "wrong_count": "count_inconsistent",
-    "near_copy": "same_image_near_duplicate",
-    "one_word_answer": "one_word_answer",
-    "moved_image": "chair_i_majority",
-    "present_denied": "negative_inconsistent",
-}
-
-
-@dataclass
-class Planted:
-    scored: pl.DataFrame  # scored__conversations of good + defective rows
-    truth: pl.DataFrame  # conversation_id, defect, source_conversation_id
-    captions: pl.DataFrame
-    objects: pl.DataFrame
-    good_ids: set[str]
-
-
-def plant_and_score(
-    root: Path, work: Path, *, per_kind: int = PER_KIND, seed: int = SEED
-) -> Planted:
-    """Collect, generate template conversations, plant every kind, score all rows once."""
-    raw: CollectResult = collect_source(SOURCE, root)
-    good = generate_templates(
-        raw.images,
-        raw.captions,
-        raw.objects,
-        raw.categories,
-        raw.tags,
-        source=SOURCE,
-        image_root=find_coco_files(root).image_dir,
-        regions_dir=work / "regions",
-        config=TemplateConfig(render_regions=False),
-    ).filter(pl.col("drop_reason").is_null())
-    bad, truth = plant_defects(good, raw.objects, raw.tags, seed=seed, per_kind=per_kind)
-    with duckdb.connect(str(work / "cache.duckdb")) as con:
-        result = score_conversations(
-            pl.concat([good, bad]),
-            objects=raw.objects,
-            tags=raw.tags,
-            categories=raw.categories,
-            captions=raw.captions,
-            embedder=MiniLMEmbedder(),
-            cache=EmbeddingCache(con),
-            run_id="planted",
-        )
-    return Planted(result.scored, truth, raw.captions, raw.objects, set(good["conversation_id"]))
-
-
-def defect_flags(scored: pl.DataFrame) -> pl.DataFrame:
-    """One row per conversation: a boolean column per rule (null metric = not flagged)."""
-    same_image = (
-        scored.filter(pl.col("cluster_size") > 1)
-        .with_columns(seen=pl.coalesce("image_path", "image_id"))
-        .filter(pl.len().over("cluster_id", "seen") > 1)
-        .select("conversation_id")
-    )
-    return scored.select(
-        "conversation_id",
-        chair_s=pl.col("chair_s").fill_null(False),
-        negative_inconsistent=(pl.col("negative_consistency") < 1).fill_null(False),
-        count_inconsistent=(pl.col("count_consistency") < 1).fill_null(False),
-        near_duplicate=(pl.col("cluster_size") > 1).fill_null(False)
-        | pl.col("exact_duplicate_of").is_not_null(),
-        same_image_near_duplicate=pl.col("conversation_id").is_in(
-            same_image["conversation_id"].implode()
-        )
-        | pl.col("exact_duplicate_of").is_not_null(),
-        one_word_answer=(pl.col("answer_words_min") <= 1).fill_null(False),
-        chair_i_majority=(pl.col("chair_i") >= 0.5).fill_null(False),
-        low_relevance=(pl.col("relevance") < 0.2).fill_null(False),
-        region_mismatch=(~pl.col("region_name_match")).fill_null(False),
-    )
-
-
-def labelled(planted: Planted) -> pl.DataFrame:
-    """The flags with each row's defect ('good' for unplanted rows) and source row."""
-    return (
-        defect_flags(planted.scored)
-        .join(planted.truth, on="conversation_id", how="left")
-        .with_columns(pl.col("defect").fill_null("good"))
-    )
-
-
-def precision_recall(frame: pl.DataFrame, kind: str, rule: str) -> tuple[float, float, int]:
-    """(precision, recall, flagged) of ``rule`` for ``kind``, counted as the module says."""
-    truth = frame["defect"] == kind
-    counted = truth | (frame["defect"] == "good")
-    if kind == "near_copy":
-        sources = frame.filter(truth)["source_conversation_id"].implode()
-        other_sources = frame.filter(~truth & (frame["defect"] != "good"))[
-            "source_conversation_id"
-        ].implode()
-        is_source = frame["conversation_id"].is_in(sources)
-        touched = frame["conversation_id"].is_in(other_sources) & ~is_source
-        truth = truth | is_source
-        counted = (truth | (frame["defect"] == "good")) & ~touched
-    flagged = frame[rule] & counted
-    hits = int((flagged & truth).sum())
-    total = int(flagged.sum())
-    precision = hits / total if total else 0.0
-    recall = int((frame[rule] & (frame["defect"] == kind)).sum()) / int(
-        (frame["defect"] == kind).sum()
-    )
-    return precision, recall, total
 
 
 @pytest.fixture(scope="session")

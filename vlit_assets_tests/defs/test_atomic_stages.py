@@ -13,7 +13,7 @@ from vlit_assets.checks.raw_suite import validate_raw
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
 from vlit_assets.runner import run_final, run_source
-from vlit_assets_tests.pipeline import REPO, pipeline_env
+from vlit_assets.testing.pipeline import REPO, pipeline_env
 
 SAMPLE = REPO / "data" / "sample"
 # Tables whose rows a re-run rewrites on purpose before the stage's own writes (registration)
@@ -54,6 +54,7 @@ def _fail_after_writing(monkeypatch, helper: str, table_name: str) -> None:
         ("final", "upsert", "final__runs"),  # after final__decisions and final__conversations
     ],
 )
+@pytest.mark.slow
 def test_a_failure_after_a_later_table_write_leaves_the_previous_state_whole(
     stage, helper, table_name, tmp_path, monkeypatch
 ):
@@ -86,6 +87,7 @@ def test_a_failure_after_a_later_table_write_leaves_the_previous_state_whole(
             assert validate_raw(con, "s").success
 
 
+@pytest.mark.slow
 def test_raw_suite_fails_on_captions_objects_and_tags_of_a_missing_image(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "s", SAMPLE, stages=("raw",)).success

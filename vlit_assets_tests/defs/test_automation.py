@@ -11,7 +11,7 @@ import dagster as dg
 
 from vlit_assets.defs.automation import AutomationSettings, incoming_batches_sensor
 from vlit_assets.resources import ProjectPaths
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 
 def _evaluate(instance, data_dir, settings: AutomationSettings, cursor: str | None = None):

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
-from vlit_assets_tests.pipeline import REPO
+from vlit_assets.testing.pipeline import REPO
 
 SAMPLE = REPO / "data" / "sample"
 RAW_TABLES = tuple(t for t in TABLES.values() if t.partitioned and t.stage == "raw")
@@ -152,6 +153,7 @@ def _run_windows(home: Path) -> list[tuple[float, float]]:
         return out
 
 
+@pytest.mark.slow
 def test_two_processes_write_two_partitions_at_once_without_loss_or_duplicates(tmp_path):
     copy = tmp_path / "sample-copy"
     shutil.copytree(SAMPLE, copy)

@@ -6,10 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from vlit_assets.core.formats.files import load_instruction_file
 from vlit_assets.runner import run_final, run_source
-from vlit_assets_tests.openai_server import FakeOpenAIServer
-from vlit_assets_tests.pipeline import (
+from vlit_assets.testing.openai_server import FakeOpenAIServer
+from vlit_assets.testing.pipeline import (
     REPO,
     check_evaluation,
     materialization_metadata,
@@ -19,6 +21,7 @@ from vlit_assets_tests.pipeline import (
 SAMPLE = REPO / "data" / "sample"
 
 
+@pytest.mark.slow
 def test_sample_ends_in_an_export_that_agrees_with_final_conversations(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "sample", SAMPLE).success
@@ -63,6 +66,7 @@ def test_sample_ends_in_an_export_that_agrees_with_final_conversations(tmp_path,
         assert exported == stored
 
 
+@pytest.mark.slow
 def test_threshold_change_reuses_scores_and_adding_a_batch_keeps_splits(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -98,6 +102,7 @@ def test_threshold_change_reuses_scores_and_adding_a_batch_keeps_splits(
         assert moved == []
 
 
+@pytest.mark.slow
 def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "sample", SAMPLE).success
@@ -113,11 +118,12 @@ def test_a_failing_final_suite_blocks_the_export(tmp_path, monkeypatch):
         }
 
 
+@pytest.mark.slow
 def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatch):
-    """With ``blocking: true`` (the old strict behaviour) a failed principles suite is a gate."""
+    """With ``blocking: true`` (the old strict behaviour) a failed scored_suite is a gate."""
     with pipeline_env(tmp_path, monkeypatch) as env:
         strict = {
-            "scored__conversations_principles_suite": {
+            "scored__conversations_scored_suite": {
                 "min_answer_words_mean": 1000.0,
                 "blocking": True,
             }
@@ -132,21 +138,21 @@ def test_a_held_back_source_gets_a_decision_with_its_reason(tmp_path, monkeypatc
         assert env.scalar("SELECT count(*) FROM final__conversations") == 0
 
 
-def test_a_failed_principles_suite_reports_and_the_source_is_filtered_not_held_back(
+@pytest.mark.slow
+def test_a_failed_scored_suite_reports_and_the_source_is_filtered_not_held_back(
     tmp_path, monkeypatch
 ):
     """By default the suite measures the input: its failure is a warning, recorded as such,
     and the final rules (not the suite) decide which of the source's rows ship."""
     with pipeline_env(tmp_path, monkeypatch) as env:
-        impossible = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        impossible = {"scored__conversations_scored_suite": {"min_answer_words_mean": 1000.0}}
         result = run_source(env.instance, "sample", SAMPLE, op_config=impossible)
         assert result.success
-        evaluation = check_evaluation(result, "principles_suite")
+        evaluation = check_evaluation(result, "scored_suite")
         assert not evaluation.passed
         assert evaluation.severity.value == "WARN"
         severities = env.query(
-            "SELECT DISTINCT severity FROM meta__check_results "
-            "WHERE check_name = 'principles_suite'"
+            "SELECT DISTINCT severity FROM meta__check_results WHERE check_name = 'scored_suite'"
         )
         assert severities == [("WARN",)]
         final = run_final(env.instance)
@@ -158,6 +164,7 @@ def test_a_failed_principles_suite_reports_and_the_source_is_filtered_not_held_b
         assert env.scalar("SELECT count(*) FROM final__conversations") > 0
 
 
+@pytest.mark.slow
 def test_scores_left_behind_by_a_blocked_run_do_not_ship(tmp_path, monkeypatch):
     """A later run whose raw suite fails keeps the old scores in place; they must be held back."""
     import shutil

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
 from vlit_assets.core import lineage, warehouse
 from vlit_assets.core.generated.stage import GenerationOptions
 from vlit_assets.defs.generated import GeneratedConfig
 from vlit_assets.runner import run_source
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
-from vlit_assets_tests.pipeline import (
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault
+from vlit_assets.testing.pipeline import (
     REPO,
     check_evaluation,
     materialization_metadata,
@@ -24,6 +25,7 @@ def test_the_stage_config_has_the_fields_and_defaults_of_the_core_options() -> N
     assert GenerationOptions(**GeneratedConfig().model_dump()) == GenerationOptions()
 
 
+@pytest.mark.slow
 def test_sample_generates_all_three_types_with_templates_only(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "sample", REPO / "data" / "sample", stages=STAGES)
@@ -47,6 +49,7 @@ def test_sample_generates_all_three_types_with_templates_only(tmp_path, monkeypa
                 im.load()
 
 
+@pytest.mark.slow
 def test_coco_mini_generates_all_types_and_passes_the_blocking_check(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -61,6 +64,7 @@ def test_coco_mini_generates_all_types_and_passes_the_blocking_check(
         assert n_types == 3
 
 
+@pytest.mark.slow
 def test_workers_config_splits_generation_inside_a_dagster_step(tmp_path, monkeypatch):
     # Helper processes are spawned from within the step; the rows must be the serial ones.
     rows = {}
@@ -81,6 +85,7 @@ def test_workers_config_splits_generation_inside_a_dagster_step(tmp_path, monkey
     assert rows[1] and rows[2] == rows[1]
 
 
+@pytest.mark.slow
 def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
     """LLM rows join the template rows; faults become rows with reasons; the key is never stored."""
     with FakeOpenAIServer() as server, pipeline_env(tmp_path, monkeypatch) as env:
@@ -133,6 +138,7 @@ def test_self_instruct_through_the_asset_over_real_http(tmp_path, monkeypatch):
         assert hits >= usable_llm
 
 
+@pytest.mark.slow
 def test_budget_stops_cleanly_and_keeps_what_was_done(tmp_path, monkeypatch):
     with FakeOpenAIServer() as server, pipeline_env(tmp_path, monkeypatch) as env:
         monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)
@@ -158,6 +164,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_done(tmp_path, monkeypatch):
 LLM_QUICK = {"llm_types": ["global"], "llm_max_images": 3}
 
 
+@pytest.mark.slow
 def test_a_partial_llm_override_keeps_the_environment_endpoint(tmp_path, monkeypatch):
     """Run config that sets only concurrency and timeout_s keeps the endpoint and model that
     come from VLIT_LLM_*: the stage still calls the model instead of falling back to
@@ -202,12 +209,13 @@ sys.exit(3)
 """
 
 
+@pytest.mark.slow
 def test_requests_in_flight_do_not_hold_the_write_lock(tmp_path, monkeypatch):
     """While a reply is being worked on, another process can open the warehouse and write."""
     import subprocess
     import sys
 
-    from vlit_assets_tests.openai_server import default_responder
+    from vlit_assets.testing.openai_server import default_responder
 
     probes: list[int] = []
 
@@ -234,6 +242,7 @@ def test_requests_in_flight_do_not_hold_the_write_lock(tmp_path, monkeypatch):
         assert env.scalar("SELECT count(*) FROM llm__cache") == 3
 
 
+@pytest.mark.slow
 def test_every_llm_request_failing_warns_loudly_and_can_fail_the_stage(tmp_path, monkeypatch):
     with FakeOpenAIServer() as gone:
         dead_url = gone.base_url
@@ -266,6 +275,7 @@ def test_every_llm_request_failing_warns_loudly_and_can_fail_the_stage(tmp_path,
         assert env.query(sql) == kept  # the failed stage wrote nothing
 
 
+@pytest.mark.slow
 def test_verification_pass_stores_verdicts_with_the_verifier_model(tmp_path, monkeypatch):
     with FakeOpenAIServer(max_lifetime_s=120) as server, pipeline_env(tmp_path, monkeypatch) as env:
         monkeypatch.setenv("VLIT_LLM_BASE_URL", server.base_url)

@@ -7,9 +7,10 @@ import pytest
 from vlit_assets import cli
 from vlit_assets.core import lineage, warehouse
 from vlit_assets.runner import run_source
-from vlit_assets_tests.pipeline import REPO, pipeline_env
+from vlit_assets.testing.pipeline import REPO, pipeline_env
 
 
+@pytest.mark.slow
 def test_lineage_links_annotations_generation_and_scores(tmp_path, monkeypatch, capsys):
     with pipeline_env(tmp_path, monkeypatch) as env:
         stages = ("raw", "generated", "scored")

@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 
 from vlit_assets.runner import run_final, run_source
+from vlit_assets.testing.pipeline import check_evaluation, materialization_metadata, pipeline_env
 from vlit_assets_tests.conftest import _require, _shared_dir
-from vlit_assets_tests.pipeline import check_evaluation, materialization_metadata, pipeline_env
 
 N = 2000
 
@@ -54,7 +54,7 @@ def test_a_flawed_llava_set_is_filtered_and_exported_not_blocked(
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "flawed", bench_folder)
         assert result.success
-        principles = check_evaluation(result, "principles_suite")
+        principles = check_evaluation(result, "scored_suite")
         # the input is flawed: the suite says so, as a warning, and names the figures
         assert not principles.passed and principles.severity.value == "WARN"
         assert "exact_duplicate_share" in (principles.description or "")

@@ -10,14 +10,15 @@ import pytest
 from vlit_assets.core.raw.stage import RawOptions
 from vlit_assets.defs.raw import RawConfig
 from vlit_assets.runner import run_source
+from vlit_assets.testing.pipeline import check_evaluation, pipeline_env
 from vlit_assets_tests.corrupt import build_corrupted_coco
-from vlit_assets_tests.pipeline import check_evaluation, pipeline_env
 
 
 def test_run_config_has_the_fields_and_defaults_of_the_core_options():
     assert RawConfig().model_dump() == asdict(RawOptions())
 
 
+@pytest.mark.slow
 def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
     captions = json.loads((coco_mini / "annotations/captions_train2017.json").read_text())
     instances = json.loads((coco_mini / "annotations/instances_train2017.json").read_text())
@@ -41,6 +42,7 @@ def test_coco_mini_counts_equal_source_files(coco_mini, tmp_path, monkeypatch):
         assert {m.asset_key.to_user_string() for m in mats} >= {"raw__images", "raw__rejects"}
 
 
+@pytest.mark.slow
 def test_rematerializing_a_partition_replaces_exactly_its_rows(coco_mini, tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "first", coco_mini, stages=("raw",)).success
@@ -50,6 +52,7 @@ def test_rematerializing_a_partition_replaces_exactly_its_rows(coco_mini, tmp_pa
         assert rows == {"first": 400, "second": 400}
 
 
+@pytest.mark.slow
 def test_corrupted_copy_rejects_each_fault_once_and_keeps_good_records(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -67,6 +70,7 @@ def test_corrupted_copy_rejects_each_fault_once_and_keeps_good_records(
         assert check_evaluation(result, "raw_suite").passed  # what was kept satisfies the suite
 
 
+@pytest.mark.slow
 def test_not_coco_shaped_file_fails_the_run_naming_file_and_key(coco_mini, tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     (bad / "annotations").mkdir(parents=True)
@@ -80,6 +84,7 @@ def test_not_coco_shaped_file_fails_the_run_naming_file_and_key(coco_mini, tmp_p
         assert "captions_train.json" in message and "annotations" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["raw"])
 def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, stage):
     """A source whose every image is rejected leaves an empty raw__images: the suite fails."""
@@ -99,10 +104,11 @@ def test_failing_blocking_check_is_reported(coco_mini, tmp_path, monkeypatch, st
         assert env.scalar("SELECT count(*) FROM raw__rejects WHERE reason = 'image_missing'") == 1
 
 
+@pytest.mark.slow
 def test_a_second_folder_under_a_known_name_is_refused_not_overwritten(
     coco_mini, tmp_path, monkeypatch
 ):
-    from vlit_assets_tests.pipeline import REPO
+    from vlit_assets.testing.pipeline import REPO
 
     with pipeline_env(tmp_path, monkeypatch) as env:
         assert run_source(env.instance, "data", REPO / "data" / "sample", stages=("raw",)).success
@@ -134,6 +140,7 @@ def _record(rid: str, image: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_images_option_reaches_the_import_and_parquet_bytes_land_in_the_output(
     tmp_path, monkeypatch
 ):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vlit_assets.runner import run_source
-from vlit_assets_tests.pipeline import (
+from vlit_assets.testing.pipeline import (
     REPO,
     check_evaluation,
     materialization_metadata,
@@ -13,6 +15,7 @@ from vlit_assets_tests.pipeline import (
 STAGES = ("raw", "generated", "scored")
 
 
+@pytest.mark.slow
 def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         first = run_source(env.instance, "sample", REPO / "data" / "sample", stages=STAGES)
@@ -40,6 +43,7 @@ def test_sample_is_scored_whole_and_rescoring_embeds_nothing(tmp_path, monkeypat
         assert runs == 2
 
 
+@pytest.mark.slow
 def test_paper_examples_are_scored_with_null_correctness(paper_examples, tmp_path, monkeypatch):
     with pipeline_env(tmp_path, monkeypatch) as env:
         result = run_source(env.instance, "paper", paper_examples, stages=STAGES)
@@ -54,6 +58,7 @@ def test_paper_examples_are_scored_with_null_correctness(paper_examples, tmp_pat
         assert all(r[1] is None and r[2] is None and r[3] is None and r[4] is None for r in rows)
 
 
+@pytest.mark.slow
 def test_imported_llava_with_an_annotating_source_gets_correctness_metrics(
     coco_mini, tmp_path, monkeypatch
 ):
@@ -83,7 +88,7 @@ def test_imported_llava_with_an_annotating_source_gets_correctness_metrics(
         )
         # Only global and negative rows were exported: the balance principle flags the missing
         # type, which is QC doing its job on data we did not make.
-        evaluation = check_evaluation(result, "principles_suite")
+        evaluation = check_evaluation(result, "scored_suite")
         assert not evaluation.passed and "instruction_type_entropy_norm" in evaluation.description
         scored = pl.DataFrame(
             env.query(
@@ -102,11 +107,11 @@ def test_imported_llava_with_an_annotating_source_gets_correctness_metrics(
 def test_threshold_config_mirrors_the_suite_thresholds():
     import dataclasses
 
+    from vlit_assets.checks.asset_checks import ScoredSuiteConfig
     from vlit_assets.checks.scored_suite import PrincipleThresholds
-    from vlit_assets.defs.scored import PrincipleThresholdsConfig
 
     suite = {f.name: f.default for f in dataclasses.fields(PrincipleThresholds)}
-    config = PrincipleThresholdsConfig()
+    config = ScoredSuiteConfig()
     # the split expectation belongs to final_suite alone (FinalSuiteConfig)
     suite.pop("max_images_in_both_splits")
     assert config.model_dump(exclude={"blocking"}) == suite
@@ -114,27 +119,28 @@ def test_threshold_config_mirrors_the_suite_thresholds():
     assert config.thresholds() == PrincipleThresholds()
 
 
-def test_principles_check_fails_on_a_bad_batch_and_records_history(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_scored_suite_fails_on_a_bad_batch_and_records_history(tmp_path, monkeypatch):
     """A too-strict band stands in for a bad batch: the check fails and says which figure."""
     with pipeline_env(tmp_path, monkeypatch) as env:
-        config = {"scored__conversations_principles_suite": {"min_answer_words_mean": 1000.0}}
+        config = {"scored__conversations_scored_suite": {"min_answer_words_mean": 1000.0}}
         result = run_source(
             env.instance, "sample", REPO / "data" / "sample", stages=STAGES, op_config=config
         )
         (evaluation,) = [
-            e for e in result.get_asset_check_evaluations() if e.check_name == "principles_suite"
+            e for e in result.get_asset_check_evaluations() if e.check_name == "scored_suite"
         ]
         assert not evaluation.passed
         failed = env.query(
             "SELECT expectation_id FROM meta__check_results "
-            "WHERE check_name = 'principles_suite' AND NOT success"
+            "WHERE check_name = 'scored_suite' AND NOT success"
         )
         assert any("answer_words_mean" in f[0] for f in failed)
 
 
-def test_principle_config_defaults_are_the_suite_defaults():
+def test_scored_suite_config_defaults_are_the_suite_defaults():
+    from vlit_assets.checks.asset_checks import ScoredSuiteConfig
     from vlit_assets.checks.scored_suite import PrincipleThresholds
-    from vlit_assets.defs.scored import PrincipleThresholdsConfig
 
-    config = PrincipleThresholdsConfig()
+    config = ScoredSuiteConfig()
     assert config.thresholds() == PrincipleThresholds()

@@ -13,8 +13,9 @@ from vlit_assets.core import warehouse
 from vlit_assets.core.final.split import IMAGE_HASH_COLUMN
 from vlit_assets.core.schemas import META_CHECK_RESULTS, RAW_IMAGES
 from vlit_assets.core.scored.embed import MINILM_DIM, Embedder, EmbeddingCache, conversation_vectors
+from vlit_assets.core.vocab import SCORED_SUITE
 
-GATING_CHECK = "principles_suite"
+GATING_CHECK = SCORED_SUITE
 
 
 def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -22,7 +23,7 @@ def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 
     A source is held back when the latest raw or generated suite of the source failed (a
     blocked run leaves the previous scores in place, which no longer match the data), when no
-    principles check ran for its current scores, or when that check failed as a gate
+    scored_suite ran for its current scores, or when that check failed as a gate
     (``blocking: true``, recorded as severity ERROR). A failure recorded as WARN, the default,
     holds nothing back: the final rules filter the source's rows and final_suite guards what
     ships. Records from before severities existed (null) count as gates, as they were.
@@ -57,7 +58,7 @@ def failing_sources(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
                  WHEN NOT EXISTS (SELECT 1 FROM runs r WHERE r.source = s.source
                                   AND r.check_name = ? AND r.run_id = s.scored_run_id
                                   AND r.passed)
-                   THEN 'its principles check did not pass as a gate for its current scores'
+                   THEN 'its scored_suite did not pass as a gate for its current scores'
                END AS reason
         FROM scored s
         """,

@@ -38,7 +38,7 @@ from vlit_assets.core.generated.llm.settings import (
     request_hash,
 )
 from vlit_assets.core.generated.prompts import parse_reply
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault
 
 REPO = Path(__file__).resolve().parents[3]
 SECRET = "sk-test-Zq8vW3-never-store-me-41"

@@ -23,7 +23,7 @@ from vlit_assets.core.generated.templates.run import TemplateConfig, generate_te
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
 from vlit_assets.core.text.categories import COCO_CATEGORIES
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault, last_user_message
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault, last_user_message
 
 SRC = "hand"
 CAT_IDS = {name: cid for cid, name, _ in COCO_CATEGORIES}

@@ -15,8 +15,8 @@ from vlit_assets.core.generated.prompts import VERIFY_PROMPT_VERSION, parse_verd
 from vlit_assets.core.generated.self_instruct import rows_from_results
 from vlit_assets.core.generated.verify import plan_verification, verification_rows
 from vlit_assets.core.schemas import GENERATED_LLM_VERIFICATION
+from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault
 from vlit_assets_tests.core.generated.test_self_instruct import SRC, frames, plan
-from vlit_assets_tests.openai_server import FakeOpenAIServer, Fault
 
 
 def _reply(*verdicts: tuple[int, str]) -> str:

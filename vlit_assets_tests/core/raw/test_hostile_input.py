@@ -415,6 +415,7 @@ def _write_coco_mutant(root: Path, rng: random.Random, docs: object) -> None:
         _write_coco(root, captions, _mutant(rng, instances))
 
 
+@pytest.mark.slow
 def test_fuzzed_llava_files_give_rows_and_rejects_or_a_named_error(tmp_path: Path) -> None:
     outcomes = _fuzz(
         tmp_path, _llava_source, _write_llava, _store_import, (InstructionFormatError,)
@@ -422,6 +423,7 @@ def test_fuzzed_llava_files_give_rows_and_rejects_or_a_named_error(tmp_path: Pat
     assert outcomes["rows"] > FUZZ_RUNS // 4  # most mutants keep some records importable
 
 
+@pytest.mark.slow
 def test_fuzzed_paper_files_give_rows_and_rejects_or_a_named_error(tmp_path: Path) -> None:
     outcomes = _fuzz(
         tmp_path, _paper_source, _write_paper, _store_import, (InstructionFormatError,)
@@ -429,6 +431,7 @@ def test_fuzzed_paper_files_give_rows_and_rejects_or_a_named_error(tmp_path: Pat
     assert outcomes["rows"] > FUZZ_RUNS // 4
 
 
+@pytest.mark.slow
 def test_fuzzed_coco_files_give_rows_and_rejects_or_a_named_error(tmp_path: Path) -> None:
     outcomes = _fuzz(
         tmp_path, _coco_fuzz_source, _write_coco_mutant, _collect_and_store, (SourceFormatError,)

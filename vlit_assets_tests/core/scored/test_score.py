@@ -16,7 +16,7 @@ from vlit_assets.core.scored.metrics import (
     score_rules,
 )
 from vlit_assets.core.text.reading import caption_mentions
-from vlit_assets_tests.defects import DEFECT_KINDS, plant_defects
+from vlit_assets.testing.defects import DEFECT_KINDS, plant_defects
 
 TURNS = pl.List(pl.Struct({"from": pl.String, "value": pl.String}))
 CONV_SCHEMA = {

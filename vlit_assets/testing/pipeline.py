@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pytest
 
 from vlit_assets.core import warehouse
 
-REPO = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:  # pytest is a dev dependency; the monkeypatch comes from a test
+    import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

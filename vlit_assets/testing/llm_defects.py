@@ -40,7 +40,7 @@ from vlit_assets.core.text.inflect import (
 )
 from vlit_assets.core.text.objects import CATEGORY_NAMES
 from vlit_assets.core.text.reading import caption_mentions
-from vlit_assets_tests.defects import plant_kinds
+from vlit_assets.testing.defects import plant_kinds
 
 LLM_DEFECT_KINDS = (
     "denied_present",
