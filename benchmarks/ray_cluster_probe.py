@@ -19,6 +19,7 @@ Everything binds to 127.0.0.1; nothing is fetched at run time; usage statistics 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -91,10 +92,8 @@ def descendants(root: int) -> list[int]:
 def cluster_rss_mb() -> tuple[float, int]:
     total, pids = 0, descendants(os.getpid())
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):  # the process ended between listing and reading
             total += _rss_bytes(pid)
-        except OSError:
-            pass
     return total / 1e6, len(pids)
 
 

@@ -255,10 +255,11 @@ def bench_format(fmt: str, work: Path, base_path: Path, writers: int) -> dict:
     reader.start()
 
     barrier, results = ctx.Barrier(writers), ctx.Queue()
+    args = (fmt, str(root), str(base_path))
     procs = [
-        ctx.Process(target=_writer, args=(fmt, str(root), str(base_path), s, "a-1", barrier, results))
+        ctx.Process(target=_writer, args=(*args, s, "a-1", barrier, results))
         for s in range(writers)
-    ]  # fmt: skip
+    ]
     for p in procs:
         p.start()
     done = [results.get() for _ in procs]
