@@ -166,8 +166,9 @@ def replace_source(fmt: str, root: Path, tables: list[pa.Table], source: str) ->
     if fmt == "delta":
         from deltalake import write_deltalake
 
+        quoted = source.replace("'", "''")
         write_deltalake(
-            str(root), data, mode="overwrite", predicate=f"source = '{source}'",
+            str(root), data, mode="overwrite", predicate=f"source = '{quoted}'",
             partition_by=["source"],
         )  # fmt: skip
     elif fmt == "iceberg":
