@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/storage_formats.py --db WAREHOUSE.duckdb [--writers 4]``
 (needs the ``[scale]`` extra: ``deltalake``, ``pyiceberg[sql-sqlite]``). The input is a real
-per-row table (``scored__conversations`` of a ``vlit run``, 88 columns with lists and structs);
+per-row table (``scored__conversations`` of a ``vlit run``, 87 columns with lists and structs);
 each writer process writes one shard of it, a copy with shard-unique conversation ids.
 
 Per format, under a temp directory:
