@@ -9,9 +9,10 @@ two task processes at once), each with its own small object store. It measures:
 2. idle memory: the RSS of every process the cluster started (children of this driver), summed;
 3. per-task overhead: 200 no-op tasks submitted at once, and 50 run one after another;
 4. a Ray Data ``map_batches`` over 10k rows calling a pure function, on both nodes;
-5. the same map with the worker node killed (not gracefully) once it has finished two blocks:
-   the run must still return exactly the 10k rows with the right values (task retries and
-   lineage reconstruction of the blocks that were in the dead node's object store);
+5. the same map at 0.3 s per block, once undisturbed and once with the worker node killed (not
+   gracefully) after it has finished two blocks: the run must still return exactly the 10k
+   rows with the right values (task retries, and lineage reconstruction of the blocks that
+   were in the dead node's object store);
 6. tear-down: driver shutdown plus cluster shutdown.
 
 Everything binds to 127.0.0.1; nothing is fetched at run time; usage statistics are off.
@@ -154,6 +155,11 @@ def main() -> None:
         nodes = {r["node"] for r in rows}
         print(f"ray data map, both nodes: {seconds:.1f} s, {check_rows(rows)}, nodes={len(nodes)}")
         print("memory after the map: {:.0f} MB RSS in {} processes".format(*cluster_rss_mb()))
+
+        markers = Path(tmp, "markers-slow")
+        markers.mkdir()
+        seconds, rows = run_map(str(markers), 0.3)
+        print(f"ray data map, 0.3 s per block, no kill: {seconds:.1f} s, {check_rows(rows)}")
 
         markers = Path(tmp, "markers-kill")
         markers.mkdir()
