@@ -287,6 +287,7 @@ def bench_format(fmt: str, work: Path, base_path: Path, writers: int) -> dict:
     reader.join()
 
     con = duckdb.connect()
+    lookup_id = f"{base['conversation_id'][0].as_py()}#a1"  # a row of the re-run, shard 1
     open_times, agg_times, point_times = [], [], []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -296,7 +297,7 @@ def bench_format(fmt: str, work: Path, base_path: Path, writers: int) -> dict:
         con.execute(AGG_SQL).fetchall()
         agg_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        con.execute(POINT_SQL, ["x#a1"]).fetchall()
+        assert con.execute(POINT_SQL, [lookup_id]).fetchall(), lookup_id
         point_times.append(time.perf_counter() - t0)
     counts = dict(con.execute("SELECT run_tag, count(*) FROM t GROUP BY ALL").fetchall())
     expected = {"a-2": writers * rows, "b-1": rows}
