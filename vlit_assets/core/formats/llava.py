@@ -351,6 +351,7 @@ def _fast_rows(frame: pl.DataFrame, keys: list[str], source: str) -> pl.DataFram
                     "latency_ms",
                     "cache_hit",
                     "drop_reason",
+                    "drop_detail",
                     "run_id",
                 )
             ],
