@@ -255,24 +255,24 @@ def score_conversations(
         semantic_vectors = vectors.conversation
     else:
         rel, dup = _without_vectors(conversations)
-    keep = {"on": "conversation_id", "how": "left", "maintain_order": "left"}
-    scored = (
-        conversations.join(rules.with_columns(exact_duplicate_of()), **keep)
-        .join(kinds, **keep)
-        .join(texts, **keep)
-        .join(copies, **keep)
-        .join(image_facts(conversations, images), **keep)
-        .join(_llm_checks(conversations, objects, tags, captions, categories), **keep)
-        .join(_verified(conversations, verification), **keep)
-        .join(rel, **keep)
-        .join(dup, **keep)
-        .with_columns(
-            _image_text_scores(conversations, image_text),
-            pl.lit(embedder.model_name if embed and embedder else None, pl.String).alias(
-                "embed_model"
-            ),
-            pl.lit(run_id).alias("scored_run_id"),
-        )
+    parts = (
+        rules.with_columns(exact_duplicate_of()),
+        kinds,
+        texts,
+        copies,
+        image_facts(conversations, images),
+        _llm_checks(conversations, objects, tags, captions, categories),
+        _verified(conversations, verification),
+        rel,
+        dup,
+    )
+    scored = conversations
+    for part in parts:
+        scored = scored.join(part, on="conversation_id", how="left", maintain_order="left")
+    scored = scored.with_columns(
+        _image_text_scores(conversations, image_text),
+        pl.lit(embedder.model_name if embed and embedder else None, pl.String).alias("embed_model"),
+        pl.lit(run_id).alias("scored_run_id"),
     )
     scored = scored.select(
         [pl.col(c).cast(t) for c, t in SCORED_CONVERSATIONS.polars_schema.items()]
