@@ -73,11 +73,7 @@ def generated__conversations(
     """
     source, options = context.partition_key, GenerationOptions(**config.model_dump())
     with warehouse_db.connect() as con:
-        record = sources.lookup(con, source)
-        if record is None:
-            raise dg.Failure(
-                f"source {source!r} is not registered; materialize its raw stage first"
-            )
+        record = _registered(con, source)
         if record.kind == "import":
             return _copy_imported(con, source)
         raw = {t.name: warehouse.read_source(con, t, source) for t in RAW_INPUTS}
@@ -95,14 +91,25 @@ def generated__conversations(
         context.log.warning(out.warning)
     _write(warehouse_db, source, out)
     context.log.info(f"{source}: {out.conversations.height} conversations; {out.generators}")
-    metadata = {
+    return dg.MaterializeResult(metadata=_metadata(out))
+
+
+def _registered(con: duckdb.DuckDBPyConnection, source: str) -> sources.SourceRecord:
+    record = sources.lookup(con, source)
+    if record is None:
+        raise dg.Failure(f"source {source!r} is not registered; materialize its raw stage first")
+    return record
+
+
+def _metadata(out: GeneratedSource) -> dict[str, object]:
+    return {
         "dagster/row_count": out.conversations.height,
         # the stage's other tables, so a run summary needs no query (vlit's run summary)
         f"rows/{GENERATED_LLM_REQUESTS.name}": out.requests.height,
         f"rows/{GENERATED_LLM_VERIFICATION.name}": out.verification.height,
         **row_metadata(out.conversations),
+        **_json(out.metadata),
     }
-    return dg.MaterializeResult(metadata={**metadata, **_json(out.metadata)})
 
 
 def _llm_access(
