@@ -49,22 +49,30 @@ class Planted:
     good_ids: set[str]
 
 
-def plant_and_score(
-    root: Path, work: Path, *, per_kind: int = PER_KIND, seed: int = SEED
-) -> Planted:
-    """Collect, generate template conversations, plant every kind, score all rows once."""
-    raw: CollectResult = collect_source(SOURCE, root)
+def usable_templates(
+    source: str, root: Path, regions_dir: Path
+) -> tuple[CollectResult, pl.DataFrame]:
+    """Collect a COCO-layout folder and write its usable template conversations (no images)."""
+    raw = collect_source(source, root)
     good = generate_templates(
         raw.images,
         raw.captions,
         raw.objects,
         raw.categories,
         raw.tags,
-        source=SOURCE,
+        source=source,
         image_root=find_coco_files(root).image_dir,
-        regions_dir=work / "regions",
+        regions_dir=regions_dir,
         config=TemplateConfig(render_regions=False),
     ).filter(pl.col("drop_reason").is_null())
+    return raw, good
+
+
+def plant_and_score(
+    root: Path, work: Path, *, per_kind: int = PER_KIND, seed: int = SEED
+) -> Planted:
+    """Collect, generate template conversations, plant every kind, score all rows once."""
+    raw, good = usable_templates(SOURCE, root, work / "regions")
     bad, truth = plant_defects(good, raw.objects, raw.tags, seed=seed, per_kind=per_kind)
     with duckdb.connect(str(work / "cache.duckdb")) as con:
         result = score_conversations(

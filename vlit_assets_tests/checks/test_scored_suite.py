@@ -26,14 +26,13 @@ from vlit_assets.checks.scored_suite import (
     validate_scored_table,
 )
 from vlit_assets.core import warehouse
-from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
-from vlit_assets.core.raw.annotations import find_coco_files
-from vlit_assets.core.raw.collect import CollectResult, collect_source
+from vlit_assets.core.raw.collect import CollectResult
 from vlit_assets.core.schemas import SCORED_CONVERSATIONS
 from vlit_assets.core.scored.embed import EmbeddingCache, MiniLMEmbedder
 from vlit_assets.core.scored.figures import dataset_figures
 from vlit_assets.core.scored.quality import QualityResult, score_conversations
 from vlit_assets.testing.defects import plant_defects
+from vlit_assets.testing.planted import usable_templates
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "sample"
@@ -51,18 +50,7 @@ class Scoring:
 
 def template_scoring(source: str, root: Path, tmp: Path) -> Scoring:
     """Collect ``root``, generate its template conversations and score them with MiniLM."""
-    raw = collect_source(source, root)
-    good = generate_templates(
-        raw.images,
-        raw.captions,
-        raw.objects,
-        raw.categories,
-        raw.tags,
-        source=source,
-        image_root=find_coco_files(root).image_dir,
-        regions_dir=tmp / "regions",
-        config=TemplateConfig(render_regions=False),
-    ).filter(pl.col("drop_reason").is_null())
+    raw, good = usable_templates(source, root, tmp / "regions")
     con = duckdb.connect(str(tmp / "cache.duckdb"))
     cache = EmbeddingCache(con)
     embedder = MiniLMEmbedder()
