@@ -9,6 +9,7 @@ from vlit_assets.core.vocab import FINAL_JOB, SOURCE_JOB, SOURCE_STAGES, WRITER_
 from vlit_assets.defs import automation, final, generated, raw, scored
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import (
+    ComputeResource,
     EmbedderResource,
     LLMResource,
     ProjectPaths,
@@ -55,6 +56,8 @@ defs = dg.Definitions(
             data_dir=dg.EnvVar("VLIT_DATA_DIR"), output_dir=dg.EnvVar("VLIT_OUTPUT_DIR")
         ),
         "embedder": EmbedderResource(),
+        # Heavy per-row work on a Ray cluster when $VLIT_RAY_ADDRESS names one (docs/scale.md).
+        "compute": ComputeResource(),
         "automation": automation.AutomationSettings(),
         # Unset fields take their VLIT_LLM_* variable when a run starts, so a run config that
         # sets some of them keeps the others (resources.LLM_ENV).

@@ -12,6 +12,7 @@ import duckdb
 from pydantic import Field
 
 from vlit_assets.core import warehouse
+from vlit_assets.core.shards import ShardMap
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,3 +247,27 @@ def _embedder(batch_size: int, factory):
     if batch_size not in _EMBEDDERS:
         _EMBEDDERS[batch_size] = factory(batch_size=batch_size)
     return _EMBEDDERS[batch_size]
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where a stage's heavy per-row work runs: this process (default) or a Ray cluster.
+
+    ``ray_address`` empty means ``$VLIT_RAY_ADDRESS``, read when the step starts; both empty
+    means local, and Ray is never imported. The `[ray]` extra must be installed to use one.
+    """
+
+    ray_address: str = ""
+
+    @contextmanager
+    def mapper(self) -> Iterator[ShardMap | None]:
+        """A ShardMap on the configured cluster for the step, or None to run locally."""
+        from vlit_assets.distributed.ray_map import configured_address
+
+        address = configured_address(self.ray_address)
+        if address is None:
+            yield None
+            return
+        from vlit_assets.distributed.ray_map import connect
+
+        with connect(address) as mapper:
+            yield mapper

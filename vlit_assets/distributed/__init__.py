@@ -1,0 +1,1 @@
+"""Distributed mode: the heavy per-row work of the stages as Ray tasks (needs the `[ray]` extra)."""
