@@ -36,16 +36,10 @@ def fails(shard: int) -> int:
     return shard
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with local_cluster(workers=1) as c:
-        yield c
-
-
-def test_ray_results_equal_inline_and_spread_over_both_nodes(cluster, tmp_path) -> None:
+def test_ray_results_equal_inline_and_spread_over_both_nodes(ray_cluster, tmp_path) -> None:
     shards = cut(5_000, 8)
     want = InlineMap().map(digest_rows, shards, step="t")
-    with connect(cluster.address) as mapper:
+    with connect(ray_cluster.address) as mapper:
         # Shards that take a while (as real ones do), so the worker node gets its share.
         work = [(str(tmp_path), s) for s in shards]
         got = mapper.map(slow_digest, work, step="t", sizes=[n for _, n in shards])
@@ -57,8 +51,8 @@ def test_ray_results_equal_inline_and_spread_over_both_nodes(cluster, tmp_path) 
     assert meta["compute/nodes"] == 2
 
 
-def test_core_error_fails_at_once_with_its_own_type(cluster) -> None:
-    with connect(cluster.address) as mapper, pytest.raises(ValueError, match="shard 2"):
+def test_core_error_fails_at_once_with_its_own_type(ray_cluster) -> None:
+    with connect(ray_cluster.address) as mapper, pytest.raises(ValueError, match="shard 2"):
         mapper.map(fails, [0, 1, 2, 3], step="t")
 
 
