@@ -126,45 +126,50 @@ class LLMResource(dg.ConfigurableResource):
     (say ``concurrency`` and ``timeout_s``) keeps the endpoint and model of the environment.
     """
 
+    # default= by keyword: the type checker reads only that form of Field as a default, and
+    # without it takes every field for required and rejects LLMResource() in definitions.py.
     base_url: str | None = Field(
-        None, description="$VLIT_LLM_BASE_URL; e.g. http://127.0.0.1:8080/v1"
+        default=None, description="$VLIT_LLM_BASE_URL; e.g. http://127.0.0.1:8080/v1"
     )
-    model: str | None = Field(None, description="$VLIT_LLM_MODEL")
+    model: str | None = Field(default=None, description="$VLIT_LLM_MODEL")
     api_key: str | None = Field(
-        None, description="$VLIT_LLM_API_KEY; set it in the environment, never in run config"
+        default=None,
+        description="$VLIT_LLM_API_KEY; set it in the environment, never in run config",
     )
     concurrency: str | None = Field(
-        None,
+        default=None,
         description="$VLIT_LLM_CONCURRENCY: 'auto' (default; adapts to what the server takes, "
         "up to max_concurrency) or a fixed number of requests in flight",
     )
     max_concurrency: int | None = Field(
-        None, description="$VLIT_LLM_MAX_CONCURRENCY: ceiling for 'auto' (default 16)"
+        default=None, description="$VLIT_LLM_MAX_CONCURRENCY: ceiling for 'auto' (default 16)"
     )
     timeout_s: float | None = Field(
-        None,
+        default=None,
         description="$VLIT_LLM_TIMEOUT_S: per attempt, counted from the server's last reply so "
         "a queued request is not abandoned (default 60)",
     )
     max_retries: int | None = Field(
-        None, description="$VLIT_LLM_MAX_RETRIES: retries per request after the first attempt (4)"
+        default=None,
+        description="$VLIT_LLM_MAX_RETRIES: retries per request after the first attempt (4)",
     )
     deadline_s: float | None = Field(
-        None,
+        default=None,
         description="$VLIT_LLM_DEADLINE_S: whole-stage limit; requests not done by then fail as "
         "llm_error, detail deadline (default: none)",
     )
-    temperature: float | None = Field(None, description="$VLIT_LLM_TEMPERATURE (0.7)")
+    temperature: float | None = Field(default=None, description="$VLIT_LLM_TEMPERATURE (0.7)")
     max_tokens: int | None = Field(
-        None, description="$VLIT_LLM_MAX_TOKENS: reply length limit per request (1024)"
+        default=None, description="$VLIT_LLM_MAX_TOKENS: reply length limit per request (1024)"
     )
     verify_base_url: str | None = Field(
-        None,
+        default=None,
         description="$VLIT_LLM_VERIFY_BASE_URL: endpoint of the optional verification pass "
         "(default: base_url; the pass runs only with the generated stage's llm_verify)",
     )
     verify_model: str | None = Field(
-        None, description="$VLIT_LLM_VERIFY_MODEL: model of the verification pass (default: model)"
+        default=None,
+        description="$VLIT_LLM_VERIFY_MODEL: model of the verification pass (default: model)",
     )
 
     def resolved(self, environ: Mapping[str, str] | None = None) -> dict[str, object]:
@@ -218,13 +223,13 @@ class LLMResource(dg.ConfigurableResource):
             base_url=str(values["base_url"]),
             model=str(values["model"]),
             api_key=str(values["api_key"] or "not-needed"),
-            concurrency=fixed if fixed is not None else int(values["max_concurrency"]),  # type: ignore[arg-type]
+            concurrency=fixed if fixed is not None else int(values["max_concurrency"]),
             adaptive=fixed is None,
-            timeout_s=float(values["timeout_s"]),  # type: ignore[arg-type]
-            max_retries=int(values["max_retries"]),  # type: ignore[arg-type]
-            deadline_s=None if values["deadline_s"] is None else float(values["deadline_s"]),  # type: ignore[arg-type]
-            temperature=float(values["temperature"]),  # type: ignore[arg-type]
-            max_tokens=int(values["max_tokens"]),  # type: ignore[arg-type]
+            timeout_s=float(values["timeout_s"]),
+            max_retries=int(values["max_retries"]),
+            deadline_s=None if values["deadline_s"] is None else float(values["deadline_s"]),
+            temperature=float(values["temperature"]),
+            max_tokens=int(values["max_tokens"]),
         )
 
 

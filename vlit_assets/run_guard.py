@@ -156,8 +156,8 @@ def reap_dead_runs(instance: dg.DagsterInstance, *, say: Say = _say) -> list[str
             reaped.append(run.run_id)
         if storage.supports_global_concurrency_limits:
             for run_id in storage.get_concurrency_run_ids():
-                run = instance.get_run_by_id(run_id)
-                if run is None or run.is_finished:
+                holder = instance.get_run_by_id(run_id)
+                if holder is None or holder.is_finished:
                     storage.free_concurrency_slots_for_run(run_id)
     return reaped
 

@@ -28,7 +28,7 @@ _WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionErro
 
 def error_chain(error: SerializableErrorInfo | None) -> list[SerializableErrorInfo]:
     """The error and its causes, outermost first."""
-    chain = []
+    chain: list[SerializableErrorInfo] = []
     while error is not None and len(chain) < 20:
         chain.append(error)
         error = error.cause or error.context

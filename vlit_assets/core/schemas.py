@@ -25,9 +25,9 @@ class Table:
         return self.name.split("__", 1)[0]
 
     @property
-    def polars_schema(self) -> dict[str, pl.DataType]:
+    def polars_schema(self) -> pl.Schema:
         """The same columns as polars dtypes, for building frames that insert without casts."""
-        return {c: polars_dtype(t) for c, t in self.columns.items()}
+        return pl.Schema({c: polars_dtype(t) for c, t in self.columns.items()})
 
     def empty_frame(self) -> pl.DataFrame:
         return pl.DataFrame(schema=self.polars_schema)

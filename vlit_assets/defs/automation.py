@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from vlit_assets.core.sources import check_source_name
-from vlit_assets.core.vocab import SOURCE_JOB
+from vlit_assets.core.vocab import SOURCE_JOB, SOURCES
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import ProjectPaths
 
@@ -114,7 +114,7 @@ def run_config_for_drop(settings: AutomationSettings) -> dict:
 def incoming_batches_sensor(
     context: dg.SensorEvaluationContext, paths: ProjectPaths, automation: AutomationSettings
 ) -> dg.SensorResult:
-    known = set(context.instance.get_dynamic_partitions(sources_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(SOURCES))
     seen = json.loads(context.cursor) if context.cursor else {}
     scan = scan_batches(paths, known, seen)
     for line in scan.skipped:

@@ -14,6 +14,7 @@ from vlit_assets.core.generated.stage import (
     generate_source,
     row_metadata,
 )
+from vlit_assets.core.metadata import Metadata, MetaValue
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
@@ -101,7 +102,7 @@ def _registered(con: duckdb.DuckDBPyConnection, source: str) -> sources.SourceRe
     return record
 
 
-def _metadata(out: GeneratedSource) -> dict[str, object]:
+def _metadata(out: GeneratedSource) -> dict[str, MetaValue | dg.MetadataValue]:
     return {
         "dagster/row_count": out.conversations.height,
         # the stage's other tables, so a run summary needs no query (vlit's run summary)
@@ -145,5 +146,5 @@ def _copy_imported(con: duckdb.DuckDBPyConnection, source: str) -> dg.Materializ
     )
 
 
-def _json(metadata: dict[str, object]) -> dict[str, object]:
+def _json(metadata: Metadata) -> dict[str, MetaValue | dg.MetadataValue]:
     return {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in metadata.items()}

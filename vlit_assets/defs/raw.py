@@ -70,5 +70,6 @@ def raw(
             warehouse.replace_source(con, table, raw_tables.tables[table.name], source)
     context.log.info(raw_tables.summary())
     for name, metadata in raw_tables.metadata().items():
-        row_count = {"dagster/row_count": raw_tables.counts[name]}
-        yield dg.MaterializeResult(asset_key=name, metadata=row_count | metadata)
+        yield dg.MaterializeResult(
+            asset_key=name, metadata={"dagster/row_count": raw_tables.counts[name], **metadata}
+        )

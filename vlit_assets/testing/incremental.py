@@ -123,6 +123,8 @@ def evaluate_sensor(
         instance=instance, resources={"paths": paths, "automation": automation}
     )
     result = incoming_batches_sensor(context)
+    if not isinstance(result, dg.SensorResult):
+        raise TypeError(f"incoming_batches_sensor returned {type(result).__name__}")
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return list(result.run_requests or [])

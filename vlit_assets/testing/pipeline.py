@@ -53,7 +53,9 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[En
 def materialization_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
     """The metadata values of the single materialization of ``key`` in a run."""
     (mat,) = [
-        m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key
+        m
+        for m in result.get_asset_materialization_events()
+        if m.asset_key is not None and m.asset_key.to_user_string() == key
     ]
     return {k: v.value for k, v in mat.materialization.metadata.items()}
 

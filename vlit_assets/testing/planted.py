@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from vlit_assets.core.generated.templates.run import TemplateConfig, generate_templates
+from vlit_assets.core.metadata import mean
 from vlit_assets.core.raw.annotations import find_coco_files
 from vlit_assets.core.raw.collect import CollectResult, collect_source
 from vlit_assets.core.scored.claims import grammar_checks, relation_claims
@@ -183,8 +184,10 @@ def llm_precision_recall(frame: pl.DataFrame, kind: str, rule: str) -> tuple[flo
     """Over the good rows and the rows of ``kind`` (other kinds are neither right nor wrong)."""
     counted = frame.filter(pl.col("defect").is_in([kind, "good"]))
     flagged = counted.filter(pl.col(rule))
-    precision = float((flagged["defect"] == kind).mean()) if flagged.height else 0.0
-    recall = float(frame.filter(pl.col("defect") == kind)[rule].mean())
+    precision = mean(flagged["defect"] == kind) or 0.0  # 0 when the rule flags nothing
+    recall = mean(frame.filter(pl.col("defect") == kind)[rule])
+    if recall is None:
+        raise ValueError(f"no rows of kind {kind!r} to measure {rule!r} on")
     return precision, recall, flagged.height
 
 

@@ -37,17 +37,19 @@ from vlit_assets.core.final.rules import (
 )
 from vlit_assets.core.final.split import SplitConfig, assign_split, split_group_expr
 
-DECISIONS_SCHEMA: dict[str, pl.DataType] = {
-    "conversation_id": pl.String(),
-    "source": pl.String(),
-    "kept": pl.Boolean(),
-    "first_failing_rule": pl.String(),
-    "failing_rules": pl.List(pl.String()),
-    "split": pl.String(),
-    "cluster_id": pl.String(),
-    "representative_id": pl.String(),
-    "exact_representative_id": pl.String(),
-}
+DECISIONS_SCHEMA = pl.Schema(
+    {
+        "conversation_id": pl.String(),
+        "source": pl.String(),
+        "kept": pl.Boolean(),
+        "first_failing_rule": pl.String(),
+        "failing_rules": pl.List(pl.String()),
+        "split": pl.String(),
+        "cluster_id": pl.String(),
+        "representative_id": pl.String(),
+        "exact_representative_id": pl.String(),
+    }
+)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from vlit_assets.core.final.gating import failing_sources, stored_vectors, with_
 from vlit_assets.core.final.rules import Thresholds
 from vlit_assets.core.final.select import Selection, decide
 from vlit_assets.core.final.split import IMAGE_HASH_COLUMN, SplitConfig
+from vlit_assets.core.metadata import Metadata
 from vlit_assets.core.schemas import (
     FINAL_CONVERSATIONS,
     FINAL_DECISIONS,
@@ -37,7 +38,7 @@ class FinalOutcome:
     figures: Figures  # dataset figures of the kept rows
     texts_embedded: int  # texts the embedder encoded (not found in the cache)
 
-    def decisions_metadata(self) -> dict[str, object]:
+    def decisions_metadata(self) -> Metadata:
         """Rows, drops per first failing rule, embedding work and held-back sources."""
         dropped = self.decisions.filter(~pl.col("kept")).group_by("first_failing_rule").len()
         held = "; ".join(f"{k}: {v}" for k, v in sorted(self.held_back.items()))
@@ -49,7 +50,7 @@ class FinalOutcome:
             **{f"drops/{r}": n for r, n in dropped.sort("first_failing_rule").iter_rows()},
         }
 
-    def kept_metadata(self) -> dict[str, object]:
+    def kept_metadata(self) -> Metadata:
         """Kept rows, rows per split and the defined dataset figures of what ships."""
         splits = self.kept.group_by("split").len().sort("split")
         return {

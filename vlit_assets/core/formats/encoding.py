@@ -32,17 +32,19 @@ def has_lone_surrogate_escape(data) -> bool:
     return expect_low_at >= 0
 
 
-def bad_text(data: memoryview | bytes) -> bool:
-    """True when the bytes hold invalid UTF-8 or a lone surrogate escape (``\\ud800``)."""
-    data = memoryview(data)  # type: ignore[arg-type]  # slices of it are views, not copies
-    if has_lone_surrogate_escape(data):
+def bad_text(data: memoryview | bytes | np.ndarray) -> bool:
+    """True when the bytes (a uint8 array is its bytes) hold invalid UTF-8 or a lone surrogate
+    escape (``\\ud800``)."""
+    # A memoryview, so that slices of it are views, not copies.
+    view = data.data if isinstance(data, np.ndarray) else memoryview(data)
+    if has_lone_surrogate_escape(view):
         return True
-    if not (np.frombuffer(data, np.uint8) >= 0x80).any():
+    if not (np.frombuffer(view, np.uint8) >= 0x80).any():
         return False
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        for off in range(0, len(data), _DECODE_BLOCK):
-            decoder.decode(data[off : off + _DECODE_BLOCK])
+        for off in range(0, len(view), _DECODE_BLOCK):
+            decoder.decode(view[off : off + _DECODE_BLOCK])
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return True

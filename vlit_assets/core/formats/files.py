@@ -209,8 +209,9 @@ def _hf_turns(messages: object) -> object:
     for message in messages:
         if not isinstance(message, dict) or "role" not in message:
             return messages
-        role = message.get("role")
-        turns.append({"from": _HF_ROLES.get(role, role), "value": _hf_text(message.get("content"))})
+        role = message["role"]
+        speaker = _HF_ROLES.get(role, role) if isinstance(role, str) else role
+        turns.append({"from": speaker, "value": _hf_text(message.get("content"))})
     return turns
 
 

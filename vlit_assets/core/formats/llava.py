@@ -7,6 +7,7 @@ import mmap
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import orjson
@@ -300,7 +301,7 @@ class _LineCursor:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._next = 0
 
     def close(self) -> None:
@@ -329,31 +330,29 @@ def _fast_rows(frame: pl.DataFrame, keys: list[str], source: str) -> pl.DataFram
     ]
     image_ids = [None if image is None else imported_image_id(source, image) for image in images]
     first = pl.struct(pl.lit("human").alias("from"), pl.col("_text0").alias("value"))
-    return (
-        frame.select(
-            pl.Series("conversation_id", ids, pl.String),
-            pl.lit(source, pl.String).alias("source"),
-            pl.Series("image_id", image_ids, pl.String),
-            pl.Series("instruction_type", itypes, pl.String),
-            pl.lit(GENERATOR, pl.String).alias("generator"),
-            pl.col("_index").cast(pl.Int32).alias("variant"),
-            pl.concat_list([first, pl.col("conversations").list.slice(1)]).alias("turns"),
-            pl.col("image").alias("image_path"),
-            *[pl.lit(None, CONVERSATION_SCHEMA[c]).alias(c) for c in ("region_object_id",)],
-            pl.concat_list([pl.lit(LLAVA_ID_PREFIX) + pl.col("id")]).alias("source_annotation_ids"),
-            *[
-                pl.lit(None, CONVERSATION_SCHEMA[c]).alias(c)
-                for c in (
-                    "model",
-                    "prompt_version",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "latency_ms",
-                    "cache_hit",
-                    "drop_reason",
-                    "drop_detail",
-                    "run_id",
-                )
-            ],
-        ).cast(CONVERSATION_SCHEMA)  # type: ignore[arg-type]
-    )
+    return frame.select(
+        pl.Series("conversation_id", ids, pl.String),
+        pl.lit(source, pl.String).alias("source"),
+        pl.Series("image_id", image_ids, pl.String),
+        pl.Series("instruction_type", itypes, pl.String),
+        pl.lit(GENERATOR, pl.String).alias("generator"),
+        pl.col("_index").cast(pl.Int32).alias("variant"),
+        pl.concat_list([first, pl.col("conversations").list.slice(1)]).alias("turns"),
+        pl.col("image").alias("image_path"),
+        *[pl.lit(None, CONVERSATION_SCHEMA[c]).alias(c) for c in ("region_object_id",)],
+        pl.concat_list([pl.lit(LLAVA_ID_PREFIX) + pl.col("id")]).alias("source_annotation_ids"),
+        *[
+            pl.lit(None, CONVERSATION_SCHEMA[c]).alias(c)
+            for c in (
+                "model",
+                "prompt_version",
+                "prompt_tokens",
+                "completion_tokens",
+                "latency_ms",
+                "cache_hit",
+                "drop_reason",
+                "drop_detail",
+                "run_id",
+            )
+        ],
+    ).cast(CONVERSATION_SCHEMA)

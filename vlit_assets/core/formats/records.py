@@ -379,7 +379,7 @@ class Collector:
                 if c not in columns
             )
             .select(list(CONVERSATION_SCHEMA))
-            .cast(CONVERSATION_SCHEMA)  # type: ignore[arg-type]
+            .cast(CONVERSATION_SCHEMA)
         )
         self._columns = {name: [] for name in _VARYING}
 

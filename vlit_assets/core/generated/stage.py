@@ -19,6 +19,7 @@ from vlit_assets.core.generated.templates.run import (
     generation_workers,
 )
 from vlit_assets.core.generated.verify import plan_verification, verification_rows
+from vlit_assets.core.metadata import Metadata, mean
 from vlit_assets.core.schemas import (
     GENERATED_LLM_REQUESTS,
     GENERATED_LLM_VERIFICATION,
@@ -85,7 +86,7 @@ class LLMAccess:
 class LLMStageFailed(RuntimeError):
     """More LLM requests failed than ``llm_fail_share`` allows; nothing should be written."""
 
-    def __init__(self, message: str, metadata: dict[str, object]) -> None:
+    def __init__(self, message: str, metadata: Metadata) -> None:
         super().__init__(message)
         self.metadata = metadata
 
@@ -99,7 +100,7 @@ class GeneratedSource:
     verification: pl.DataFrame
     generators: str  # "template only (why)" or "template + llm (model)"
     warning: str | None = None  # most LLM requests failed
-    metadata: dict[str, object] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
 
 
 def generate_source(
@@ -121,9 +122,7 @@ def generate_source(
     """
     images, captions, objects, categories, tags = (raw[t.name] for t in RAW_INPUTS)
     template_config = options.template_config()
-    metadata: dict[str, object] = {
-        "template_processes": generation_workers(template_config, images.height)
-    }
+    metadata: Metadata = {"template_processes": generation_workers(template_config, images.height)}
     frames = [
         generate_templates(
             images, captions, objects, categories, tags,
@@ -194,10 +193,10 @@ def verify_llm_rows(
     return verification_rows(plan, results, model=llm.verifier.model, run_id=run_id)
 
 
-def row_metadata(rows: pl.DataFrame) -> dict[str, object]:
+def row_metadata(rows: pl.DataFrame) -> Metadata:
     """Usable rows per generator and type, and dropped rows per generator and reason code."""
     usable = rows.filter(pl.col("drop_reason").is_null())
-    metadata: dict[str, object] = {"usable_rows": usable.height}
+    metadata: Metadata = {"usable_rows": usable.height}
     counts = usable.group_by("generator", "instruction_type").len()
     for g, t, n in counts.sort("generator", "instruction_type").iter_rows():
         metadata[f"rows/{g}/{t}"] = n
@@ -207,10 +206,10 @@ def row_metadata(rows: pl.DataFrame) -> dict[str, object]:
     return metadata
 
 
-def llm_metadata(run: SelfInstructRun, settings: LLMSettings) -> dict[str, object]:
+def llm_metadata(run: SelfInstructRun, settings: LLMSettings) -> Metadata:
     """What the self-instruct run did on the wire and what it cost."""
     stats = run.stats
-    metadata: dict[str, object] = {
+    metadata: Metadata = {
         "llm/requests": run.requests,
         "llm/sent": stats.sent,
         "llm/attempts": stats.attempts,
@@ -237,18 +236,19 @@ def llm_metadata(run: SelfInstructRun, settings: LLMSettings) -> dict[str, objec
     return metadata
 
 
-def verify_metadata(verification: pl.DataFrame) -> dict[str, object]:
+def verify_metadata(verification: pl.DataFrame) -> Metadata:
     """Answers the verifier found supported, contradicted or unknown, and its errors."""
     done = verification.filter(pl.col("error").is_null())
-    metadata: dict[str, object] = {
+    metadata: Metadata = {
         "verify/requests": verification.height,
         "verify/verified": done.height,
         "verify/answers_supported": int(done["verified_supported"].sum() or 0),
         "verify/answers_contradicted": int(done["verified_contradicted"].sum() or 0),
         "verify/answers_unknown": int(done["verified_unknown"].sum() or 0),
     }
-    if done.height:
-        metadata["verify/share_mean"] = round(float(done["verified_share"].mean()), 4)
+    share = mean(done["verified_share"])
+    if share is not None:
+        metadata["verify/share_mean"] = round(share, 4)
     for error, n in verification.group_by("error").len().drop_nulls("error").iter_rows():
         metadata[f"verify/errors/{error}"] = n
     return metadata

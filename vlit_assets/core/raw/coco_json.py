@@ -33,7 +33,7 @@ import io
 import json
 import math
 import mmap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +185,9 @@ def _map_json(path: Path) -> _JsonFile:
     return doc
 
 
-def _read_whole(path: Path, arrays: dict[str, Sequence[Field]]) -> dict[str, pl.DataFrame] | None:
+def _read_whole(
+    path: Path, arrays: Mapping[str, Sequence[Field]]
+) -> dict[str, pl.DataFrame] | None:
     """The arrays of a well-formed file in one pyarrow pass, or None when anything is off.
 
     The file is parsed as one newline-tolerant record whose members are lists of structs of
@@ -236,7 +238,7 @@ def _read_whole(path: Path, arrays: dict[str, Sequence[Field]]) -> dict[str, pl.
     return frames
 
 
-def read_coco_file(path: Path, arrays: dict[str, Sequence[Field]]) -> dict[str, pl.DataFrame]:
+def read_coco_file(path: Path, arrays: Mapping[str, Sequence[Field]]) -> dict[str, pl.DataFrame]:
     """The records of each named top-level array; every array is checked before any is read."""
     with open(path, "rb") as fh:
         empty = fh.seek(0, io.SEEK_END) == 0
@@ -342,7 +344,7 @@ class _RecordStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, out) -> int:  # type: ignore[override]
+    def readinto(self, out) -> int:
         if not len(self._pending):
             if self._next >= len(self._starts):
                 return 0
@@ -385,19 +387,19 @@ _ARROW_TYPES = {
     "numlist": pa.list_(pa.float64()),
     "flag": pa.int64(),
 }
-_POLARS_TYPES = {
-    "int": pl.Int64,
-    "str": pl.String,
-    "num": pl.Float64,
-    "numlist": pl.List(pl.Float64),
-    "flag": pl.Int64,
+_POLARS_TYPES: dict[str, pl.DataType] = {
+    "int": pl.Int64(),
+    "str": pl.String(),
+    "num": pl.Float64(),
+    "numlist": pl.List(pl.Float64()),
+    "flag": pl.Int64(),
 }
 _INT64 = (-(2**63), 2**63 - 1)
 
 
 def empty_records(fields: Sequence[Field]) -> pl.DataFrame:
-    schema = {"_index": pl.Int64, **{f.name: _POLARS_TYPES[f.kind] for f in fields}}
-    schema |= {"_bad_field": pl.String, "_bad_detail": pl.String}
+    schema = {"_index": pl.Int64(), **{f.name: _POLARS_TYPES[f.kind] for f in fields}}
+    schema |= {"_bad_field": pl.String(), "_bad_detail": pl.String()}
     return pl.DataFrame(schema=schema)
 
 

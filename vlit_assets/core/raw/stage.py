@@ -10,6 +10,7 @@ import polars as pl
 
 from vlit_assets.core import sources
 from vlit_assets.core.formats.records import ImportLimits, InstructionFormatError
+from vlit_assets.core.metadata import Metadata
 from vlit_assets.core.raw.coco_json import SourceFormatError
 from vlit_assets.core.raw.collect import CollectConfig, collect_source
 from vlit_assets.core.raw.imports import collect_import, is_import_source
@@ -82,11 +83,11 @@ class RawTables:
             f"rejects={self.rejects_by_reason}"
         )
 
-    def metadata(self) -> dict[str, dict[str, object]]:
+    def metadata(self) -> dict[str, Metadata]:
         """Per table: the source's directory and kind; raw__rejects adds counts per reason."""
-        out: dict[str, dict[str, object]] = {}
+        out: dict[str, Metadata] = {}
         for table in RAW_TABLES:
-            meta: dict[str, object] = {
+            meta: Metadata = {
                 "source_dir": str(self.record.root),
                 "source_kind": self.record.kind,
             }

@@ -53,7 +53,7 @@ def _absent_tags(
     source declares no categories or ``k`` is 0.
     """
     n, cat_ids = len(image_ids), categories["category_id"].sort().to_numpy()
-    schema = {"image_id": pl.String, "absent": _ABSENT, "absent_strategy": pl.String}
+    schema = pl.Schema({"image_id": pl.String(), "absent": _ABSENT, "absent_strategy": pl.String()})
     if k <= 0 or not len(cat_ids) or not n:
         return pl.DataFrame(
             {"image_id": image_ids, "absent": [[]] * n, "absent_strategy": ["none"] * n},
@@ -92,7 +92,7 @@ def _absent_tags(
             pl.Series("absent_strategy", strategy, pl.String),
         )
         .select("image_id", "absent", "absent_strategy")
-        .cast(schema)  # type: ignore[arg-type]
+        .cast(schema)
     )
 
 

@@ -45,6 +45,7 @@ import re
 
 import polars as pl
 
+from vlit_assets.core.metadata import mean
 from vlit_assets.core.text.inflect import NUMBER_WORDS, article, plural
 from vlit_assets.core.text.objects import FORM_TO_CATEGORY, extract_mentions
 from vlit_assets.core.text.reading import (
@@ -429,5 +430,5 @@ def claim_figures(scores: pl.DataFrame) -> dict[str, float | None]:
         ).row(0)
         out["relation_consistency"] = (claims - bad) / claims if claims else None
     if "n_grammar_errors" in scores.columns:
-        out["grammar_error_rate"] = (scores["n_grammar_errors"] > 0).cast(pl.Float64).mean()
+        out["grammar_error_rate"] = mean((scores["n_grammar_errors"] > 0).cast(pl.Float64))
     return out

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from vlit_assets.core import warehouse
+from vlit_assets.core.metadata import mean
 from vlit_assets.core.schemas import META_DATASET_METRICS
 from vlit_assets.core.scored.claims import claim_figures
 from vlit_assets.core.scored.metrics import check_conversations
@@ -144,18 +145,18 @@ def rule_figures(
             1 - scores.get_column("norm_text_hash").n_unique() / n if n else None
         ),
         "chair_i": _ratio(sums["n_hallucinated"], sums["n_object_mentions"]),
-        "chair_s_rate": scores.get_column("chair_s").cast(pl.Float64).mean(),
+        "chair_s_rate": mean(scores.get_column("chair_s").cast(pl.Float64)),
         "negative_consistency": _ratio(sums["n_negative_denied"], sums["n_negative_questions"]),
         "count_consistency": _ratio(sums["n_counts_correct"], sums["n_counts"]),
         **claim_figures(scores),
-        "region_name_match_rate": scores.get_column("region_name_match").cast(pl.Float64).mean(),
-        "format_valid_rate": scores.get_column("format_valid").cast(pl.Float64).mean(),
-        "turns_mean": scores.get_column("n_turns").cast(pl.Float64).mean(),
-        "tags_per_conversation_mean": scores.get_column("tags_per_conversation")
-        .cast(pl.Float64)
-        .mean(),
-        "reasoning_share_mean": scores.get_column("reasoning_share").mean(),
-        "answer_words_mean": scores.get_column("answer_words_mean").mean(),
+        "region_name_match_rate": mean(scores.get_column("region_name_match").cast(pl.Float64)),
+        "format_valid_rate": mean(scores.get_column("format_valid").cast(pl.Float64)),
+        "turns_mean": mean(scores.get_column("n_turns").cast(pl.Float64)),
+        "tags_per_conversation_mean": mean(
+            scores.get_column("tags_per_conversation").cast(pl.Float64)
+        ),
+        "reasoning_share_mean": mean(scores.get_column("reasoning_share")),
+        "answer_words_mean": mean(scores.get_column("answer_words_mean")),
     }
 
 
@@ -183,7 +184,7 @@ def diversity_figures(rows: pl.DataFrame, vectors: np.ndarray | None = None) -> 
         if m
         else 0,
         "near_duplicate_rate": (m - sizes.height) / m if m else None,
-        "mean_novelty": clustered["novelty"].mean() if m else None,
+        "mean_novelty": mean(clustered["novelty"]) if m else None,
         "text_near_duplicate_rate": (
             (texted.len() - texted.n_unique()) / texted.len() if texted.len() else None
         ),
@@ -197,7 +198,7 @@ def dataset_figures(rows: pl.DataFrame, vectors: np.ndarray | None = None) -> Fi
     not embedded) add the semantic spread; without them it is None."""
     figures: Figures = dict(rule_figures(rows, rows))
     figures |= diversity_figures(rows, vectors)
-    figures["relevance_mean"] = rows["relevance"].mean() if rows.height else None
+    figures["relevance_mean"] = mean(rows["relevance"]) if rows.height else None
     return figures
 
 

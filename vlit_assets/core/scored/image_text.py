@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -83,6 +83,7 @@ class ClipScorer:
     def _load(self) -> None:
         if self._model is not None:
             return
+        from torch import nn
         from transformers import CLIPModel, CLIPProcessor
 
         path = str(self.model_path)
@@ -92,7 +93,10 @@ class ClipScorer:
         except Exception as exc:  # any failure here means the directory is not a usable CLIP
             message = f"CLIP model directory {path} failed to load: {exc}"
             raise ImageTextModelMissing(message) from exc
-        self._model = model.to(self.device).eval()
+        # transformers wraps PreTrainedModel.to with functools.wraps, and typeshed's wrapper type
+        # does not bind self, so mypy would read the device as the model; torch's Module.to is
+        # the signature that applies (the call still runs transformers' override).
+        self._model = cast(nn.Module, model).to(self.device).eval()
 
     def score(self, image_paths: Sequence[Path], texts: Sequence[str]) -> np.ndarray:
         if len(image_paths) != len(texts):
@@ -143,8 +147,7 @@ class ImageTextConfig:
 def _configured_path(config: ImageTextConfig | Mapping[str, Any] | None) -> str | None:
     if config is None:
         return None
-    is_mapping = isinstance(config, Mapping)
-    value = config.get("clip_model_path") if is_mapping else config.clip_model_path
+    value = config.get("clip_model_path") if isinstance(config, Mapping) else config.clip_model_path
     return str(value) if value else None
 
 

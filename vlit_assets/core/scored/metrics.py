@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -34,6 +35,9 @@ from vlit_assets.core.text.reading import (
     turns_long,
 )
 from vlit_assets.core.vocab import IMAGE_TOKEN
+
+if TYPE_CHECKING:
+    from polars.expr.whenthen import ChainedThen, Then
 
 FORMAT_ERRORS = {
     "no_turns": "the conversation has no turns",
@@ -344,10 +348,10 @@ def format_check(conversations: pl.DataFrame) -> pl.DataFrame:
         ("image_token_repeated", n_tokens.list.sum() > 1),
         ("image_token_misplaced", ~token_ok),
     ]
-    error = pl.when(checks[0][1]).then(pl.lit(checks[0][0]))
+    chain: Then | ChainedThen = pl.when(checks[0][1]).then(pl.lit(checks[0][0]))
     for code, failed in checks[1:]:
-        error = error.when(failed.fill_null(False)).then(pl.lit(code))
-    error = error.otherwise(pl.lit(None, dtype=pl.String))
+        chain = chain.when(failed.fill_null(False)).then(pl.lit(code))
+    error = chain.otherwise(pl.lit(None, dtype=pl.String))
     return (
         conversations.select("conversation_id", "turns", _roles=roles.fill_null(""))
         .select("conversation_id", format_error=error)

@@ -10,6 +10,7 @@ import duckdb
 import polars as pl
 
 from vlit_assets.core import sources, warehouse
+from vlit_assets.core.metadata import Metadata
 from vlit_assets.core.raw.imports import link_annotations
 from vlit_assets.core.schemas import (
     GENERATED_CONVERSATIONS,
@@ -61,7 +62,7 @@ class ScoreOutcome:
         rows = self.result.scored.height
         return f"scored {self.source}: {rows} rows in {self.seconds:.1f} s; {figures}"
 
-    def metadata(self) -> dict[str, object]:
+    def metadata(self) -> Metadata:
         """Rows, embedding work, whose annotations judged them, and the defined figures."""
         return {
             "dagster/row_count": self.result.scored.height,

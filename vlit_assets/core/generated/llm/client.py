@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import openai
 
 from vlit_assets.core.generated.llm.cache import CachedResponse, RequestCache, cache_entry
@@ -93,7 +92,7 @@ class _Run:
             base_url=settings.base_url,
             api_key=settings.api_key or "unused",
             max_retries=0,
-            timeout=httpx.Timeout(None, connect=settings.timeout_s),
+            timeout=openai.Timeout(None, connect=settings.timeout_s),
         )
 
     def stop_reason(self) -> _Stop | None:
@@ -397,8 +396,9 @@ async def run_requests(
     pending: deque[int] = deque()
     for i, (request, rhash) in enumerate(zip(reqs, hashes, strict=True)):
         if rhash in hits:
-            results[i] = _cached_result(request, rhash, hits[rhash])
-            run.report(results[i])
+            cached = _cached_result(request, rhash, hits[rhash])
+            results[i] = cached
+            run.report(cached)
         elif rhash in leader:
             followers.append(i)
         else:
@@ -415,8 +415,9 @@ async def run_requests(
     for i in followers:
         first = results[leader[hashes[i]]]
         assert first is not None
-        results[i] = _follower(first, reqs[i].key)
-        run.report(results[i])
+        follower = _follower(first, reqs[i].key)
+        results[i] = follower
+        run.report(follower)
     done = [r for r in results if r is not None]
     stats.cache_hits = sum(r.cache_hit for r in done)
     stop = run.stop_reason()
@@ -446,8 +447,9 @@ async def _send_pending(
                     stop = run.stop_reason()
                 if stop is not None:
                     for i in pending:
-                        results[i] = _unsent_result(reqs[i], hashes[i], stop)
-                        run.queue.put_nowait((results[i], None))
+                        unsent = _unsent_result(reqs[i], hashes[i], stop)
+                        results[i] = unsent
+                        run.queue.put_nowait((unsent, None))
                     pending.clear()
                     break
                 group.create_task(one(pending.popleft()))

@@ -457,6 +457,9 @@ def _region_count(d: Draw, s: Scene, obj: Obj, the: str) -> tuple[Pair, list[str
     own = s.by_name[name]
     kind = d.below(3)
     cn = count_noun(name)
+    crowd_a: Sequence[str]
+    alone_a: Sequence[str]
+    more_a: Sequence[str]
     if kind == 0:
         q = d.pick(REGION_COUNT_Q).format(cn=cn)
         crowd_a, alone_a, more_a = REGION_CROWD_A, REGION_ONLY_A, REGION_COUNT_A

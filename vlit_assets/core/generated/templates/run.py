@@ -141,9 +141,14 @@ class _Rows:
         return table
 
 
-def _frame(table: pa.Table, source: str, run_id: str) -> pl.DataFrame:
+def _from_arrow(table: pa.Table) -> pl.DataFrame:
     df = pl.from_arrow(table)
-    assert isinstance(df, pl.DataFrame)
+    assert isinstance(df, pl.DataFrame)  # a Table converts to a frame, never a Series
+    return df
+
+
+def _frame(table: pa.Table, source: str, run_id: str) -> pl.DataFrame:
+    df = _from_arrow(table)
     consts = {
         "source": source,
         "generator": GENERATOR,
@@ -268,7 +273,7 @@ def _generate(
     ]
     parts = [_template_rows(to_images(*chunks[0]), source, paths, stems, config)]
     parts += [future.result() for future in futures]
-    jobs: list[_Job] = []
+    jobs = []
     offset = 0
     for table, part_jobs in parts:
         jobs += [(row + offset, job) for row, job in part_jobs]
@@ -302,8 +307,8 @@ def _chunk_rows(
 ) -> tuple[pa.Table, list[_Job]]:
     """A helper process's part: records from its chunk's rows, then the conversations."""
     gc.disable()  # a helper's own process; see generate_templates
-    frames = Frames(*(pl.from_arrow(t) for t in tables))
-    imgs = to_images(frames, pl.from_arrow(named))
+    frames = Frames(*(_from_arrow(t) for t in tables))
+    imgs = to_images(frames, _from_arrow(named))
     return _template_rows(imgs, source, paths, stems, config)
 
 
