@@ -211,7 +211,7 @@ GENERATED_LLM_REQUESTS = Table(
         "latency_ms": "DOUBLE",  # first send to final answer
         "finish_reason": "VARCHAR",
         "error": "VARCHAR",  # request error (timeout, http_503, deadline, ...) or null
-        "parse_failure": "VARCHAR",  # prompts.FAILURES key, or null
+        "parse_failure": "VARCHAR",  # replies.FAILURES key, or null
         "detail": "VARCHAR",  # what the error or parse failure was, in words
         "repaired": "VARCHAR",  # what the parser mended (e.g. "closed 1 bracket"), or null
         "prompt_tokens": "INTEGER",

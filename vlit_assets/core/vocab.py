@@ -40,7 +40,7 @@ DROP_REASONS = {
     "region_render_failed": "the region image (the box drawn on the photo) could not be written",
     "llm_error": "the LLM request got no reply; the detail is the cause (timeout, connection, "
     "http_<status>, deadline, gave_up, budget_exhausted, ...)",
-    "llm_parse": "the LLM reply is no usable conversation; the detail is a prompts.FAILURES key",
+    "llm_parse": "the LLM reply is no usable conversation; the detail is a replies.FAILURES key",
 }
 
 # Why a record of a source was rejected at the raw stage (raw__rejects.reason).

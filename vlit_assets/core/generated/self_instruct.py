@@ -26,18 +26,14 @@ from vlit_assets.core.generated.llm.settings import (
     LLMResult,
     LLMSettings,
 )
-from vlit_assets.core.generated.prompts import (
-    PROMPT_VERSION,
-    ParsedReply,
-    build_messages,
-    parse_reply,
-)
+from vlit_assets.core.generated.prompts import PROMPT_VERSION, build_messages
 from vlit_assets.core.generated.regions import (
     RenderJob,
     choose_regions,
     region_stems,
     render_regions,
 )
+from vlit_assets.core.generated.replies import ParsedReply, parse_reply
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
 from vlit_assets.core.vocab import INSTRUCTION_TYPES

@@ -11,11 +11,8 @@ from __future__ import annotations
 import polars as pl
 
 from vlit_assets.core.generated.llm.settings import LLMRequest, LLMResult
-from vlit_assets.core.generated.prompts import (
-    VERIFY_PROMPT_VERSION,
-    build_verify_messages,
-    parse_verdicts,
-)
+from vlit_assets.core.generated.prompts import VERIFY_PROMPT_VERSION, build_verify_messages
+from vlit_assets.core.generated.replies import parse_verdicts
 from vlit_assets.core.generated.self_instruct import GENERATOR, MAX_PROMPT_OBJECTS, load_images
 from vlit_assets.core.schemas import GENERATED_LLM_VERIFICATION
 

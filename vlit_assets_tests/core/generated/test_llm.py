@@ -37,7 +37,7 @@ from vlit_assets.core.generated.llm.settings import (
     LLMSettings,
     request_hash,
 )
-from vlit_assets.core.generated.prompts import parse_reply
+from vlit_assets.core.generated.replies import parse_reply
 from vlit_assets.testing.openai_server import FakeOpenAIServer, Fault
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,12 +9,11 @@ import pytest
 from vlit_assets.core.generated import prompts
 from vlit_assets.core.generated.prompts import (
     EXAMPLES,
-    FAILURES,
     PROMPT_VERSION,
     SYSTEM_PROMPTS,
     build_messages,
-    parse_reply,
 )
+from vlit_assets.core.generated.replies import FAILURES, parse_reply
 
 GOOD = {
     "conversation": [

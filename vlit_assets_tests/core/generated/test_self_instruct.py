@@ -296,7 +296,8 @@ def test_rows_need_a_result_per_request_and_the_right_source(tmp_path: Path) -> 
 def test_self_instruct_modules_do_not_import_dagster() -> None:
     code = (
         "import sys, vlit_assets.core.generated.self_instruct, vlit_assets.core.generated.llm, "
-        "vlit_assets.core.generated.prompts; print('dagster' in sys.modules)"
+        "vlit_assets.core.generated.prompts, vlit_assets.core.generated.replies; "
+        "print('dagster' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

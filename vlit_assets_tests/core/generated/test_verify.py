@@ -11,7 +11,8 @@ import pytest
 from vlit_assets.core.generated.llm.cache import RequestCache
 from vlit_assets.core.generated.llm.client import run_requests_sync
 from vlit_assets.core.generated.llm.settings import Budget, LLMSettings
-from vlit_assets.core.generated.prompts import VERIFY_PROMPT_VERSION, parse_verdicts
+from vlit_assets.core.generated.prompts import VERIFY_PROMPT_VERSION
+from vlit_assets.core.generated.replies import parse_verdicts
 from vlit_assets.core.generated.self_instruct import rows_from_results
 from vlit_assets.core.generated.verify import plan_verification, verification_rows
 from vlit_assets.core.schemas import GENERATED_LLM_VERIFICATION
