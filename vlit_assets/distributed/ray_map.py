@@ -8,6 +8,7 @@ itself is a bug or bad data, fails the step at once and is never retried.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -112,7 +113,7 @@ def connect(address: str) -> Iterator[RayMap]:
 
     joined = not ray.is_initialized()
     if joined:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield RayMap()
     finally:
