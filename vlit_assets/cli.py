@@ -205,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     root, name = _source_and_name(args)  # before the slow imports: a typo fails at once
 
     from vlit_assets.core.vocab import SOURCE_STAGES
-    from vlit_assets.resources import resolve_path
+    from vlit_assets.resources import env_table_root, resolve_path
     from vlit_assets.runner import run_final, run_source
 
     images_dir = None
@@ -222,6 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"vlit: source {name!r} <- {root}")
     print(f"vlit: DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     print(f"vlit: db={resolve_path(os.environ['VLIT_DB_PATH'])}", flush=True)
+    if table_root := env_table_root():
+        print(f"vlit: table files={table_root}", flush=True)
     instance = open_instance(home)
     result = run_source(
         instance,
@@ -333,12 +335,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     import json
 
     from vlit_assets.core import lineage, warehouse
-    from vlit_assets.resources import resolve_path
+    from vlit_assets.resources import env_table_root, resolve_path
 
     db_path = resolve_path(os.environ["VLIT_DB_PATH"])
     if not db_path.exists():
         raise UserError(Exit.NO_SOURCE, f"no warehouse at {db_path}; run `vlit run` first")
-    with warehouse.connect(db_path, read_only=True) as con:
+    with warehouse.connect(db_path, read_only=True, table_root=env_table_root()) as con:
         try:
             chain = lineage.lineage(con, args.conversation_id)
         except KeyError as exc:

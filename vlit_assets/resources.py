@@ -23,18 +23,39 @@ def resolve_path(value: str) -> Path:
     return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
 
+def resolve_table_root(value: str | None) -> str | None:
+    """A table root as the store takes it: URLs as given, local paths like ``resolve_path``."""
+    if not value:
+        return None
+    return value if "://" in value else str(resolve_path(value))
+
+
+def env_table_root() -> str | None:
+    """$VLIT_TABLE_ROOT, read when asked (a run's start, a CLI command), never at import."""
+    return resolve_table_root(os.environ.get("VLIT_TABLE_ROOT"))
+
+
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB file every stage reads and writes."""
+    """The DuckDB file every stage reads and writes, and optionally a root for table files."""
 
     db_path: str
+    table_root: str | None = Field(
+        None,
+        description="$VLIT_TABLE_ROOT: a local path or URL (s3://...) where the large per-row "
+        "tables live as Parquet files many writers share; unset keeps every table in DuckDB",
+    )
 
     @property
     def path(self) -> Path:
         return resolve_path(self.db_path)
 
+    @property
+    def root(self) -> str | None:
+        return resolve_table_root(self.table_root) or env_table_root()
+
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with warehouse.connect(self.path, read_only=read_only) as con:
+        with warehouse.connect(self.path, read_only=read_only, table_root=self.root) as con:
             yield con
 
 

@@ -19,6 +19,9 @@ class Table:
     key: tuple[str, ...]  # columns that identify a row
     doc: str
     partitioned: bool = True  # rows carry `source` and are replaced per source
+    # A large per-row table: with a table root configured it lives in Parquet files that many
+    # writers share (core/tablestore.py), not in the DuckDB file.
+    file_backed: bool = False
 
     @property
     def stage(self) -> str:
@@ -86,6 +89,7 @@ RAW_IMAGES = Table(
     },
     ("image_id",),
     "One row per valid image of a source.",
+    file_backed=True,
 )
 
 RAW_CAPTIONS = Table(
@@ -101,6 +105,7 @@ RAW_CAPTIONS = Table(
     },
     ("caption_id",),
     "One row per caption of a valid image.",
+    file_backed=True,
 )
 
 RAW_OBJECTS = Table(
@@ -123,6 +128,7 @@ RAW_OBJECTS = Table(
     },
     ("object_id",),
     "One row per object annotation (box + category) of a valid image.",
+    file_backed=True,
 )
 
 RAW_CATEGORIES = Table(
@@ -136,6 +142,7 @@ RAW_CATEGORIES = Table(
     },
     ("source", "category_id"),
     "One row per declared category of a source.",
+    file_backed=True,
 )
 
 RAW_TAGS = Table(
@@ -150,6 +157,7 @@ RAW_TAGS = Table(
     },
     ("image_id",),
     "One row per valid image: present categories and ranked plausible absent ones.",
+    file_backed=True,
 )
 
 RAW_REJECTS = Table(
@@ -166,6 +174,7 @@ RAW_REJECTS = Table(
     },
     ("reject_id",),
     "One row per problem found in a source; good records of the same source still proceed.",
+    file_backed=True,
 )
 
 
@@ -195,6 +204,7 @@ GENERATED_CONVERSATIONS = Table(
     },
     ("conversation_id",),
     "One row per generated (or imported) conversation, failed generations included.",
+    file_backed=True,
 )
 
 GENERATED_LLM_REQUESTS = Table(
@@ -341,6 +351,7 @@ RAW_CONVERSATIONS = Table(
     dict(GENERATED_CONVERSATIONS.columns),
     ("conversation_id",),
     "One row per conversation imported from an existing instruction dataset (QC-only sources).",
+    file_backed=True,
 )
 
 SCORED_CONVERSATIONS = Table(
@@ -348,6 +359,7 @@ SCORED_CONVERSATIONS = Table(
     {**GENERATED_CONVERSATIONS.columns, **SCORE_COLUMNS},
     ("conversation_id",),
     "One row per generated conversation with every per-sample metric; nothing is dropped.",
+    file_backed=True,
 )
 
 FINAL_DECISIONS = Table(
@@ -367,6 +379,7 @@ FINAL_DECISIONS = Table(
     ("conversation_id",),
     "One row per scored conversation: kept or dropped, and every reason.",
     partitioned=False,
+    file_backed=True,
 )
 
 FINAL_CONVERSATIONS = Table(
@@ -375,6 +388,7 @@ FINAL_CONVERSATIONS = Table(
     ("conversation_id",),
     "One row per kept conversation with its split and every metric: what ships.",
     partitioned=False,
+    file_backed=True,
 )
 
 FINAL_RUNS = Table(

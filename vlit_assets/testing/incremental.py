@@ -30,7 +30,7 @@ from vlit_assets.core.schemas import (
 )
 from vlit_assets.core.scored.embed import EMBED_CACHE
 from vlit_assets.defs.automation import AutomationSettings, incoming_batches_sensor
-from vlit_assets.resources import ProjectPaths
+from vlit_assets.resources import ProjectPaths, env_table_root
 from vlit_assets.runner import run_source
 from vlit_assets.testing.pipeline import REPO, materialization_metadata
 
@@ -162,7 +162,7 @@ def execute_request(
 
 
 def read_table(db_path: Path, table: Table) -> pl.DataFrame:
-    with warehouse.connect(db_path, read_only=True) as con:
+    with warehouse.connect(db_path, read_only=True, table_root=env_table_root()) as con:
         return warehouse.read_source(con, table)
 
 

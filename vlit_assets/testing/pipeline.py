@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from vlit_assets.core import warehouse
+from vlit_assets.resources import env_table_root
 
 if TYPE_CHECKING:  # pytest is a dev dependency; the monkeypatch comes from a test
     import pytest
@@ -24,9 +25,10 @@ class Env:
     instance: dg.DagsterInstance
     db_path: Path
     output_dir: Path
+    table_root: str | None = None  # the table files' root, when the run uses them
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
-        with warehouse.connect(self.db_path, read_only=True) as con:
+        with warehouse.connect(self.db_path, read_only=True, table_root=self.table_root) as con:
             return con.execute(sql, params or []).fetchall()
 
     def scalar(self, sql: str, params: list | None = None):
@@ -34,10 +36,17 @@ class Env:
 
 
 @contextmanager
-def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def pipeline_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, table_root: str | None = None
+) -> Iterator[Env]:
+    """A temp instance and warehouse; ``table_root`` puts the large tables in table files."""
     db_path = tmp_path / "warehouse.duckdb"
     output_dir = tmp_path / "out"
     monkeypatch.setenv("VLIT_DB_PATH", str(db_path))
+    if table_root is None:
+        monkeypatch.delenv("VLIT_TABLE_ROOT", raising=False)
+    else:
+        monkeypatch.setenv("VLIT_TABLE_ROOT", table_root)
     monkeypatch.setenv("VLIT_DATA_DIR", str(REPO / "data"))
     monkeypatch.setenv("VLIT_OUTPUT_DIR", str(output_dir))
     for key in [k for k in os.environ if k.startswith("VLIT_LLM_")]:
@@ -47,7 +56,7 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[En
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        yield Env(instance, db_path, output_dir)
+        yield Env(instance, db_path, output_dir, env_table_root())
 
 
 def materialization_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
