@@ -391,7 +391,8 @@ def view_sql(root: str, table: Table | str, entries: Iterable[Entry]) -> str:
         for c, t in table.columns.items()
     )
     listing = ", ".join(_sql_text(duckdb_path(root, p)) for p in files)
-    return f"SELECT {cols} FROM read_parquet([{listing}], union_by_name = true)"
+    # hive_partitioning off: the path part source=<S> must not override the stored column.
+    return f"SELECT {cols} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
 
 def table_entries(snapshot: Mapping[str, Manifest], table: str) -> list[Entry]:

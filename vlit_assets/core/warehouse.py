@@ -41,6 +41,7 @@ class _TableFiles:
     snapshot: dict[str, tablestore.Manifest]
     pending: dict[str, dict[str, list[tablestore.ShardFile]]] = field(default_factory=dict)
     run: str | None = None  # the run id of the open transaction's shards
+    staged: dict[str, Table] = field(default_factory=dict)  # tables with pending shards
     views: set[str] = field(default_factory=set)
 
 
@@ -193,28 +194,32 @@ def _abandon(
     for commit in prepared:
         with suppress(OSError):
             commit.abandon()
-    touched = {t for shards in files.pending.values() for t in shards}
-    files.pending.clear()
-    files.run = None
+    touched = _unstage(files)
     with suppress(duckdb.Error):
-        for name in touched:
-            if tablestore.table_entries(files.snapshot, name):
-                _create_view(con, files, TABLES[name])
+        for table in touched:
+            if tablestore.table_entries(files.snapshot, table.name):
+                _create_view(con, files, table)
             else:  # the view was new in the rolled-back transaction
-                con.execute(f'DROP VIEW IF EXISTS temp.main."{name}"')
-                files.views.discard(name)
+                con.execute(f'DROP VIEW IF EXISTS temp.main."{table.name}"')
+                files.views.discard(table.name)
 
 
 def _publish(
     con: duckdb.DuckDBPyConnection, files: _TableFiles, prepared: list[tablestore.PreparedCommit]
 ) -> None:
-    touched = {t for shards in files.pending.values() for t in shards}
-    files.pending.clear()
-    files.run = None
+    touched = _unstage(files)
     for commit in prepared:
         files.snapshot[commit.manifest.source] = commit.publish()
-    for name in touched:
-        _create_view(con, files, TABLES[name])
+    for table in touched:
+        _create_view(con, files, table)
+
+
+def _unstage(files: _TableFiles) -> list[Table]:
+    touched = list(files.staged.values())
+    files.pending.clear()
+    files.staged.clear()
+    files.run = None
+    return touched
 
 
 def in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
@@ -308,6 +313,7 @@ def _stage(
         for source, frame in frames.items():
             shards = tablestore.write_frame(files.root, table, source, files.run, frame)
             files.pending.setdefault(source, {})[table.name] = shards
+        files.staged[table.name] = table
         _create_view(con, files, table)
     return sum(f.height for f in frames.values())
 
