@@ -392,7 +392,8 @@ def view_sql(root: str, table: Table | str, entries: Iterable[Entry]) -> str:
     )
     listing = ", ".join(_sql_text(duckdb_path(root, p)) for p in files)
     # hive_partitioning off: the path part source=<S> must not override the stored column.
-    return f"SELECT {cols} FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+    options = "union_by_name = true, hive_partitioning = false"
+    return f"SELECT {cols} FROM read_parquet([{listing}], {options})"
 
 
 def table_entries(snapshot: Mapping[str, Manifest], table: str) -> list[Entry]:
