@@ -50,6 +50,7 @@ class ShardFile:
     run: str
     path: str
     rows: int
+    columns: tuple[str, ...]  # as written, so a commit needs no schema
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def write_shard(
     with fs.open(tmp, "wb") as out:
         pq.write_table(data, out, compression=COMPRESSION)
     _replace(fs, tmp, final)
-    return ShardFile(table.name, source, run, rel, data.num_rows)
+    return ShardFile(table.name, source, run, rel, data.num_rows, tuple(data.column_names))
 
 
 def write_frame(
@@ -266,7 +267,6 @@ def prepare_commit(
     tables = dict(previous.tables)
     now = time.time()
     for name, files in shards.items():
-        table = _table(name)
         runs = {f.run for f in files}
         if len(runs) > 1:
             raise ValueError(f"{name} of {source!r}: one commit holds runs {sorted(runs)}")
@@ -277,9 +277,8 @@ def prepare_commit(
                 raise FileNotFoundError(f"{_join(base, f.path)}: shard missing (vacuumed?)")
         run = runs.pop() if runs else new_run_id()
         ordered = sorted(files, key=lambda f: f.path)
-        tables[name] = Entry(
-            run, now, tuple(table.columns), tuple((f.path, f.rows) for f in ordered)
-        )
+        columns = tuple(dict.fromkeys(c for f in ordered for c in f.columns))
+        tables[name] = Entry(run, now, columns, tuple((f.path, f.rows) for f in ordered))
     manifest = Manifest(source, tables)
     final = _manifest_path(base, source)
     fs.makedirs(final.rpartition("/")[0], exist_ok=True)
