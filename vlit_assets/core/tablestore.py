@@ -23,6 +23,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,6 +350,8 @@ def vacuum(root: str, older_than_s: float) -> list[str]:
             continue
         fs.rm_file(path)
         removed.append(rel)
+        with suppress(OSError):  # the run's folder, once empty (object stores have none)
+            fs.rmdir(path.rpartition("/")[0])
     for note in old_notes:
         fs.rm_file(note)
     return removed

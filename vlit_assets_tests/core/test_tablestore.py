@@ -145,6 +145,7 @@ def test_a_rerun_replaces_exactly_its_sources_files_and_vacuum_removes_the_old_o
     assert tablestore.vacuum(root, older_than_s=3600) == []
     assert sorted(tablestore.vacuum(root, older_than_s=0)) == old
     assert not any(fs.exists(f"{base}/{p}") for p in old)
+    assert not fs.exists(f"{base}/raw__categories/source=a/run=r1")
     assert tablestore.read_table(root, RAW_CATEGORIES).height == 7
 
 
@@ -226,6 +227,17 @@ def test_warehouse_keeps_file_backed_tables_in_files_and_small_ones_in_duckdb(ro
         assert warehouse.table_root(con) == root
     with warehouse.connect(db, read_only=True) as con:  # default mode: no table files
         assert not warehouse.table_exists(con, RAW_CATEGORIES.name)
+
+
+def test_a_connection_sees_others_commits_after_refresh_views(tmp_path):
+    root = str(tmp_path / "tables")
+    writer = tablestore.write_shard(root, RAW_CATEGORIES, "b", "r", 0, categories("b", "r", 4))
+    with warehouse.connect(tmp_path / "w.duckdb", table_root=root) as con:
+        warehouse.replace_source(con, RAW_CATEGORIES, categories("a", "r", 2), "a")
+        tablestore.commit(root, "b", {RAW_CATEGORIES.name: [writer]})  # another process
+        assert warehouse.read_source(con, RAW_CATEGORIES).height == 2  # its snapshot
+        warehouse.refresh_views(con)
+        assert warehouse.read_source(con, RAW_CATEGORIES).height == 6
 
 
 def test_replace_all_of_a_partitioned_file_table_replaces_every_source(tmp_path):
