@@ -40,7 +40,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     db_path: str
     table_root: str | None = Field(
-        None,
+        default=None,
         description="$VLIT_TABLE_ROOT: a local path or URL (s3://...) where the large per-row "
         "tables live as Parquet files many writers share; unset keeps every table in DuckDB",
     )
