@@ -240,6 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     code = print_summary(result, name, instance)
     if code == Exit.INTERRUPTED:
         return code
+    line = compute_line(result)
+    if line:
+        print(f"\n{line}")
     if "generated" in stages:
         print_llm_summary(result)
     if args.stage or code != 0:
@@ -299,6 +302,30 @@ def print_summary(result, source: str, instance=None) -> int:
     if failure is not None:
         return failure
     return Exit.FAILED if failed_checks else Exit.OK
+
+
+def compute_line(result) -> str | None:
+    """Where the run's heavy per-row work ran, from its steps' ``compute`` metadata
+    (core.shards.compute_metadata); None when no step reports it."""
+    steps = [
+        {k: _metadata_value(v) for k, v in event.materialization.metadata.items()}
+        for event in result.get_asset_materialization_events()
+        if "compute" in event.materialization.metadata
+    ]
+    remote = [m for m in steps if m["compute"] != "local"]
+    if not remote:
+        return "compute: local (this process and its process pools)" if steps else None
+    nodes = {
+        part.split(":")[0].strip()
+        for m in remote
+        for key, value in m.items()
+        if key.endswith("/shards_per_node")
+        for part in str(value).split(",")
+    }
+    shards = sum(int(m.get("compute/shards", 0)) for m in remote)  # type: ignore[call-overload]
+    retries = sum(int(m.get("compute/retries", 0)) for m in remote)  # type: ignore[call-overload]
+    where = " ".join(sorted({f"{m['compute']} at {m.get('compute/address', '?')}" for m in remote}))
+    return f"compute: {where}, {shards} shards on {len(nodes)} nodes, {retries} retries"
 
 
 def print_step_times(result, instance) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from vlit_assets.core.metadata import Metadata
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -36,6 +38,7 @@ class ShardMap(Protocol):
     """Runs ``fn`` over every shard and returns the results in shard order."""
 
     kind: str  # "inline" or "ray"
+    address: str  # the cluster's address; "" in this process
     runs: list[ShardRun]
 
     def slots(self) -> int:
@@ -62,6 +65,7 @@ class InlineMap:
     """Every shard in this process, in order: the reference the distributed runs must equal."""
 
     kind: str = "inline"
+    address: str = ""
     runs: list[ShardRun] = field(default_factory=list)
     parallel: int = 1  # reported slots, so tests can cut as many shards as a cluster would
 
@@ -106,11 +110,11 @@ def shard_count(mapper: ShardMap, n_items: int, *, min_items: int, per_slot: int
     return max(1, min(mapper.slots() * per_slot, n_items // max(1, min_items) or 1))
 
 
-def runs_metadata(runs: Sequence[ShardRun]) -> dict[str, object]:
+def runs_metadata(runs: Sequence[ShardRun]) -> Metadata:
     """Figures for a step's materialization: shards, nodes, retries and time per step."""
     if not runs:
         return {}
-    out: dict[str, object] = {
+    out: Metadata = {
         "compute/shards": len(runs),
         "compute/nodes": len({r.node for r in runs}),
         "compute/retries": sum(r.attempts - 1 for r in runs),
@@ -126,3 +130,14 @@ def runs_metadata(runs: Sequence[ShardRun]) -> dict[str, object]:
             f"{node}: {n}" for node, n in sorted(per_node.items())
         )
     return out
+
+
+def compute_metadata(mapper: ShardMap | None) -> Metadata:
+    """Where a step's heavy work ran: ``compute`` is "local" (no mapper: this process and its
+    pools) or the mapper's kind, with its address and ``runs_metadata``."""
+    if mapper is None:
+        return {"compute": "local"}
+    out: Metadata = {"compute": mapper.kind}
+    if mapper.address:
+        out["compute/address"] = mapper.address
+    return out | runs_metadata(mapper.runs)

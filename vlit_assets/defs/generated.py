@@ -24,7 +24,7 @@ from vlit_assets.core.schemas import (
 )
 from vlit_assets.core.vocab import INSTRUCTION_TYPES, WRITER_POOL
 from vlit_assets.defs.partitions import sources_partitions
-from vlit_assets.resources import LLMResource, ProjectPaths, WarehouseResource
+from vlit_assets.resources import ComputeResource, LLMResource, ProjectPaths, WarehouseResource
 
 ALL_TYPES = list(INSTRUCTION_TYPES)
 
@@ -65,6 +65,7 @@ def generated__conversations(
     warehouse_db: WarehouseResource,
     paths: ProjectPaths,
     llm: LLMResource,
+    compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """One row per generated conversation of the source (template and LLM), failures included.
 
@@ -79,12 +80,13 @@ def generated__conversations(
             return _copy_imported(con, source)
         raw = {t.name: warehouse.read_source(con, t, source) for t in RAW_INPUTS}
     try:
-        out = generate_source(
-            raw, source=source, image_root=find_coco_files(record.root, record.split).image_dir,
-            regions_dir=paths.regions_dir, options=options,
-            llm=_llm_access(llm, warehouse_db, options), run_id=context.run_id,
-            progress=context.log.info,
-        )  # fmt: skip
+        with compute.mapper() as mapper:  # None: this process and its pools
+            out = generate_source(
+                raw, source=source, image_root=find_coco_files(record.root, record.split).image_dir,
+                regions_dir=paths.regions_dir, options=options,
+                llm=_llm_access(llm, warehouse_db, options), run_id=context.run_id,
+                progress=context.log.info, mapper=mapper,
+            )  # fmt: skip
     except LLMStageFailed as failed:
         context.log.warning(str(failed))
         raise dg.Failure(str(failed), metadata=failed.metadata) from failed

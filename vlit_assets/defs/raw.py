@@ -12,7 +12,7 @@ from vlit_assets.core.raw.stage import (
 )
 from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.defs.partitions import sources_partitions
-from vlit_assets.resources import ProjectPaths, WarehouseResource, resolve_path
+from vlit_assets.resources import ComputeResource, ProjectPaths, WarehouseResource, resolve_path
 
 _DEFAULTS = RawOptions()
 
@@ -50,6 +50,7 @@ def raw(
     config: RawConfig,
     warehouse_db: WarehouseResource,
     paths: ProjectPaths,
+    compute: ComputeResource,
 ):
     """One row per image, caption, object, category, tag set and reject of the source."""
     source, options = context.partition_key, RawOptions(**config.model_dump())
@@ -59,7 +60,10 @@ def raw(
             record = resolve_source(
                 con, source, options, sample_dir=paths.sample_dir, incoming_dir=paths.incoming_dir
             )
-        raw_tables = collect_raw(record, options, run_id=context.run_id, image_cache=image_cache)
+        with compute.mapper() as mapper:  # None: this process and its pool
+            raw_tables = collect_raw(
+                record, options, run_id=context.run_id, image_cache=image_cache, mapper=mapper
+            )
     except INPUT_ERRORS as exc:
         # An unusable directory or file fails the run; the message names the file and the key.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -40,6 +40,7 @@ class RayMap:
 
     max_attempts: int = MAX_ATTEMPTS
     kind: str = "ray"
+    address: str = ""
     runs: list[ShardRun] = field(default_factory=list)
 
     def slots(self) -> int:
@@ -115,7 +116,7 @@ def connect(address: str) -> Iterator[RayMap]:
     if joined:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        yield RayMap()
+        yield RayMap(address=address)
     finally:
         if joined:
             ray.shutdown()

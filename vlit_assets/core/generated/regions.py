@@ -1,4 +1,5 @@
-"""Region images: copies of photos with one object's box drawn in red, rendered in parallel.
+"""Region images: copies of photos with one object's box drawn in red, rendered in parallel
+(a process pool, or the shards of a ``ShardMap``).
 
 The copy is drawn on the stored pixels, exactly as COCO boxes are measured; the EXIF block and
 ICC profile are carried over unchanged, so a viewer that rotates the original by its EXIF
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from vlit_assets.core.shards import ShardMap, cut, shard_count
 
 RENDER_VERSION = "1"  # bump when the drawing changes: every stamp then misses
 BOX_COLOUR = (255, 0, 0)
@@ -184,16 +187,34 @@ def render_job(job: RenderJob) -> RenderResult:
         return RenderResult(job.out_path, "failed", f"{type(exc).__name__}: {exc}")
 
 
+def _render_shard(jobs: list[RenderJob]) -> list[RenderResult]:
+    return [render_job(job) for job in jobs]
+
+
 def render_regions(
-    jobs: Sequence[RenderJob], *, workers: int | None = None, chunksize: int = 16
+    jobs: Sequence[RenderJob],
+    *,
+    workers: int | None = None,
+    chunksize: int = 16,
+    mapper: ShardMap | None = None,
 ) -> list[RenderResult]:
     """Render ``jobs`` (results in job order) with a process pool of ``workers`` processes.
 
     ``workers=None`` uses every core; 1 renders in this process. The pool uses the ``spawn``
     start method because forking a process that runs threads (a Dagster run does) can
-    deadlock in the child.
+    deadlock in the child. A ``mapper`` renders contiguous shards of at least ``chunksize``
+    jobs instead (step ``generated/regions``); every node must see the same paths.
     """
     n = len(jobs)
+    if mapper is not None:
+        shards = cut(n, shard_count(mapper, n, min_items=chunksize))
+        parts = mapper.map(
+            _render_shard,
+            [list(jobs[start : start + k]) for start, k in shards],
+            step="generated/regions",
+            sizes=[k for _, k in shards],
+        )
+        return [result for part in parts for result in part]
     workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
     if workers == 1 or n <= chunksize:
         return [render_job(job) for job in jobs]

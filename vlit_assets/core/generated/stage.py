@@ -29,6 +29,7 @@ from vlit_assets.core.schemas import (
     RAW_OBJECTS,
     RAW_TAGS,
 )
+from vlit_assets.core.shards import ShardMap, compute_metadata
 from vlit_assets.core.vocab import INSTRUCTION_TYPES
 
 RAW_INPUTS = (RAW_IMAGES, RAW_CAPTIONS, RAW_OBJECTS, RAW_CATEGORIES, RAW_TAGS)
@@ -113,21 +114,28 @@ def generate_source(
     llm: LLMAccess | None,
     run_id: str,
     progress: Callable[[str], None] | None = None,
+    mapper: ShardMap | None = None,
 ) -> GeneratedSource:
     """Template rows of ``raw`` (``RAW_INPUTS`` tables by name) plus, when ``options.use_llm``
-    and ``llm`` is given, self-instruct rows and the optional verification pass.
+    and ``llm`` is given, self-instruct rows and the optional verification pass. ``mapper``
+    (a cluster) runs the heavy per-row work as shards; the rows are the same.
 
     Raises ``LLMStageFailed`` before verification when more than ``llm_fail_share`` of the LLM
     requests got no reply.
     """
     images, captions, objects, categories, tags = (raw[t.name] for t in RAW_INPUTS)
     template_config = options.template_config()
-    metadata: Metadata = {"template_processes": generation_workers(template_config, images.height)}
+    # On a cluster the shards are reported instead (shards.runs_metadata).
+    metadata: Metadata = (
+        {"template_processes": generation_workers(template_config, images.height)}
+        if mapper is None
+        else {}
+    )
     frames = [
         generate_templates(
             images, captions, objects, categories, tags,
             source=source, image_root=image_root, regions_dir=regions_dir,
-            config=template_config, run_id=run_id,
+            config=template_config, run_id=run_id, mapper=mapper,
         )
     ]  # fmt: skip
     out = GeneratedSource(
@@ -169,7 +177,7 @@ def generate_source(
             metadata |= verify_metadata(out.verification)
     out.conversations = pl.concat(frames, how="vertical")
     metadata["generators"] = out.generators
-    out.metadata = metadata
+    out.metadata = metadata | compute_metadata(mapper)
     return out
 
 

@@ -28,6 +28,7 @@ from vlit_assets.core.raw.rejects import (
 )
 from vlit_assets.core.raw.tags import derive_tags
 from vlit_assets.core.schemas import RAW_CAPTIONS, RAW_CATEGORIES, RAW_IMAGES, RAW_OBJECTS
+from vlit_assets.core.shards import ShardMap
 
 RAW_REJECT_REASONS: tuple[str, ...] = (
     "image_missing",
@@ -100,12 +101,14 @@ def validate_images(
     max_pixels: int,
     workers: int,
     run_id: str,
+    mapper: ShardMap | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Open and fully decode every image record: (raw__images rows, reject rows).
 
     ``records`` has coco_image_id, file_name, width, height (declared). Reject rows name the
     image file relative to the source root (the parent of ``image_root``). Of images with
-    identical bytes the one with the lowest coco id is kept.
+    identical bytes the one with the lowest coco id is kept. A ``mapper`` runs the checks as
+    shards (``images.inspect_images``) instead of ``workers`` processes.
     """
     image_root = Path(image_root)
     records = records.sort("coco_image_id")
@@ -113,7 +116,7 @@ def validate_images(
         ImageJob(str(image_root), name, width, height)
         for name, width, height in records.select("file_name", "width", "height").iter_rows()
     ]
-    reports = inspect_images(jobs, max_pixels=max_pixels, workers=workers)
+    reports = inspect_images(jobs, max_pixels=max_pixels, workers=workers, mapper=mapper)
     facts = pl.DataFrame(
         [r.__dict__ for r in reports],
         schema={
@@ -268,9 +271,14 @@ def assemble(
 
 
 def collect_source(
-    source: str, root: Path, config: CollectConfig = CollectConfig(), run_id: str = ""
+    source: str,
+    root: Path,
+    config: CollectConfig = CollectConfig(),
+    run_id: str = "",
+    *,
+    mapper: ShardMap | None = None,
 ) -> CollectResult:
-    """Every raw__* frame of one COCO-layout source directory."""
+    """Every raw__* frame of one COCO-layout source directory; ``mapper``: see validate_images."""
     files = find_coco_files(Path(root), config.split)
     annotations = load_annotations(source, files, run_id)
     images, image_rejects = validate_images(
@@ -280,6 +288,7 @@ def collect_source(
         max_pixels=config.max_pixels,
         workers=config.workers,
         run_id=run_id,
+        mapper=mapper,
     )
     return assemble(
         source, annotations, images, image_rejects, absent_k=config.absent_k, run_id=run_id

@@ -1,4 +1,5 @@
-"""Image file checks: path safety, full decode, pixel facts and hashes, run over a process pool.
+"""Image file checks: path safety, full decode, pixel facts and hashes, run over a process pool
+or the shards of a ``ShardMap`` (a Ray cluster).
 
 One image is checked by :func:`inspect_image`, which never raises for a bad file: it returns an
 :class:`ImageReport` whose ``reason`` is a code from ``schemas.REJECT_REASONS`` (or ``None`` when
@@ -10,7 +11,7 @@ the file is usable). The checks run in this order and the first failure wins:
 3. ``image_undecodable`` — Pillow cannot identify the format.
 4. ``image_decompression_bomb`` — width x height from the header exceeds ``max_pixels``; checked
    before any pixel is decoded. (Pillow itself refuses to open files over twice its own
-   ``Image.MAX_IMAGE_PIXELS``; pool workers raise that to ``max_pixels``, but with
+   ``Image.MAX_IMAGE_PIXELS``; pool workers and shards raise that to ``max_pixels``, but with
    ``workers=1`` a ``max_pixels`` above 2 x 89,478,485 also needs Pillow's limit raised.)
 5. ``image_unsupported_mode`` — the pixel mode is not in :data:`SUPPORTED_MODES`.
 6. ``image_truncated`` / ``image_undecodable`` — the full decode fails (or the EXIF block
@@ -36,17 +37,23 @@ import io
 import multiprocessing
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from vlit_assets.core.shards import ShardMap, cut, shard_count
+
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # the transposing/rotating-by-90° ones
 _POOL_MIN_JOBS = 16  # below this, starting processes costs more than it saves
+# A shard's floor: ~16 decodes (a few ms each) outweigh one task's overhead; larger sources are
+# cut by the cluster's slots, so the floor only matters for small ones.
+_SHARD_MIN_JOBS = 16
 
 
 @dataclass(frozen=True)
@@ -203,16 +210,48 @@ def _inspect_chunk(jobs: list[ImageJob], max_pixels: int) -> list[ImageReport]:
     return [inspect_image(job, max_pixels) for job in jobs]
 
 
+@contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's limit raised as ``_init_worker`` does, then put back: a shard may run in a
+    process that lives on (a Ray worker, or this one under ``InlineMap``)."""
+    before = Image.MAX_IMAGE_PIXELS
+    _init_worker(max_pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def _inspect_shard(shard: tuple[list[ImageJob], int]) -> list[ImageReport]:
+    jobs, max_pixels = shard
+    with _pixel_limit(max_pixels):
+        return _inspect_chunk(jobs, max_pixels)
+
+
 def inspect_images(
-    jobs: Sequence[ImageJob], *, max_pixels: int, workers: int = 2
+    jobs: Sequence[ImageJob],
+    *,
+    max_pixels: int,
+    workers: int = 2,
+    mapper: ShardMap | None = None,
 ) -> list[ImageReport]:
     """Check every job; reports come back in job order.
 
-    ``workers`` > 1 uses a process pool (``spawn``: forking a process that runs threads, as a
-    Dagster run does, can deadlock). Jobs travel in chunks so that the per-task overhead stays
-    small next to a ~2 ms decode.
+    With a ``mapper`` the jobs are cut into contiguous shards that it runs (step
+    ``raw/images``); ``workers`` is then unused. Otherwise ``workers`` > 1 uses a process pool
+    (``spawn``: forking a process that runs threads, as a Dagster run does, can deadlock). Jobs
+    travel in chunks so that the per-task overhead stays small next to a ~2 ms decode.
     """
     jobs = list(jobs)
+    if mapper is not None:
+        shards = cut(len(jobs), shard_count(mapper, len(jobs), min_items=_SHARD_MIN_JOBS))
+        parts = mapper.map(
+            _inspect_shard,
+            [(jobs[start : start + n], max_pixels) for start, n in shards],
+            step="raw/images",
+            sizes=[n for _, n in shards],
+        )
+        return [report for part in parts for report in part]
     if workers <= 1 or len(jobs) < _POOL_MIN_JOBS:
         return _inspect_chunk(jobs, max_pixels)
     workers = min(workers, os.cpu_count() or 1, len(jobs))

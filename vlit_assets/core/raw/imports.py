@@ -45,6 +45,7 @@ from vlit_assets.core.formats.records import LLAVA_ID_PREFIX, ImportLimits
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.raw.images import ImageJob, ImageReport, inspect_images, resolve_inside
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, RAW_IMAGES, RAW_REJECTS, Table
+from vlit_assets.core.shards import ShardMap
 
 INSTRUCTION_SUFFIXES = frozenset({".json", ".jsonl", ".parquet"})
 IMAGES_DIR = "images"
@@ -350,7 +351,7 @@ def _files_to_check(
 
 
 def _check_images(
-    names: list[str], locator: _Locator, *, max_pixels: int, workers: int
+    names: list[str], locator: _Locator, *, max_pixels: int, workers: int, mapper: ShardMap | None
 ) -> tuple[dict[str, ImageReport], dict[str, tuple[Path, str]]]:
     """Reports by name as written, and where each name was looked up (root, path under it)."""
     places = {n: locator.place(n) for n in names}
@@ -360,9 +361,8 @@ def _check_images(
     ]
     reports = {}
     tried = " or ".join(str(r) for r in locator.roots)
-    for name, report in zip(
-        places, inspect_images(jobs, max_pixels=max_pixels, workers=workers), strict=True
-    ):
+    checked = inspect_images(jobs, max_pixels=max_pixels, workers=workers, mapper=mapper)
+    for name, report in zip(places, checked, strict=True):
         report = dataclasses.replace(report, file_name=name)
         if report.reason == "image_size_mismatch":
             report = dataclasses.replace(report, reason=None, detail=None)
@@ -513,12 +513,13 @@ def collect_import(
     max_pixels: int = 89_478_485,
     workers: int = 2,
     run_id: str = "",
+    mapper: ShardMap | None = None,
 ) -> ImportCollectResult:
     """Conversations, images and rejects of one import source directory (see the module doc).
 
     An instruction file that is unusable as a whole raises
     ``formats.records.InstructionFormatError`` naming it; a bad record or image only becomes
-    reject rows.
+    reject rows. A ``mapper`` checks the images as shards instead of ``workers`` processes.
     """
     root = Path(root)
     store = ImageStore(image_cache)
@@ -537,7 +538,9 @@ def collect_import(
     )
     groups = _groups(source, pairs)
     named = _files_to_check(frame, groups, locator)
-    reports, roots = _check_images(list(named), locator, max_pixels=max_pixels, workers=workers)
+    reports, roots = _check_images(
+        list(named), locator, max_pixels=max_pixels, workers=workers, mapper=mapper
+    )
     main = {g.image_id: _main_file(g, reports) for g in groups}
     images = [_image_row(source, g, reports[name]) for g in groups if (name := main[g.image_id])]
     kept, cascaded = _keep_valid(source, frame, pairs, groups, main, reports, roots)

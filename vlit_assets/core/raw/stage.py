@@ -23,6 +23,7 @@ from vlit_assets.core.schemas import (
     RAW_REJECTS,
     RAW_TAGS,
 )
+from vlit_assets.core.shards import ShardMap, compute_metadata
 
 RAW_TABLES = (
     RAW_IMAGES,
@@ -72,6 +73,7 @@ class RawTables:
     record: sources.SourceRecord
     tables: dict[str, pl.DataFrame]  # by table name, in RAW_TABLES order
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    compute: Metadata = field(default_factory=dict)  # shards.compute_metadata
 
     @property
     def counts(self) -> dict[str, int]:
@@ -84,7 +86,8 @@ class RawTables:
         )
 
     def metadata(self) -> dict[str, Metadata]:
-        """Per table: the source's directory and kind; raw__rejects adds counts per reason."""
+        """Per table: the source's directory and kind; raw__rejects adds counts per reason and
+        raw__images where the image checks ran (once per step, so run totals add up)."""
         out: dict[str, Metadata] = {}
         for table in RAW_TABLES:
             meta: Metadata = {
@@ -93,6 +96,8 @@ class RawTables:
             }
             if table is RAW_REJECTS:
                 meta |= {f"rejects/{r}": n for r, n in sorted(self.rejects_by_reason.items())}
+            if table is RAW_IMAGES:
+                meta |= self.compute
             out[table.name] = meta
         return out
 
@@ -149,11 +154,18 @@ def _resolve(
 
 
 def collect_raw(
-    record: sources.SourceRecord, options: RawOptions, *, run_id: str, image_cache: Path
+    record: sources.SourceRecord,
+    options: RawOptions,
+    *,
+    run_id: str,
+    image_cache: Path,
+    mapper: ShardMap | None = None,
 ) -> RawTables:
     """Every raw table of the source: COCO annotations, or an imported instruction dataset.
 
     ``image_cache`` receives image bytes of an import's Parquet rows, one file per content.
+    ``mapper`` (a cluster) checks the image files as shards instead of ``options.workers``
+    processes; the tables are the same.
     """
     source = record.source
     tables = {t.name: t.empty_frame() for t in RAW_TABLES}
@@ -167,11 +179,12 @@ def collect_raw(
             max_pixels=options.max_pixels,
             workers=options.workers,
             run_id=run_id,
+            mapper=mapper,
         )
         tables[RAW_IMAGES.name] = imported.images
         tables[RAW_REJECTS.name] = imported.rejects
         tables[RAW_CONVERSATIONS.name] = imported.conversations
-        return RawTables(record, tables, imported.rejects_by_reason())
+        return RawTables(record, tables, imported.rejects_by_reason(), compute_metadata(mapper))
     result = collect_source(
         source,
         record.root,
@@ -182,8 +195,9 @@ def collect_raw(
             absent_k=options.absent_k,
         ),
         run_id=run_id,
+        mapper=mapper,
     )
     for table in RAW_TABLES:
         if table is not RAW_CONVERSATIONS:  # a COCO source has no conversations yet
             tables[table.name] = getattr(result, table.name.split("__", 1)[1])
-    return RawTables(record, tables, result.rejects_by_reason())
+    return RawTables(record, tables, result.rejects_by_reason(), compute_metadata(mapper))

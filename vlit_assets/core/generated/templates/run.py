@@ -1,4 +1,4 @@
-"""Template rows: the configuration, the per-image loop, helper processes and region rendering."""
+"""Template rows: the configuration, the per-image loop, helper processes or shards, regions."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from vlit_assets.core.generated.templates.frames import (
 from vlit_assets.core.generated.templates.scene import Draw, ImageRecord, Scene
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS
+from vlit_assets.core.shards import ShardMap, cut, shard_count
 from vlit_assets.core.text.reading import caption_mentions
 from vlit_assets.core.vocab import INSTRUCTION_TYPES
 
@@ -57,6 +58,9 @@ class TemplateConfig:
 
 
 PARALLEL_MIN_IMAGES = 20_000
+# A shard's floor. Larger sources are cut by the cluster's slots, so it only matters for small
+# ones, where a few tasks of ~50 images cost some tens of ms.
+SHARD_MIN_IMAGES = 16
 
 
 class _Rows:
@@ -189,6 +193,7 @@ def generate_templates(
     regions_dir: Path,
     config: TemplateConfig = TemplateConfig(),  # noqa: B008 (frozen, so sharing is safe)
     run_id: str = "",
+    mapper: ShardMap | None = None,
 ) -> pl.DataFrame:
     """One row per template conversation (``generated__conversations`` columns).
 
@@ -198,13 +203,17 @@ def generate_templates(
     conversation the annotations cannot fill with ``MIN_PAIRS`` question/answer pairs is a
     row with empty turns and a ``drop_reason``; a region whose image fails to render keeps its
     turns and gets one too. Rows come sorted by image id, then type order, then variant.
+
+    A ``mapper`` (a cluster) writes contiguous chunks of images as shards and renders the
+    regions as shards, instead of ``config.workers`` and ``config.render_workers`` processes;
+    the rows are the same.
     """
     _check_config(config)
     # The loop allocates millions of small objects that all stay alive until the frame is
     # built; letting the cyclic GC rescan them again and again made 100k images 40% slower.
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    workers = generation_workers(config, images.height)
+    workers = generation_workers(config, images.height) if mapper is None else 1
     pool: ProcessPoolExecutor | None = None
     try:
         # Helper processes start first: importing this module in them overlaps the preparation.
@@ -222,9 +231,13 @@ def generate_templates(
             else {}
         )
         paths = (str(Path(image_root).resolve()), str(Path(regions_dir).resolve() / source))
-        df, jobs = _generate(frames, named, stems, paths, source, config, run_id, pool, workers)
+        inputs = (frames, named, stems, paths, source, config, run_id)
+        if mapper is not None:
+            df, jobs = _generate_sharded(*inputs, mapper)
+        else:
+            df, jobs = _generate(*inputs, pool, workers)
         if config.render_regions and jobs:
-            df = _render(df, jobs, config.render_workers)
+            df = _render(df, jobs, config.render_workers, mapper)
         return df
     finally:
         if pool is not None:
@@ -273,12 +286,53 @@ def _generate(
     ]
     parts = [_template_rows(to_images(*chunks[0]), source, paths, stems, config)]
     parts += [future.result() for future in futures]
-    jobs = []
+    return _joined(parts, source, run_id)
+
+
+def _joined(
+    parts: list[tuple[pa.Table, list[_Job]]], source: str, run_id: str
+) -> tuple[pl.DataFrame, list[_Job]]:
+    """The chunks' rows in chunk order, with each render job's row moved by the rows before."""
+    jobs: list[_Job] = []
     offset = 0
     for table, part_jobs in parts:
         jobs += [(row + offset, job) for row, job in part_jobs]
         offset += table.num_rows
     return _frame(pa.concat_tables([table for table, _ in parts]), source, run_id), jobs
+
+
+def _generate_sharded(
+    frames: Frames,
+    named: pl.DataFrame,
+    stems: dict[str, str],
+    paths: tuple[str, str],
+    source: str,
+    config: TemplateConfig,
+    run_id: str,
+    mapper: ShardMap,
+) -> tuple[pl.DataFrame, list[_Job]]:
+    """``_generate`` with every chunk a shard of ``mapper``: the same contiguous chunks of
+    images, sent as Arrow tables, so the joined rows keep their order."""
+    n = frames.images.height
+    shards = cut(n, shard_count(mapper, n, min_items=SHARD_MIN_IMAGES))
+    work = []
+    for start, length in shards:
+        chunk_frames, chunk_named = _chunk(frames, named, frames.images.slice(start, length))
+        ids = chunk_frames.images["image_id"].to_list()
+        work.append(
+            (
+                tuple(frame.to_arrow() for frame in chunk_frames),
+                chunk_named.to_arrow(),
+                paths,
+                {i: stems[i] for i in ids} if stems else {},
+                source,
+                config,
+            )
+        )
+    parts = mapper.map(_shard_rows, work, step="generated/templates", sizes=[k for _, k in shards])
+    if not parts:  # a source without images
+        return _generate(frames, named, stems, paths, source, config, run_id)
+    return _joined(parts, source, run_id)
 
 
 def _chunk(
@@ -312,6 +366,16 @@ def _chunk_rows(
     return _template_rows(imgs, source, paths, stems, config)
 
 
+def _shard_rows(args: tuple) -> tuple[pa.Table, list[_Job]]:
+    """One shard's rows; the GC is switched back on after it, since the process lives on."""
+    was_enabled = gc.isenabled()
+    try:
+        return _chunk_rows(*args)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def generation_workers(config: TemplateConfig, n_images: int) -> int:
     """Processes that write template conversations for a source of ``n_images`` images."""
     if config.workers is not None:
@@ -333,8 +397,10 @@ def _ready() -> bool:
     return True
 
 
-def _render(df: pl.DataFrame, jobs: list[_Job], workers: int | None) -> pl.DataFrame:
-    results = render_regions([job for _, job in jobs], workers=workers)
+def _render(
+    df: pl.DataFrame, jobs: list[_Job], workers: int | None, mapper: ShardMap | None
+) -> pl.DataFrame:
+    results = render_regions([job for _, job in jobs], workers=workers, mapper=mapper)
     reasons, details = df["drop_reason"].to_list(), df["drop_detail"].to_list()
     failed = 0
     for (row, _), result in zip(jobs, results, strict=True):
