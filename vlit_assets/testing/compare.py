@@ -79,13 +79,19 @@ def _rows(
     return out
 
 
-def _read(db: Path, table: str) -> pl.DataFrame | None:
+def _read(db: Path, table: str, source: str | None) -> pl.DataFrame | None:
+    """The table's rows (of ``source`` only, when given and the table has that column)."""
     with warehouse.connect(db, read_only=True) as con:
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchone()
-        if not found or not found[0]:
+        columns = [
+            name
+            for (name,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall()
+        ]
+        if not columns:
             return None
+        if source is not None and "source" in columns:
+            return con.execute(f'SELECT * FROM "{table}" WHERE source = ?', [source]).pl()
         return con.execute(f'SELECT * FROM "{table}"').pl()
 
 
@@ -127,16 +133,22 @@ def compare_table(
 
 
 def table_differences(
-    a: Path, b: Path, *, roots: Sequence[str | Path] = (), tables: Iterable[str] | None = None
+    a: Path,
+    b: Path,
+    *,
+    roots: Sequence[str | Path] = (),
+    tables: Iterable[str] | None = None,
+    source: str | None = None,
 ) -> list[Difference]:
     """Every difference between the tables of two warehouse files (all of ``TABLES`` unless
-    ``tables`` names some); ``roots`` are the runs' directories, written as ``<root>``."""
+    ``tables`` names some); ``roots`` are the runs' directories, written as ``<root>``;
+    ``source`` compares only that source's rows of tables that have a ``source`` column."""
     names = list(TABLES) if tables is None else list(tables)
     # Longest first, so a root inside another root is replaced whole.
     order = sorted((str(r) for r in roots), key=len, reverse=True)
     found: list[Difference] = []
     for name in names:
-        left, right = _read(Path(a), name), _read(Path(b), name)
+        left, right = _read(Path(a), name, source), _read(Path(b), name, source)
         if left is None or right is None:
             if (left is None) != (right is None):
                 where = "first" if left is None else "second"

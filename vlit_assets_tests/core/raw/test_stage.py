@@ -61,6 +61,7 @@ def test_a_coco_source_fills_every_table_but_conversations(tmp_path):
     assert raw.metadata()[RAW_IMAGES.name] == {
         "source_dir": str(SAMPLE_DIR.resolve()),
         "source_kind": "sample",
+        "compute": "local",  # no mapper: the image checks ran in this process's pool
     }
     assert "sample (sample)" in raw.summary()
 
