@@ -13,6 +13,7 @@ summed over threads may change in its last bits from one run to the next, even i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -28,6 +29,9 @@ from vlit_assets.core.schemas import TABLES
 
 # Columns that differ between two runs of the same input by design.
 VOLATILE = re.compile(r"(^|_)run_id$|_at$")
+# Hashes of exported files, which hold run ids and build times: ``export_differences`` compares
+# the files themselves instead.
+IGNORED = {"final__export_files": ("sha256",)}
 ROOT = "<root>"
 TIMESTAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?")
 PER_TABLE = 5  # differences reported per table; the rest are counted
@@ -101,7 +105,8 @@ def compare_table(
     """Differences between two frames of ``table`` (run ids, timestamps and roots aside)."""
     if a.columns != b.columns:
         return [Difference(table, "", "", f"columns {a.columns} != {b.columns}")]
-    columns = [c for c in a.columns if not VOLATILE.search(c)]
+    ignored = IGNORED.get(table, ())
+    columns = [c for c in a.columns if not VOLATILE.search(c) and c not in ignored]
     spec = TABLES.get(table)
     key = [k for k in (spec.key if spec else ()) if k in columns]
     parse = {c for c, kind in (spec.columns.items() if spec else ()) if kind == "JSON"}
@@ -158,12 +163,31 @@ def table_differences(
     return found
 
 
+def _hashes(files: dict[Path, Path]) -> list[tuple[bytes, bytes]]:
+    """Each file's sha256 and a name for it, so that a manifest's hash of a file differing only
+    by a run id or a timestamp reads the same on both sides (the file itself is compared)."""
+    return [
+        (hashlib.sha256(path.read_bytes()).hexdigest().encode(), f"<sha256 of {rel}>".encode())
+        for rel, path in files.items()
+    ]
+
+
+def _masked(data: bytes, roots: Sequence[str], hashes: list[tuple[bytes, bytes]]) -> bytes:
+    for root in roots:
+        data = data.replace(root.encode(), ROOT.encode())
+    for digest, name in hashes:
+        data = data.replace(digest, name)
+    return TIMESTAMP.sub(b"<time>", data)
+
+
 def export_differences(a: Path, b: Path, *, roots: Sequence[str | Path] = ()) -> list[Difference]:
     """Files of two export folders: the same names, and the same bytes once each run's
-    directories are written as ``<root>``; Parquet files by content, run ids aside."""
+    directories, timestamps and the hashes of the other files are masked; Parquet files by
+    content, run ids aside."""
     order = sorted((str(r) for r in roots), key=len, reverse=True)
     files_a = {p.relative_to(a): p for p in Path(a).rglob("*") if p.is_file()}
     files_b = {p.relative_to(b): p for p in Path(b).rglob("*") if p.is_file()}
+    hashes_a, hashes_b = _hashes(files_a), _hashes(files_b)
     found = [
         Difference(
             "exports", str(rel), "", f"only in the {'first' if rel in files_a else 'second'}"
@@ -177,11 +201,8 @@ def export_differences(a: Path, b: Path, *, roots: Sequence[str | Path] = ()) ->
             )
             found += diffs
             continue
-        left, right = files_a[rel].read_bytes(), files_b[rel].read_bytes()
-        for root in order:
-            left = left.replace(root.encode(), ROOT.encode())
-            right = right.replace(root.encode(), ROOT.encode())
-        left, right = TIMESTAMP.sub(b"<time>", left), TIMESTAMP.sub(b"<time>", right)
+        left = _masked(files_a[rel].read_bytes(), order, hashes_a)
+        right = _masked(files_b[rel].read_bytes(), order, hashes_b)
         if left != right:
             pairs = enumerate(zip(left, right, strict=False))
             at = next((i for i, (x, y) in pairs if x != y), min(len(left), len(right)))

@@ -245,13 +245,13 @@ def inspect_images(
     jobs = list(jobs)
     if mapper is not None:
         shards = cut(len(jobs), shard_count(mapper, len(jobs), min_items=_SHARD_MIN_JOBS))
-        parts = mapper.map(
+        checked = mapper.map(
             _inspect_shard,
             [(jobs[start : start + n], max_pixels) for start, n in shards],
             step="raw/images",
             sizes=[n for _, n in shards],
         )
-        return [report for part in parts for report in part]
+        return [report for part in checked for report in part]
     if workers <= 1 or len(jobs) < _POOL_MIN_JOBS:
         return _inspect_chunk(jobs, max_pixels)
     workers = min(workers, os.cpu_count() or 1, len(jobs))
