@@ -206,5 +206,7 @@ def export_differences(a: Path, b: Path, *, roots: Sequence[str | Path] = ()) ->
         if left != right:
             pairs = enumerate(zip(left, right, strict=False))
             at = next((i for i, (x, y) in pairs if x != y), min(len(left), len(right)))
-            found.append(Difference("exports", str(rel), "", f"bytes differ from offset {at}"))
+            found.append(
+                Difference("exports", str(rel), "", f"masked bytes differ from offset {at}")
+            )
     return found
