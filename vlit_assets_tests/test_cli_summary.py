@@ -70,3 +70,31 @@ def test_the_final_summary_prints_kept_drops_by_count_and_splits(capsys, monkeyp
         ["split", "train", "5"],
         ["split", "val", "1"],
     ]
+
+
+def test_the_compute_line_adds_up_the_steps_that_ran_on_the_cluster() -> None:
+    from types import SimpleNamespace
+
+    from vlit_assets.core.shards import ShardRun, compute_metadata
+
+    def step(runs: list[ShardRun] | None) -> SimpleNamespace:
+        mapper = None
+        if runs is not None:
+            mapper = SimpleNamespace(kind="ray", address="127.0.0.1:6379", runs=runs)
+        return SimpleNamespace(materialization=SimpleNamespace(metadata=compute_metadata(mapper)))
+
+    raw = [ShardRun("raw/images", i, 20, node, 1, 0.1) for i, node in enumerate("aab")]
+    generated = [
+        ShardRun("generated/templates", 0, 40, "a", 1, 0.2),
+        ShardRun("generated/regions", 0, 9, "c", 3, 0.2),
+    ]
+
+    def result(*steps: SimpleNamespace) -> SimpleNamespace:
+        return SimpleNamespace(get_asset_materialization_events=lambda: list(steps))
+
+    line = cli.compute_line(result(step(raw), step(generated)))
+    assert line == "compute: ray at 127.0.0.1:6379, 5 shards on 3 nodes, 2 retries"
+    assert cli.compute_line(result(step(None))) == (
+        "compute: local (this process and its process pools)"
+    )
+    assert cli.compute_line(result()) is None
