@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # On Linux Ray swaps 127.0.0.1 for the host's outward address; this switch (meant for macOS and
@@ -41,6 +42,25 @@ class LocalCluster:
         node = self.workers.pop(index)
         self.cluster.remove_node(node, allow_graceful=False)
         return str(node.node_id)
+
+    def running(self, index: int = 0, task: str = "_call") -> bool:
+        """Whether a process of worker node ``index`` is executing ``task`` at this moment.
+
+        Ray titles a worker process ``ray::<function name>`` while it runs a task (``_call``
+        for every shard of ``RayMap``), and worker processes are children of their node's
+        raylet; read from /proc, so Linux only.
+        """
+        raylet = self.workers[index].all_processes["raylet"][0].process.pid
+        title = f"ray::{task}".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                stat = (proc / "stat").read_text()
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+                if parent == raylet and (proc / "cmdline").read_bytes().startswith(title):
+                    return True
+            except (OSError, ValueError, IndexError):  # the process ended while we looked
+                continue
+        return False
 
     def add_worker(self, cpus: int = 1) -> None:
         self.workers.append(self.cluster.add_node(**node_args(cpus)))
