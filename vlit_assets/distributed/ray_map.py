@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -103,6 +104,37 @@ def configured_address(address: str | None = None) -> str | None:
     return value or None
 
 
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+class ClusterUnreachable(ConnectionError):
+    """Nothing answers at the configured Ray address."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> str:
+    """Fail fast, naming the setting, when nothing listens at ``address``; returns its host.
+
+    ``ray.init`` itself keeps retrying for minutes before it gives up. ``ray://`` client
+    addresses and ``auto`` are left to Ray.
+    """
+    if address == "auto" or "://" in address:
+        return ""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(
+            f"${ADDRESS_ENV}={address!r}: expected host:port of the cluster's GCS, "
+            "'auto' or ray://host:port"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterUnreachable(
+            f"${ADDRESS_ENV}={address!r}: no Ray cluster answers there ({exc}); "
+            "start one (`ray start --head`) or unset the variable to run locally"
+        ) from exc
+    return host
+
+
 @contextmanager
 def connect(address: str) -> Iterator[RayMap]:
     """Join the cluster at ``address`` as a driver for the block; leave it afterwards.
@@ -114,6 +146,11 @@ def connect(address: str) -> Iterator[RayMap]:
 
     joined = not ray.is_initialized()
     if joined:
+        host = check_reachable(address)
+        if host in LOOPBACK:
+            # On Linux Ray swaps a loopback GCS address for the host's outward one and then
+            # waits for minutes; this switch keeps a one-machine cluster on 127.0.0.1.
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield RayMap(address=address)

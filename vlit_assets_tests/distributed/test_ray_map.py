@@ -90,3 +90,18 @@ def test_killed_worker_node_reruns_its_shards_with_nothing_lost_or_doubled(tmp_p
     assert len(mapper.runs) == len(shards)
     assert sum(r.attempts - 1 for r in mapper.runs) >= 1
     assert all(r.node != victim[:8] or r.attempts == 1 for r in mapper.runs)
+
+
+def test_unreachable_address_fails_fast_naming_the_setting() -> None:
+    import socket as _socket
+
+    from vlit_assets.distributed.ray_map import ClusterUnreachable
+
+    with _socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Our own error, raised before ray.init (which would retry for minutes, then raise its own).
+    with pytest.raises(ClusterUnreachable, match="VLIT_RAY_ADDRESS"), connect(f"127.0.0.1:{port}"):
+        pass
+    with pytest.raises(ClusterUnreachable, match="host:port"), connect("not-an-address"):
+        pass
