@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from vlit_assets.core.metadata import Metadata
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -106,11 +108,11 @@ def shard_count(mapper: ShardMap, n_items: int, *, min_items: int, per_slot: int
     return max(1, min(mapper.slots() * per_slot, n_items // max(1, min_items) or 1))
 
 
-def runs_metadata(runs: Sequence[ShardRun]) -> dict[str, object]:
+def runs_metadata(runs: Sequence[ShardRun]) -> Metadata:
     """Figures for a step's materialization: shards, nodes, retries and time per step."""
     if not runs:
         return {}
-    out: dict[str, object] = {
+    out: Metadata = {
         "compute/shards": len(runs),
         "compute/nodes": len({r.node for r in runs}),
         "compute/retries": sum(r.attempts - 1 for r in runs),

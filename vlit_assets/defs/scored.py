@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from vlit_assets.core.metadata import Metadata
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, SCORED_CONVERSATIONS
 from vlit_assets.core.scored.image_text import ImageTextConfig, build_image_text_scorer
 from vlit_assets.core.scored.quality import QualityConfig
@@ -59,7 +60,7 @@ def scored__conversations(
         except LookupError as e:
             raise dg.Failure(str(e)) from e
     context.log.info(outcome.summary())
-    metadata = {
+    metadata: Metadata = {
         **outcome.metadata(),
         "image_text_scorer": "configured" if image_text is not None else "not configured",
         "compute": "local" if mapper is None else mapper.kind,
