@@ -131,3 +131,34 @@ def test_ray_scoring_of_coco_mini_equals_local_row_for_row(
     meta = runs_metadata(mapper.runs)
     assert meta["compute/nodes"] == 2
     assert meta["compute/scored/metrics/shards"] > 1 and meta["compute/scored/embed/shards"] > 1
+
+
+@pytest.mark.slow
+def test_scored_asset_on_the_cluster_reports_its_shards_and_keeps_the_rows(
+    ray_cluster, tmp_path, monkeypatch
+) -> None:
+    """Through Dagster: $VLIT_RAY_ADDRESS sends scoring to the cluster, same rows as local."""
+    from vlit_assets.core import warehouse
+    from vlit_assets.runner import run_source
+    from vlit_assets.testing.pipeline import REPO, materialization_metadata, pipeline_env
+
+    query = "SELECT * EXCLUDE (scored_run_id) FROM scored__conversations ORDER BY conversation_id"
+    with pipeline_env(tmp_path, monkeypatch) as env:
+        monkeypatch.delenv("VLIT_RAY_ADDRESS", raising=False)
+        stages = ("raw", "generated", "scored")
+        local = run_source(env.instance, "sample", REPO / "data" / "sample", stages=stages)
+        assert local.success
+        assert materialization_metadata(local, "scored__conversations")["compute"] == "local"
+        with warehouse.connect(env.db_path) as con:
+            want = con.execute(query).pl()
+            con.execute("DELETE FROM embed__cache")  # so the cluster encodes every text again
+        monkeypatch.setenv("VLIT_RAY_ADDRESS", ray_cluster.address)
+        distributed = run_source(env.instance, "sample", None, stages=("scored",))
+        assert distributed.success
+        meta = materialization_metadata(distributed, "scored__conversations")
+        with warehouse.connect(env.db_path, read_only=True) as con:
+            got = con.execute(query).pl()
+    assert meta["compute"] == "ray"
+    assert meta["texts_embedded"] > 0
+    assert meta["compute/scored/metrics/shards"] >= 1 and meta["compute/scored/embed/shards"] >= 1
+    assert_frame_equal(got, want, check_exact=True)
