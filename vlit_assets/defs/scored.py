@@ -2,14 +2,16 @@
 
 import dagster as dg
 
+from vlit_assets.core.metadata import Metadata
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, SCORED_CONVERSATIONS
 from vlit_assets.core.scored.image_text import ImageTextConfig, build_image_text_scorer
 from vlit_assets.core.scored.quality import QualityConfig
 from vlit_assets.core.scored.stage import score_source
 from vlit_assets.core.scored.text_quality import MinHashConfig
+from vlit_assets.core.shards import runs_metadata
 from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.defs.partitions import sources_partitions
-from vlit_assets.resources import EmbedderResource, WarehouseResource
+from vlit_assets.resources import ComputeResource, EmbedderResource, WarehouseResource
 
 
 class ScoredConfig(dg.Config):
@@ -40,10 +42,11 @@ def scored__conversations(
     config: ScoredConfig,
     warehouse_db: WarehouseResource,
     embedder: EmbedderResource,
+    compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """One row per generated conversation with every quality metric; no row is dropped here."""
     image_text = build_image_text_scorer(ImageTextConfig(clip_model_path=config.clip_model_path))
-    with warehouse_db.connect() as con:
+    with compute.mapper() as mapper, warehouse_db.connect() as con:
         try:
             outcome = score_source(
                 con,
@@ -52,9 +55,15 @@ def scored__conversations(
                 embedder=embedder.get,
                 image_text=image_text,
                 run_id=context.run_id,
+                mapper=mapper,
             )
         except LookupError as e:
             raise dg.Failure(str(e)) from e
     context.log.info(outcome.summary())
-    scorer = "configured" if image_text is not None else "not configured"
-    return dg.MaterializeResult(metadata={**outcome.metadata(), "image_text_scorer": scorer})
+    metadata: Metadata = {
+        **outcome.metadata(),
+        "image_text_scorer": "configured" if image_text is not None else "not configured",
+        "compute": "local" if mapper is None else mapper.kind,
+        **(runs_metadata(mapper.runs) if mapper is not None else {}),
+    }
+    return dg.MaterializeResult(metadata=metadata)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -26,6 +27,7 @@ from vlit_assets.core.generated.llm.settings import (
     LLMResult,
     LLMSettings,
 )
+from vlit_assets.core.generated.llm.sharded import run_requests_mapped
 from vlit_assets.core.generated.prompts import PROMPT_VERSION, build_messages
 from vlit_assets.core.generated.regions import (
     RenderJob,
@@ -36,6 +38,7 @@ from vlit_assets.core.generated.regions import (
 from vlit_assets.core.generated.replies import ParsedReply, parse_reply
 from vlit_assets.core.ids import stable_id
 from vlit_assets.core.schemas import GENERATED_CONVERSATIONS, GENERATED_LLM_REQUESTS
+from vlit_assets.core.shards import ShardMap
 from vlit_assets.core.vocab import INSTRUCTION_TYPES
 
 GENERATOR = "llm"
@@ -414,11 +417,13 @@ def generate_self_instruct(
     max_images: int | None = None,
     progress: Callable[[str], None] | None = None,
     progress_every_s: float = 5.0,
+    mapper: ShardMap | None = None,
 ) -> SelfInstructRun:
     """Plan, send (cached, budgeted), parse, and render the region images of usable rows.
 
     ``max_images`` keeps the first images by id; ``progress`` receives a progress line every
-    ``progress_every_s`` seconds while requests run, and a closing one.
+    ``progress_every_s`` seconds while requests run, and a closing one. ``mapper`` sends the
+    uncached requests from its shards (the cache and the budget stay here).
     """
     if max_images is not None:
         if max_images < 0:
@@ -438,9 +443,8 @@ def generate_self_instruct(
     )
     stats = RunStats()
     line = ProgressLine(len(plan), progress, every_s=progress_every_s) if progress else None
-    results = run_requests_sync(
-        plan, settings, cache=cache, budget=budget, on_result=line, stats=stats
-    )
+    send = run_requests_sync if mapper is None else partial(run_requests_mapped, mapper=mapper)
+    results = send(plan, settings, cache=cache, budget=budget, on_result=line, stats=stats)
     if line is not None:
         line.finish()
     rows = rows_from_results(plan, results, source=source, run_id=run_id, model=settings.model)

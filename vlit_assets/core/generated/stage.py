@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -12,6 +13,7 @@ from vlit_assets.core.generated.llm.cache import RequestCache
 from vlit_assets.core.generated.llm.client import run_requests_sync
 from vlit_assets.core.generated.llm.pacing import ProgressLine
 from vlit_assets.core.generated.llm.settings import Budget, LLMSettings
+from vlit_assets.core.generated.llm.sharded import run_requests_mapped
 from vlit_assets.core.generated.self_instruct import SelfInstructRun, generate_self_instruct
 from vlit_assets.core.generated.templates.run import (
     TemplateConfig,
@@ -121,7 +123,7 @@ def generate_source(
     (a cluster) runs the heavy per-row work as shards; the rows are the same.
 
     Raises ``LLMStageFailed`` before verification when more than ``llm_fail_share`` of the LLM
-    requests got no reply.
+    requests got no reply. ``mapper`` sends the uncached LLM requests from its shards.
     """
     images, captions, objects, categories, tags = (raw[t.name] for t in RAW_INPUTS)
     template_config = options.template_config()
@@ -154,7 +156,7 @@ def generate_source(
             types=options.llm_types, per_image=options.llm_per_image, seed=options.seed,
             region_min_area_frac=options.region_min_area_frac, run_id=run_id,
             max_images=options.llm_max_images,
-            progress=progress, progress_every_s=options.llm_progress_every_s,
+            progress=progress, progress_every_s=options.llm_progress_every_s, mapper=mapper,
         )  # fmt: skip
         frames.append(run.rows)
         out.requests = run.request_rows
@@ -173,7 +175,7 @@ def generate_source(
                 {"llm/failed": run.failed, "llm/requests": run.requests},
             )
         if options.llm_verify and llm.verifier is not None:
-            out.verification = verify_llm_rows(run.rows, raw, llm, budget, run_id, progress)
+            out.verification = verify_llm_rows(run.rows, raw, llm, budget, run_id, progress, mapper)
             metadata |= verify_metadata(out.verification)
     out.conversations = pl.concat(frames, how="vertical")
     metadata["generators"] = out.generators
@@ -188,6 +190,7 @@ def verify_llm_rows(
     budget: Budget,
     run_id: str,
     progress: Callable[[str], None] | None,
+    mapper: ShardMap | None = None,
 ) -> pl.DataFrame:
     """The verification pass over the usable LLM rows, in the generation's budget."""
     assert llm.verifier is not None
@@ -195,7 +198,8 @@ def verify_llm_rows(
         rows, *(raw[t.name] for t in (RAW_IMAGES, RAW_CAPTIONS, RAW_OBJECTS, RAW_TAGS))
     )
     line = ProgressLine(len(plan), progress) if progress else None
-    results = run_requests_sync(plan, llm.verifier, cache=llm.cache, budget=budget, on_result=line)
+    send = run_requests_sync if mapper is None else partial(run_requests_mapped, mapper=mapper)
+    results = send(plan, llm.verifier, cache=llm.cache, budget=budget, on_result=line)
     if line is not None:
         line.finish()
     return verification_rows(plan, results, model=llm.verifier.model, run_id=run_id)

@@ -65,6 +65,10 @@ class MiniLMEmbedder:
         self._model = None
         self.texts_encoded = 0  # texts actually sent through the network, over this object's life
 
+    def __getstate__(self) -> dict[str, object]:
+        # A copy sent to another process (a Ray task) loads its own model there.
+        return {**self.__dict__, "_model": None, "texts_encoded": 0}
+
     @property
     def dim(self) -> int:
         return MINILM_DIM

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -23,14 +24,16 @@ from vlit_assets.core.scored.embed import (
 from vlit_assets.core.scored.figures import Figures, dataset_figures
 from vlit_assets.core.scored.image_text import ImageTextScorer
 from vlit_assets.core.scored.llm_checks import llm_checks
-from vlit_assets.core.scored.metrics import score_rules
+from vlit_assets.core.scored.metrics import check_conversations, score_rules
 from vlit_assets.core.scored.neardup import DEFAULT_THRESHOLD, near_duplicates
+from vlit_assets.core.scored.shards import MappedEmbedder, RowInputs, map_row_metrics
 from vlit_assets.core.scored.task_kinds import infer_task_kinds
 from vlit_assets.core.scored.text_quality import (
     MinHashConfig,
     minhash_clusters,
     text_statistics,
 )
+from vlit_assets.core.shards import ShardMap
 from vlit_assets.core.vocab import UNLABELLED
 
 SEMANTIC_MODES = ("auto", "on", "off")
@@ -194,6 +197,42 @@ def _without_vectors(conversations: pl.DataFrame) -> tuple[pl.DataFrame, pl.Data
     return rel, dup
 
 
+def row_metrics(rows: RowInputs, config: QualityConfig = QualityConfig()) -> pl.DataFrame:  # noqa: B008 (frozen)
+    """The typed conversations of ``rows`` with every metric that reads only their own images.
+
+    One row per input row, in input order; ``exact_duplicate_of`` and the vector metrics,
+    which read the whole source, are added by ``score_conversations``.
+    """
+    conversations, kinds = with_inferred_types(rows.conversations)
+    objects, tags, captions, categories = rows.objects, rows.tags, rows.captions, rows.categories
+    # Independent parts; polars, numpy and rensa release the GIL in their kernels, so threads
+    # keep both cores busy.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        texts_job = pool.submit(text_statistics, conversations, config.rep_len)
+        copies_job = pool.submit(
+            minhash_clusters,
+            conversations.with_columns(dedup_group()),
+            order="variant",
+            within="_dedup_group",
+            config=config.minhash,
+        )
+        rules = score_rules(conversations, objects, tags, categories, captions)
+        texts, copies = texts_job.result(), copies_job.result()
+    parts = (
+        rules,
+        kinds,
+        texts,
+        copies,
+        image_facts(conversations, rows.images),
+        _llm_checks(conversations, objects, tags, captions, categories),
+        _verified(conversations, rows.verification),
+    )
+    scored = conversations
+    for part in parts:
+        scored = scored.join(part, on="conversation_id", how="left", maintain_order="left")
+    return scored
+
+
 def score_conversations(
     conversations: pl.DataFrame,
     *,
@@ -208,40 +247,37 @@ def score_conversations(
     image_text: ImageTextScorer | None = None,
     images: pl.DataFrame | None = None,
     verification: pl.DataFrame | None = None,
+    mapper: ShardMap | None = None,
 ) -> QualityResult:
     """Score every conversation; annotation-based metrics are null where annotations are absent.
 
     ``embedder`` is only used (and only needs to be given) when ``needs_vectors`` says so; an
-    unembedded source gets null relevance and null semantic clusters, never zeros.
+    unembedded source gets null relevance and null semantic clusters, never zeros. With a
+    ``mapper``, the per-image metrics and the encoding of uncached texts run as its shards
+    (core/scored/shards.py) and the rest here; the rows are the same as without one.
     """
     encoded_before = cache.encoded if cache is not None else 0
-    conversations, kinds = with_inferred_types(conversations)
-    # Independent parts; polars, numpy and rensa release the GIL in their kernels, so threads
-    # keep both cores busy.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        texts_job = pool.submit(text_statistics, conversations, config.rep_len)
-        copies_job = pool.submit(
-            minhash_clusters,
-            conversations.with_columns(dedup_group()),
-            order="variant",
-            within="_dedup_group",
-            config=config.minhash,
-        )
-        rules = score_rules(conversations, objects, tags, categories, captions)
-        texts, copies = texts_job.result(), copies_job.result()
+    rows = RowInputs(conversations, objects, tags, categories, captions, images, verification)
+    if mapper is None:
+        scored = row_metrics(rows, config)
+    else:
+        check_conversations(conversations)  # ids unique across shards, not only within each
+        scored = map_row_metrics(mapper, partial(row_metrics, config=config), rows)
+    conversations = scored.select(conversations.columns)
     embed = needs_vectors(config, captions)
     if embed and embedder is None:
         raise ValueError("score_conversations: these settings need an embedder")
     semantic_vectors: np.ndarray | None = None
     if embed:
         assert embedder is not None
-        vectors = conversation_vectors(conversations, embedder, cache)
+        encoder = embedder if mapper is None else MappedEmbedder(embedder, mapper)
+        vectors = conversation_vectors(conversations, encoder, cache)
         rel = relevance(
             conversations,
             captions
             if captions is not None
             else pl.DataFrame(schema={"image_id": pl.String, "caption": pl.String}),
-            embedder,
+            encoder,
             cache,
             vectors=vectors,
         ).select("conversation_id", "relevance")
@@ -255,19 +291,8 @@ def score_conversations(
         semantic_vectors = vectors.conversation
     else:
         rel, dup = _without_vectors(conversations)
-    parts = (
-        rules.with_columns(exact_duplicate_of()),
-        kinds,
-        texts,
-        copies,
-        image_facts(conversations, images),
-        _llm_checks(conversations, objects, tags, captions, categories),
-        _verified(conversations, verification),
-        rel,
-        dup,
-    )
-    scored = conversations
-    for part in parts:
+    scored = scored.with_columns(exact_duplicate_of())
+    for part in (rel, dup):
         scored = scored.join(part, on="conversation_id", how="left", maintain_order="left")
     scored = scored.with_columns(
         _image_text_scores(conversations, image_text),

@@ -31,6 +31,7 @@ from vlit_assets.core.scored.quality import (
     needs_vectors,
     score_conversations,
 )
+from vlit_assets.core.shards import ShardMap
 
 ANNOTATION_TABLES = (RAW_CAPTIONS, RAW_OBJECTS, RAW_TAGS, RAW_CATEGORIES)
 # The figures the summary line names: one per principle the suite judges.
@@ -99,11 +100,13 @@ def score_source(
     embedder: Callable[[], Embedder],
     image_text: ImageTextScorer | None,
     run_id: str,
+    mapper: ShardMap | None = None,
 ) -> ScoreOutcome:
     """Score a registered source's conversations and replace its scored rows and figures.
 
     Raises LookupError when the source is not registered. ``embedder()`` is only called when
-    the settings need conversation vectors (see ``quality.needs_vectors``).
+    the settings need conversation vectors (see ``quality.needs_vectors``). ``mapper`` runs
+    the per-image metrics and the encoding of uncached texts as shards (None: here).
     """
     start = time.perf_counter()
     record = sources.lookup(con, source)
@@ -126,6 +129,7 @@ def score_source(
         image_text=image_text,
         images=warehouse.read_source(con, RAW_IMAGES, source),
         verification=warehouse.read_source(con, GENERATED_LLM_VERIFICATION, source),
+        mapper=mapper,
     )
     with warehouse.transaction(con):  # the scores and their dataset figures, or neither
         warehouse.replace_source(con, SCORED_CONVERSATIONS, result.scored, source)

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -108,7 +109,7 @@ class _Run:
         if reason is not None:
             if has_slot:
                 self.limit.release()
-            result = _budget_result(request, rhash, reason)
+            result = budget_result(request, rhash, reason)
             self.queue.put_nowait((result, None))
             return result
         self.budget.requests += 1
@@ -338,7 +339,7 @@ def _cached_result(request: LLMRequest, rhash: str, hit: CachedResponse) -> LLMR
     )
 
 
-def _budget_result(request: LLMRequest, rhash: str, reason: str) -> LLMResult:
+def budget_result(request: LLMRequest, rhash: str, reason: str) -> LLMResult:
     return LLMResult(
         request.key, None, 0, 0, 0.0, 0.0, False, 0, BUDGET_EXHAUSTED, reason,
         request_hash=rhash,
@@ -350,6 +351,10 @@ def _unsent_result(request: LLMRequest, rhash: str, stop: _Stop) -> LLMResult:
         request.key, None, 0, 0, 0.0, 0.0, False, 0, stop.cause, stop.detail,
         request_hash=rhash,
     )  # fmt: skip
+
+
+def _unheard(result: LLMResult) -> None:
+    """The report of a run nobody listens to."""
 
 
 def _check_unique(requests: list[LLMRequest]) -> None:
@@ -378,9 +383,65 @@ async def run_requests(
     exceptions. ``stats``, when given, is filled with what happened on the wire.
     """
     reqs = list(requests)
-    _check_unique(reqs)
     budget = budget if budget is not None else Budget()
     stats = stats if stats is not None else RunStats()
+    plan = plan_sends(reqs, settings, cache, budget, on_result or _unheard)
+    run = _Run(settings, cache, budget, on_result, stats)
+    stats.planned = len(reqs)
+    try:
+        await _send_pending(run, deque(plan.pending), reqs, plan.hashes, plan.results)
+    finally:
+        stats.elapsed_s = time.monotonic() - run.started
+        stats.concurrency_final = run.limit.allowed
+        stats.concurrency_low = run.limit.lowest
+        stats.concurrency_high = run.limit.highest
+        stats.peak_in_flight = run.limit.peak
+    stop = run.stop_reason()
+    return plan.finish(run.report, budget, stats, stop.detail if stop is not None else None)
+
+
+@dataclass
+class SendPlan:
+    """A run's requests split into cache hits (answered), leaders to send, and followers that
+    share a leader's hash and take its answer."""
+
+    requests: list[LLMRequest]
+    hashes: list[str]
+    results: list[LLMResult | None]
+    leader: dict[str, int]
+    followers: list[int]
+    pending: list[int]  # leaders, in request order
+
+    def finish(
+        self,
+        report: Callable[[LLMResult], None],
+        budget: Budget,
+        stats: RunStats,
+        stopped: str | None,
+    ) -> list[LLMResult]:
+        """Answer the followers, close the stats, log the summary; results in request order."""
+        for i in self.followers:
+            first = self.results[self.leader[self.hashes[i]]]
+            assert first is not None
+            follower = _follower(first, self.requests[i].key)
+            self.results[i] = follower
+            report(follower)
+        done = [r for r in self.results if r is not None]
+        stats.cache_hits = sum(r.cache_hit for r in done)
+        stats.stopped = stopped or budget.exhausted()
+        _log_summary(done, budget, stats)
+        return done
+
+
+def plan_sends(
+    reqs: list[LLMRequest],
+    settings: LLMSettings,
+    cache: RequestCache | None,
+    budget: Budget,
+    report: Callable[[LLMResult], None],
+) -> SendPlan:
+    """Check the requests, answer the cached ones (reported at once), and list what to send."""
+    _check_unique(reqs)
     if budget.max_cost_usd is not None and not settings.price_known:
         raise ValueError(
             f"a cost budget needs a price for model {settings.model!r}: add it to llm.PRICES "
@@ -388,42 +449,18 @@ async def run_requests(
         )
     hashes = [request_hash(r, settings) for r in reqs]
     hits = cache.get_many(hashes) if cache is not None else {}
-    run = _Run(settings, cache, budget, on_result, stats)
-    stats.planned = len(reqs)
-    results: list[LLMResult | None] = [None] * len(reqs)
-    leader: dict[str, int] = {}
-    followers: list[int] = []
-    pending: deque[int] = deque()
+    plan = SendPlan(reqs, hashes, [None] * len(reqs), {}, [], [])
     for i, (request, rhash) in enumerate(zip(reqs, hashes, strict=True)):
         if rhash in hits:
             cached = _cached_result(request, rhash, hits[rhash])
-            results[i] = cached
-            run.report(cached)
-        elif rhash in leader:
-            followers.append(i)
+            plan.results[i] = cached
+            report(cached)
+        elif rhash in plan.leader:
+            plan.followers.append(i)
         else:
-            leader[rhash] = i
-            pending.append(i)
-    try:
-        await _send_pending(run, pending, reqs, hashes, results)
-    finally:
-        stats.elapsed_s = time.monotonic() - run.started
-        stats.concurrency_final = run.limit.allowed
-        stats.concurrency_low = run.limit.lowest
-        stats.concurrency_high = run.limit.highest
-        stats.peak_in_flight = run.limit.peak
-    for i in followers:
-        first = results[leader[hashes[i]]]
-        assert first is not None
-        follower = _follower(first, reqs[i].key)
-        results[i] = follower
-        run.report(follower)
-    done = [r for r in results if r is not None]
-    stats.cache_hits = sum(r.cache_hit for r in done)
-    stop = run.stop_reason()
-    stats.stopped = stop.detail if stop is not None else budget.exhausted()
-    _log_summary(done, budget, stats)
-    return done
+            plan.leader[rhash] = i
+            plan.pending.append(i)
+    return plan
 
 
 async def _send_pending(
