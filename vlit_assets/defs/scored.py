@@ -8,7 +8,7 @@ from vlit_assets.core.scored.image_text import ImageTextConfig, build_image_text
 from vlit_assets.core.scored.quality import QualityConfig
 from vlit_assets.core.scored.stage import score_source
 from vlit_assets.core.scored.text_quality import MinHashConfig
-from vlit_assets.core.shards import runs_metadata
+from vlit_assets.core.shards import compute_metadata
 from vlit_assets.core.vocab import WRITER_POOL
 from vlit_assets.defs.partitions import sources_partitions
 from vlit_assets.resources import ComputeResource, EmbedderResource, WarehouseResource
@@ -63,7 +63,6 @@ def scored__conversations(
     metadata: Metadata = {
         **outcome.metadata(),
         "image_text_scorer": "configured" if image_text is not None else "not configured",
-        "compute": "local" if mapper is None else mapper.kind,
-        **(runs_metadata(mapper.runs) if mapper is not None else {}),
+        **compute_metadata(mapper),
     }
     return dg.MaterializeResult(metadata=metadata)

@@ -83,9 +83,12 @@ def _rows(
     return out
 
 
-def _read(db: Path, table: str, source: str | None) -> pl.DataFrame | None:
-    """The table's rows (of ``source`` only, when given and the table has that column)."""
-    with warehouse.connect(db, read_only=True) as con:
+def _read(
+    db: Path, table: str, source: str | None, table_root: str | None = None
+) -> pl.DataFrame | None:
+    """The table's rows (of ``source`` only, when given and the table has that column);
+    with ``table_root`` the file-backed tables are read from its committed files."""
+    with warehouse.connect(db, read_only=True, table_root=table_root) as con:
         columns = [
             name
             for (name,) in con.execute(
@@ -144,16 +147,19 @@ def table_differences(
     roots: Sequence[str | Path] = (),
     tables: Iterable[str] | None = None,
     source: str | None = None,
+    table_roots: tuple[str | None, str | None] = (None, None),
 ) -> list[Difference]:
     """Every difference between the tables of two warehouse files (all of ``TABLES`` unless
     ``tables`` names some); ``roots`` are the runs' directories, written as ``<root>``;
-    ``source`` compares only that source's rows of tables that have a ``source`` column."""
+    ``source`` compares only that source's rows of tables that have a ``source`` column;
+    ``table_roots`` are the two warehouses' table-file roots (None: all in the DuckDB file)."""
     names = list(TABLES) if tables is None else list(tables)
     # Longest first, so a root inside another root is replaced whole.
     order = sorted((str(r) for r in roots), key=len, reverse=True)
     found: list[Difference] = []
     for name in names:
-        left, right = _read(Path(a), name, source), _read(Path(b), name, source)
+        left = _read(Path(a), name, source, table_roots[0])
+        right = _read(Path(b), name, source, table_roots[1])
         if left is None or right is None:
             if (left is None) != (right is None):
                 where = "first" if left is None else "second"

@@ -21,12 +21,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from vlit_assets.core import warehouse
 from vlit_assets.core.schemas import TABLES
 from vlit_assets.distributed.ray_map import ADDRESS_ENV
 from vlit_assets.testing.compare import export_differences, table_differences
 from vlit_assets.testing.ray_cluster import local_cluster
 
 pytestmark = pytest.mark.slow
+
+TABLE_ROOT_ENV = "VLIT_TABLE_ROOT"
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_SCRIPT = REPO.parent / "shared" / "bench" / "make_llava_bench.py"
@@ -61,7 +64,13 @@ class Run:
 
 
 def _start(
-    work: Path, source: Path, name: str, address: str | None, *, stage: str | None = None
+    work: Path,
+    source: Path,
+    name: str,
+    address: str | None,
+    *,
+    stage: str | None = None,
+    files: bool = False,
 ) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != ADDRESS_ENV and not k.startswith("VLIT_")}
     env |= {
@@ -76,6 +85,8 @@ def _start(
     }
     if address:
         env[ADDRESS_ENV] = address
+    if files:  # the large tables as Parquet shards published by manifests (core.tablestore)
+        env[TABLE_ROOT_ENV] = str(work / "tables")
     cmd = [sys.executable, "-m", "vlit_assets.cli", "run", "--source", str(source),
            "--name", name, "--db", str(work / "warehouse.duckdb"), "--no-llm"]  # fmt: skip
     if stage:
@@ -99,12 +110,13 @@ def _run_at(
     *,
     stage: str | None = None,
     watch: Callable[[subprocess.Popen], None] | None = None,
+    files: bool = False,
 ) -> Run:
     """A run in ``base/run``, the same path for every run, then moved to ``base/label``."""
     work = base / "run"
     assert not work.exists()
     started = time.monotonic()
-    proc = _start(work, source, name, address, stage=stage)
+    proc = _start(work, source, name, address, stage=stage, files=files)
     if watch is not None:
         watch(proc)
     run = _finish(proc, work, name, started)
@@ -114,8 +126,13 @@ def _run_at(
     return run
 
 
-def _assert_same(local: Run, ray: Run, base: Path, tables: list[str] | None = None) -> None:
-    differences = table_differences(local.db, ray.db, roots=[base / "run"], tables=tables)
+def _assert_same(
+    local: Run, ray: Run, base: Path, tables: list[str] | None = None, files: bool = False
+) -> None:
+    table_roots = (None, str(ray.dir / "tables") if files else None)
+    differences = table_differences(
+        local.db, ray.db, roots=[base / "run"], tables=tables, table_roots=table_roots
+    )
     assert not differences, "\n".join(map(str, differences))
     if tables is None:
         exported = export_differences(local.exports, ray.exports, roots=[base / "run"])
@@ -162,6 +179,19 @@ def test_coco_mini_in_ray_mode_equals_local_mode(
     assert shards >= 6
     assert "compute: local" in local_coco.log and "compute: ray" not in local_coco.log
     print(f"coco-mini: local {local_coco.seconds:.1f} s, ray {ray.seconds:.1f} s")
+
+
+def test_coco_mini_on_ray_with_table_files_equals_local_duckdb_mode(
+    base: Path, local_coco: Run, ray_cluster, coco_mini: Path
+) -> None:
+    """The whole distributed configuration: heavy work on the cluster, large tables as
+    Parquet shards under a table root; every table and export equals the all-local default."""
+    ray = _run_at(base, "coco-ray-files", coco_mini, "coco-mini", ray_cluster.address, files=True)
+    _assert_same(local_coco, ray, base, files=True)
+    assert list((ray.dir / "tables" / "_manifests").glob("source=*.json"))
+    with warehouse.connect(ray.db, read_only=True) as con:  # without the root: not in the file
+        assert not warehouse.table_exists(con, "scored__conversations")
+    assert ray.compute()[2] == 2
 
 
 def test_bench_10k_in_ray_mode_equals_local_mode(
