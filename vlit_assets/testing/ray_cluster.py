@@ -68,15 +68,20 @@ class LocalCluster:
 
 
 @contextmanager
-def local_cluster(workers: int = 1, cpus_per_node: int = 1) -> Iterator[LocalCluster]:
+def local_cluster(
+    workers: int = 1, cpus_per_node: int = 1, head_cpus: int | None = None
+) -> Iterator[LocalCluster]:
     """A head node and ``workers`` worker nodes, each its own raylet and object store.
 
-    The caller's process is not connected; code under test joins through the address (as a
-    Dagster step does with ``$VLIT_RAY_ADDRESS``).
+    ``head_cpus`` (default ``cpus_per_node``) of 0 keeps tasks off the head, so only the worker
+    nodes compute (benchmarks/scale.py counts workers that way). The caller's process is not
+    connected; code under test joins through the address (as a Dagster step does with
+    ``$VLIT_RAY_ADDRESS``).
     """
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args=node_args(cpus_per_node))
+    head = node_args(cpus_per_node if head_cpus is None else head_cpus)
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         nodes = [cluster.add_node(**node_args(cpus_per_node)) for _ in range(workers)]
         cluster.wait_for_nodes()
