@@ -23,7 +23,7 @@ without running the core function (task dispatch, argument and result transfer, 
 and imports, slots idle while the driver prepares or merges shards). Steps that ran no Ray task
 report no busy seconds and print "n/a".
 
-    .venv/bin/python benchmarks/scale.py                               # 100k qc, 8,000-image gen
+    .venv/bin/python benchmarks/scale.py                               # 100k qc, 4,000-image gen
     .venv/bin/python benchmarks/scale.py --qc-rows 2000 --gen-images 400 --workers 1 2
     .venv/bin/python benchmarks/scale.py --only qc --json benchmarks/out/scale.json
 
@@ -379,7 +379,7 @@ def header(args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--qc-rows", type=int, default=100_000, help="LLaVA bench conversations")
-    parser.add_argument("--gen-images", type=int, default=8_000, help="COCO-derived images")
+    parser.add_argument("--gen-images", type=int, default=4_000, help="COCO-derived images")
     parser.add_argument(
         "--gen-stage",
         default="generated",
