@@ -267,6 +267,7 @@ def run_case(kind: str, folder: Path, workers: int, work: Path, stage: str | Non
         rss = stack.enter_context(TreeRss())
         wall, peak, code = run_measured(cmd, env=env, cwd=REPO, log=work / "vlit_run.log")
     text = (work / "vlit_run.log").read_text(errors="replace")
+    cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)]
     return {
         "input": kind,
         "mode": "ray" if workers else "local",
@@ -276,6 +277,7 @@ def run_case(kind: str, folder: Path, workers: int, work: Path, stage: str | Non
         "exit": code,
         "log": str(work / "vlit_run.log"),
         "rows": output_rows(home, kind),
+        "cpu_s_vlit": sum(cpu) if len(cpu) == 2 else None,  # user + sys, from /usr/bin/time
         "peak_rss_vlit_gb": peak,
         "peak_rss_tree_gb": rss.peak / 1024**3,
         "steps_s": step_seconds(text),
@@ -304,6 +306,7 @@ def table_rows(results: list[dict]) -> list[tuple[str, ...]]:
                 str(r["workers"]) if r["workers"] else "-",
                 _fmt(r["rows"], ","),
                 _fmt(r["wall_s"], ".1f") + ("" if r["exit"] == 0 else f" EXIT {r['exit']}"),
+                _fmt(r["cpu_s_vlit"], ".1f"),
                 _fmt(rate, ",.0f"),
                 _fmt(rate / r["workers"] if rate and r["workers"] else None, ",.0f"),
                 _fmt(speedup, ".2f"),
@@ -321,8 +324,8 @@ def table_rows(results: list[dict]) -> list[tuple[str, ...]]:
 
 
 HEADER = (
-    "input", "mode", "workers", "rows", "wall s", "rows/s", "rows/s/worker", "x local",
-    "busy s", "overhead s", "shards", "nodes", "retries", "RSS vlit GB", "RSS all GB",
+    "input", "mode", "workers", "rows", "wall s", "vlit cpu s", "rows/s", "rows/s/worker",
+    "x local", "busy s", "overhead s", "shards", "nodes", "retries", "RSS vlit GB", "RSS all GB",
 )  # fmt: skip
 
 
@@ -332,7 +335,8 @@ def print_table(results: list[dict]) -> None:
     for row in [HEADER, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     print(
-        "\nrows/s/worker = rows/s / Ray worker nodes; x local = local wall / this wall; busy s ="
+        "\nvlit cpu s = user + system CPU seconds of the vlit process (not of Ray workers);"
+        " rows/s/worker = rows/s / Ray worker nodes; x local = local wall / this wall; busy s ="
         " core-function seconds the Ray steps reported (compute/<step>/busy_s);\noverhead s ="
         " sum over those steps of (step wall x workers) - busy s, with its share of the"
         " worker-seconds held; n/a = no step reported Ray tasks;\nRSS vlit = peak of the vlit"
