@@ -111,10 +111,17 @@ def coco_derived(root: Path, n_images: int, out: Path) -> Path:
     return folder
 
 
-def _descendants_rss(root: int) -> int:
-    """Summed RSS bytes of every descendant of ``root``, read from /proc (Linux)."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> tuple[int, float]:
+    """Summed RSS bytes and CPU seconds of every descendant of ``root``, read from /proc (Linux).
+
+    CPU counts each process's own time and that of its children it has reaped, so work done in a
+    pool process that has since ended stays counted once its parent waited for it.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    figures: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -123,39 +130,71 @@ def _descendants_rss(root: int) -> int:
             status = (entry / "status").read_text()
         except OSError:  # ended between the listing and the read
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
         found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        rss[int(entry.name)] = int(found.group(1)) * 1024 if found else 0
-    total, todo = 0, list(children.get(root, []))
+        rss = int(found.group(1)) * 1024 if found else 0
+        figures[int(entry.name)] = (rss, sum(int(x) for x in fields[11:15]) / _TICK)
+    rss_total, cpu_total, todo = 0, 0.0, list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        rss, cpu = figures.get(pid, (0, 0.0))
+        rss_total, cpu_total = rss_total + rss, cpu_total + cpu
         todo.extend(children.get(pid, []))
-    return total
+    return rss_total, cpu_total
 
 
-class TreeRss:
-    """Peak summed RSS of this process's descendants (the vlit run and the cluster's processes),
-    sampled every half second. Shared pages (Ray's object store) count once per process."""
+class TreeSampler:
+    """This process's descendants (the vlit run, its pools, the cluster's processes) sampled every
+    half second: peak summed RSS (shared object-store pages count once per process) and a CPU
+    seconds series, from which ``cpu_between`` reads the CPU a step used."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.samples: list[tuple[float, float]] = []  # (epoch s, CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _descendants_rss(os.getpid()))
+            rss, cpu = _descendants(os.getpid())
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.time(), cpu))
             self._stop.wait(0.5)
 
-    def __enter__(self) -> TreeRss:
+    def cpu_at(self, when: float) -> float:
+        """CPU seconds at ``when``, interpolated between the samples around it."""
+        before = [x for x in self.samples if x[0] <= when]
+        after = [x for x in self.samples if x[0] >= when]
+        if not before or not after:
+            return (before or after)[-1 if before else 0][1]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+    def cpu_between(self, start: float, end: float) -> float:
+        return max(0.0, self.cpu_at(end) - self.cpu_at(start))
+
+    def __enter__(self) -> TreeSampler:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def step_windows(home: Path) -> list[tuple[str, float, float]]:
+    """(step key, start, end) in epoch seconds of every step of every run in ``home``."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    windows = []
+    for run in instance.get_runs():
+        for s in instance.get_run_step_stats(run.run_id):
+            if s.start_time and s.end_time:
+                windows.append((s.step_key, s.start_time, s.end_time))
+    return sorted(windows, key=lambda w: w[1])
 
 
 _BUSY = re.compile(r"^compute/(.+)/busy_s$")
@@ -264,7 +303,7 @@ def run_case(kind: str, folder: Path, workers: int, work: Path, stage: str | Non
             cluster = stack.enter_context(local_cluster(workers=workers, head_cpus=0))
             start_s = time.perf_counter() - t0
             env["VLIT_RAY_ADDRESS"] = cluster.address
-        rss = stack.enter_context(TreeRss())
+        sampler = stack.enter_context(TreeSampler())
         wall, peak, code = run_measured(cmd, env=env, cwd=REPO, log=work / "vlit_run.log")
     text = (work / "vlit_run.log").read_text(errors="replace")
     cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)]
@@ -279,8 +318,13 @@ def run_case(kind: str, folder: Path, workers: int, work: Path, stage: str | Non
         "rows": output_rows(home, kind),
         "cpu_s_vlit": sum(cpu) if len(cpu) == 2 else None,  # user + sys, from /usr/bin/time
         "peak_rss_vlit_gb": peak,
-        "peak_rss_tree_gb": rss.peak / 1024**3,
+        "peak_rss_tree_gb": sampler.peak / 1024**3,
         "steps_s": step_seconds(text),
+        # wall and CPU seconds of every process of the run (vlit, its pools, the cluster)
+        "steps_cpu": [
+            {"step": key, "wall_s": end - start, "cpu_s": sampler.cpu_between(start, end)}
+            for key, start, end in step_windows(home)
+        ],
         "compute": compute_figures(home, workers),
     }
 
@@ -343,6 +387,7 @@ def print_table(results: list[dict]) -> None:
         " process (the Ray driver); RSS all = peak summed RSS of vlit and every cluster process"
         " (shared object-store pages counted per process)."
     )
+    print_step_table(results)
     for r in results:
         steps = r["compute"]["steps"]
         if r["exit"] != 0:
@@ -359,6 +404,33 @@ def print_table(results: list[dict]) -> None:
                     f" {v['busy_s']:.2f} s, {v['shards']} shards, {v['retries']} retries,"
                     f" {v['per_node']}"
                 )
+
+
+def print_step_table(results: list[dict]) -> None:
+    """Per input: each step's wall and CPU seconds (all processes of the run) in every mode."""
+    for kind in dict.fromkeys(r["input"] for r in results):
+        runs = [r for r in results if r["input"] == kind]
+        labels = [f"{r['mode']} x{r['workers']}" if r["workers"] else r["mode"] for r in runs]
+        cells: dict[str, list[str]] = {}
+        for i, r in enumerate(runs):
+            for step in r["steps_cpu"]:
+                row = cells.setdefault(step["step"], [""] * len(runs))
+                row[i] = f"{step['wall_s']:.1f} / {step['cpu_s']:.1f}"
+        head = (f"{kind}: step (wall s / CPU s)", *labels)
+        rows = [(step, *row) for step, row in cells.items()]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        print()
+        for row in [head, tuple("-" * w for w in widths), *rows]:
+            print(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+    print(
+        "CPU s = user + system seconds of every process of the run in the step's window (vlit,"
+        " its process pools, the cluster's raylets and workers), sampled every 0.5 s."
+    )
 
 
 def header(args: argparse.Namespace) -> dict:
