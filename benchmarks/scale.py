@@ -114,12 +114,9 @@ def coco_derived(root: Path, n_images: int, out: Path) -> Path:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _descendants(root: int) -> tuple[int, float]:
-    """Summed RSS bytes and CPU seconds of every descendant of ``root``, read from /proc (Linux).
-
-    CPU counts each process's own time and that of its children it has reaped, so work done in a
-    pool process that has since ended stays counted once its parent waited for it.
-    """
+def _descendants(root: int) -> tuple[int, dict[int, float]]:
+    """Summed RSS bytes of every descendant of ``root`` and each one's own CPU seconds (user +
+    system, without its children's), read from /proc (Linux)."""
     children: dict[int, list[int]] = {}
     figures: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
@@ -134,32 +131,42 @@ def _descendants(root: int) -> tuple[int, float]:
         children.setdefault(int(fields[1]), []).append(int(entry.name))
         found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
         rss = int(found.group(1)) * 1024 if found else 0
-        figures[int(entry.name)] = (rss, sum(int(x) for x in fields[11:15]) / _TICK)
-    rss_total, cpu_total, todo = 0, 0.0, list(children.get(root, []))
+        figures[int(entry.name)] = (rss, (int(fields[11]) + int(fields[12])) / _TICK)
+    rss_total, cpu, todo = 0, {}, list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        rss, cpu = figures.get(pid, (0, 0.0))
-        rss_total, cpu_total = rss_total + rss, cpu_total + cpu
+        rss, own = figures.get(pid, (0, 0.0))
+        rss_total += rss
+        cpu[pid] = own
         todo.extend(children.get(pid, []))
-    return rss_total, cpu_total
+    return rss_total, cpu
 
 
 class TreeSampler:
     """This process's descendants (the vlit run, its pools, the cluster's processes) sampled every
-    half second: peak summed RSS (shared object-store pages count once per process) and a CPU
-    seconds series, from which ``cpu_between`` reads the CPU a step used."""
+    half second: peak summed RSS (shared object-store pages count once per process) and a
+    cumulative CPU seconds series, from which ``cpu_between`` reads the CPU a step used.
+
+    A process that ended keeps the CPU it had at its last sample: Ray ends a job's workers when
+    the driver disconnects (each step is a driver), and pool processes end with their pool.
+    What a process did in its last half second, or in a life shorter than that, is not counted.
+    """
 
     def __init__(self) -> None:
         self.peak = 0
-        self.samples: list[tuple[float, float]] = []  # (epoch s, CPU s)
+        self.samples: list[tuple[float, float]] = []  # (epoch s, cumulative CPU s)
+        self._ended = 0.0
+        self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             rss, cpu = _descendants(os.getpid())
+            self._ended += sum(v for pid, v in self._last.items() if pid not in cpu)
+            self._last = cpu
             self.peak = max(self.peak, rss)
-            self.samples.append((time.time(), cpu))
+            self.samples.append((time.time(), self._ended + sum(cpu.values())))
             self._stop.wait(0.5)
 
     def cpu_at(self, when: float) -> float:
@@ -432,7 +439,8 @@ def print_step_table(results: list[dict]) -> None:
             )
     print(
         "CPU s = user + system seconds of every process of the run in the step's window (vlit,"
-        " its process pools, the cluster's raylets and workers), sampled every 0.5 s."
+        " its process pools, the cluster's raylets and workers), sampled every 0.5 s; a process"
+        " that ended keeps its last sample."
     )
 
 
