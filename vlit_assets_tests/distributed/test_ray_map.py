@@ -105,3 +105,18 @@ def test_unreachable_address_fails_fast_naming_the_setting() -> None:
         pass
     with pytest.raises(ClusterUnreachable, match="host:port"), connect("not-an-address"):
         pass
+
+
+def test_a_head_without_cpus_leaves_every_shard_to_the_worker_nodes() -> None:
+    # benchmarks/scale.py counts workers this way: the head schedules, only workers compute.
+    shards = cut(1_000, 6)
+    with local_cluster(workers=2, head_cpus=0) as c:
+        head = str(c.cluster.head_node.node_id)[:8]
+        workers = {str(w.node_id)[:8] for w in c.workers}
+        with connect(c.address) as mapper:
+            assert mapper.slots() == 2
+            got = mapper.map(digest_rows, shards, step="t")
+    assert got == InlineMap().map(digest_rows, shards, step="t")
+    nodes = {r.node for r in mapper.runs}
+    assert head not in nodes
+    assert nodes <= workers
