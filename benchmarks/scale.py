@@ -310,9 +310,6 @@ def run_case(kind: str, folder: Path, workers: int, work: Path, stage: str | Non
             cluster = stack.enter_context(local_cluster(workers=workers, head_cpus=0))
             start_s = time.perf_counter() - t0
             env["VLIT_RAY_ADDRESS"] = cluster.address
-            # The driver must look for the GCS on the loopback address too (ray_cluster.py sets
-            # this in this process on import, after env was copied).
-            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         sampler = stack.enter_context(TreeSampler())
         wall, peak, code = run_measured(cmd, env=env, cwd=REPO, log=work / "vlit_run.log")
     text = (work / "vlit_run.log").read_text(errors="replace")
