@@ -7,8 +7,10 @@ matches rows by the table's key and reports the first differing column of each r
 table). ``export_differences`` does the same for the exported files, byte for byte apart from
 timestamps.
 
-Floats (also inside JSON columns) are compared to 12 significant digits: a dataset-level figure
-summed over threads may change in its last bits from one run to the next, even in one mode.
+Floats (also inside JSON columns) are equal when within a relative 1e-9 of each other: a
+dataset-level figure summed over threads may change in its last bits from one run to the next,
+even in one mode. (Rounding both to a fixed number of digits is not enough: two values a bit
+apart can round to neighbours.)
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ def _normal(value: object, roots: Sequence[str]) -> object:
     if isinstance(value, dict):
         return tuple((k, _normal(v, roots)) for k, v in value.items())
     return value
+
+
+REL_TOL = 1e-9
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, floats within ``REL_TOL`` of each other (also inside tuples)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-12)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def _rows(
@@ -128,7 +142,8 @@ def compare_table(
             found.append(Difference(table, label or "rows without a match", "", detail))
             continue
         for x, y in zip(mine, theirs, strict=True):
-            col = next((i for i, (u, v) in enumerate(zip(x, y, strict=True)) if u != v), None)
+            pairs = enumerate(zip(x, y, strict=True))
+            col = next((i for i, (u, v) in pairs if not _same(u, v)), None)
             if col is not None:
                 detail = f"{x[col]!r:.200} != {y[col]!r:.200}"
                 found.append(Difference(table, label or "unmatched row", columns[col], detail))

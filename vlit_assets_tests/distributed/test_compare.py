@@ -97,3 +97,14 @@ def test_exports_equal_but_for_times_roots_and_hashes_of_files_with_run_ids(
     three = export("three", "run-3", "2026-02-02T10:11:12+00:00", ["b"])
     found = [str(d) for d in export_differences(one, three, roots=["/tmp/one", "/tmp/three"])]
     assert found == ["exports [data.json]: masked bytes differ from offset 18"]
+
+
+def test_float_noise_across_a_rounding_boundary_is_not_a_difference() -> None:
+    from vlit_assets.testing.compare import compare_table
+
+    table = "meta__dataset_metrics"
+    a = pl.DataFrame({"metric": ["kl"], "value": [0.09315411083885]})
+    noisy = pl.DataFrame({"metric": ["kl"], "value": [0.09315411083884999]})
+    changed = pl.DataFrame({"metric": ["kl"], "value": [0.0931542]})
+    assert compare_table(table, a, noisy, []) == []
+    assert [d.column for d in compare_table(table, a, changed, [])] == ["value"]
