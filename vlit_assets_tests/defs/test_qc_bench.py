@@ -8,9 +8,6 @@ filter and export that set, not block it, and say what was wrong with the input.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -18,23 +15,13 @@ import pytest
 
 from vlit_assets.runner import run_final, run_source
 from vlit_assets.testing.pipeline import check_evaluation, materialization_metadata, pipeline_env
-from vlit_assets_tests.conftest import _require, _shared_dir
 
 N = 2000
 
 
 @pytest.fixture(scope="module")
-def bench_folder(tmp_path_factory) -> Path:
-    generator = _require(_shared_dir("VLIT_BENCH", "bench"), "bench") / "make_llava_bench.py"
-    folder = tmp_path_factory.mktemp("bench") / "flawed"
-    folder.mkdir()
-    subprocess.run(
-        [sys.executable, str(generator), "--n", str(N), "--out", str(folder / "bench.jsonl")],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-    )
-    return folder
+def bench_folder(tmp_path_factory, make_bench) -> Path:
+    return make_bench(tmp_path_factory.mktemp("bench") / "flawed", N)
 
 
 def _kinds(folder: Path) -> pl.DataFrame:

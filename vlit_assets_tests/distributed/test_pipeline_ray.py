@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 TABLE_ROOT_ENV = "VLIT_TABLE_ROOT"
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH_SCRIPT = REPO.parent / "shared" / "bench" / "make_llava_bench.py"
 COMPUTE_LINE = re.compile(r"compute: ray at (\S+), (\d+) shards on (\d+) nodes, (\d+) retries")
 # The stages whose heavy work runs on the cluster, and the tables they write.
 RAY_STAGE_TABLES = [n for n, t in TABLES.items() if t.stage in ("raw", "generated")]
@@ -145,17 +144,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bench_10k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bench_10k(tmp_path_factory: pytest.TempPathFactory, make_bench) -> Path:
     """A 10k-conversation LLaVA bench folder (see ../shared/bench/README.md), an import source."""
-    if not BENCH_SCRIPT.is_file():
-        pytest.fail(f"{BENCH_SCRIPT} is missing: ../shared/bench must be beside the checkout")
-    folder = tmp_path_factory.mktemp("bench10k")
-    subprocess.run(
-        [sys.executable, str(BENCH_SCRIPT), "--n", "10000", "--out", str(folder / "bench.jsonl")],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return folder
+    return make_bench(tmp_path_factory.mktemp("bench10k"), 10_000)
 
 
 @pytest.fixture(scope="module")

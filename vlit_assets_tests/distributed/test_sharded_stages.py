@@ -7,8 +7,6 @@ the slow tests run the same shards as Ray tasks on the session's two-node cluste
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -25,8 +23,6 @@ from vlit_assets.core.shards import InlineMap, ShardMap
 from vlit_assets.distributed.ray_map import connect
 from vlit_assets_tests.corrupt import _png_bomb
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH_SCRIPT = REPO.parent / "shared" / "bench" / "make_llava_bench.py"
 TABLES = ("images", "captions", "objects", "categories", "tags", "rejects")
 # Over Pillow's own refusal (2 x 89,478,485 pixels) but under the limit the checks are given:
 # only a process that raised Pillow's limit (pool worker, shard) reads past the header.
@@ -103,17 +99,9 @@ def test_sharded_collection_of_coco_mini_equals_local(coco_mini: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_bench(tmp_path_factory: pytest.TempPathFactory, make_bench) -> Path:
     """A 600-conversation LLaVA bench folder (an import source) over 60 drawn images."""
-    if not BENCH_SCRIPT.is_file():
-        pytest.fail(f"{BENCH_SCRIPT} is missing: ../shared/bench must be beside the checkout")
-    folder = tmp_path_factory.mktemp("bench600")
-    subprocess.run(
-        [sys.executable, str(BENCH_SCRIPT), "--n", "600", "--images", "60",
-         "--out", str(folder / "bench.jsonl")],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    return folder
+    return make_bench(tmp_path_factory.mktemp("bench600"), 600, 60)
 
 
 def test_sharded_import_image_checks_equal_local(small_bench: Path, tmp_path: Path) -> None:
